@@ -1,0 +1,641 @@
+"""The segmented, append-only log shared by data partitions and the Raft metadata log.
+
+A log directory holds segments (`<20-digit base offset>.log/.index/.timeindex`), a
+`leader-epoch-checkpoint`, a `recovery-point` and a `log-start-offset` file. Batches
+are kept as the producer encoded them; the leader only patches base offset and
+partition leader epoch into their headers, which the CRC does not cover.
+
+Durability contract:
+- `append*` writes to the file system's cache; `flush()` makes everything appended so
+  far durable. Callers decide when (per batch for Raft, by policy for data).
+- A segment is synced before the next one is created (`roll`), so after any crash the
+  surviving log is a prefix of what was appended: never a hole in the middle.
+- Truncation, retention and log-start moves are durable when the call returns: a
+  removed tail must not come back after a crash and be served as if it were agreed.
+- `recovery-point` names the first segment that may hold unsynced data. Opening a
+  log re-validates (length, CRC, contiguous offsets) every batch from that segment
+  on, cuts the log at the first bad one, rebuilds indexes, and re-syncs the result.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+
+import attrs
+
+from storage.checkpoint import CheckpointError, read_offset_file, write_offset_file
+from storage.fs import FileSystem, OsFileSystem
+from storage.leader_epoch import LeaderEpochCache
+from storage.records import (
+    BatchHeader,
+    RecordBatchError,
+    iter_batches,
+    iter_records,
+    patch_base_offset,
+    patch_partition_leader_epoch,
+)
+from storage.segment import (
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    TIME_INDEX_SUFFIX,
+    BatchLocation,
+    CorruptSegmentError,
+    LogSegment,
+)
+
+log = logging.getLogger(__name__)
+
+RECOVERY_POINT_FILE = "recovery-point"
+LOG_START_OFFSET_FILE = "log-start-offset"
+MAX_RELATIVE_OFFSET = 2**31 - 1
+DAY_MS = 24 * 3600 * 1000
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _minus_one_or_more(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < -1:
+        raise ValueError(f"{attribute.name} must be -1 (unlimited) or >= 0, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class LogConfig:
+    """Per-log settings; defaults are Kafka's broker defaults, in snake_case."""
+
+    segment_bytes: int = attrs.field(default=1 << 30, validator=_positive)  # log.segment.bytes
+    segment_ms: int = attrs.field(default=7 * DAY_MS, validator=_positive)  # log.roll.hours=168
+    retention_ms: int = attrs.field(default=7 * DAY_MS, validator=_minus_one_or_more)
+    retention_bytes: int = attrs.field(default=-1, validator=_minus_one_or_more)
+    index_interval_bytes: int = attrs.field(default=4096, validator=_positive)
+    max_message_bytes: int = attrs.field(default=1048588, validator=_positive)  # message.max.bytes
+    # log.flush.interval.messages: Kafka's default never flushes by count and relies on
+    # replication; 1 means fsync every append.
+    flush_messages: int | None = None
+
+
+class LogError(Exception):
+    """Base class of the log's refusals; the log is unchanged when one is raised."""
+
+
+class OffsetOutOfRangeError(LogError):
+    def __init__(self, offset: int, log_start_offset: int, log_end_offset: int) -> None:
+        super().__init__(
+            f"offset {offset} is outside the log's range [{log_start_offset}, {log_end_offset}]"
+        )
+        self.offset = offset
+        self.log_start_offset = log_start_offset
+        self.log_end_offset = log_end_offset
+
+
+class NonContiguousOffsetError(LogError):
+    """A follower append that does not start at, or run on from, the log end."""
+
+
+class InvalidTruncationError(LogError):
+    """Truncation below the log start offset."""
+
+
+class RecordTooLargeError(LogError):
+    """A batch larger than max_message_bytes or than a whole segment."""
+
+
+class InvalidLeaderEpochError(LogError):
+    """An append stamped with a leader epoch older than one the log already holds."""
+
+
+class LogClosedError(LogError):
+    pass
+
+
+class LogStorageError(LogError):
+    """The disk refused a write (ENOSPC, EIO); nothing of the append is visible."""
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class AppendInfo:
+    first_offset: int
+    last_offset: int
+    max_timestamp: int
+    offset_of_max_timestamp: int
+    batch_count: int
+    record_count: int
+    size_bytes: int
+
+
+@attrs.frozen(slots=True)
+class OffsetAndTimestamp:
+    offset: int
+    timestamp: int
+
+
+class SegmentedLog:
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        config: LogConfig,
+        segments: list[LogSegment],
+        log_start_offset: int,
+        epoch_cache: LeaderEpochCache,
+    ) -> None:
+        assert segments, "a log always has an active segment"
+        self.fs = fs
+        self.directory = directory
+        self.config = config
+        self._segments = segments
+        self._base_offsets = [segment.base_offset for segment in segments]
+        self._log_start_offset = log_start_offset
+        self.epoch_cache = epoch_cache
+        self._unflushed_records = 0
+        self._dir_dirty = False
+        self._closed = False
+        self._offline_reason: str | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls, directory: str, config: LogConfig | None = None, *, fs: FileSystem | None = None
+    ) -> SegmentedLog:
+        """Open (creating if needed) the log in `directory`, recovering it if it crashed."""
+        fs = fs if fs is not None else OsFileSystem()
+        config = config if config is not None else LogConfig()
+        fs.makedirs(directory)
+        recovery_point = _read_offset_or(fs, f"{directory}/{RECOVERY_POINT_FILE}", 0)
+        stored_start = _read_offset_or(fs, f"{directory}/{LOG_START_OFFSET_FILE}", None)
+        try:
+            epoch_cache = LeaderEpochCache.load(fs, directory)
+        except CheckpointError as error:
+            log.warning("%s: %s; rebuilding the leader epoch cache from batches", directory, error)
+            fs.remove(f"{directory}/leader-epoch-checkpoint")
+            epoch_cache = LeaderEpochCache.load(fs, directory)
+            recovery_point = 0
+
+        segments, recovered = _load_segments(fs, directory, config, recovery_point)
+        if not segments:
+            base = stored_start if stored_start is not None else 0
+            segments = [LogSegment(fs, directory, base, config.index_interval_bytes)]
+        log_start = max(stored_start or 0, segments[0].base_offset)
+        self = cls(fs, directory, config, segments, log_start, epoch_cache)
+        # The checkpoint may name epochs whose batches a crash took away, and may miss
+        # epochs of batches that survived: trust the batches.
+        epoch_cache.truncate_from_end(self.log_end_offset)
+        for header in recovered:
+            if header.partition_leader_epoch > epoch_cache.latest_epoch():
+                epoch_cache.assign(header.partition_leader_epoch, header.base_offset)
+        epoch_cache.truncate_from_start(log_start)
+        # What recovery kept may sit only in the page cache (a process crash, not a
+        # power loss): make it durable before anyone counts it as written.
+        for segment in segments:
+            if segment.unflushed:
+                segment.flush()
+        fs.sync_dir(directory)
+        self._write_recovery_point()
+        if self.log_end_offset < log_start:
+            # Only a lost tail can leave the start past the end; Kafka restarts the log
+            # empty at its start offset and lets replication refill it.
+            log.warning(
+                "%s: log end %d below log start %d after recovery",
+                directory,
+                self.log_end_offset,
+                log_start,
+            )
+            self.truncate_fully_and_start_at(log_start)
+        return self
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._segments[-1].next_offset
+
+    @property
+    def active_segment(self) -> LogSegment:
+        return self._segments[-1]
+
+    @property
+    def segments(self) -> tuple[LogSegment, ...]:
+        return tuple(self._segments)
+
+    def size_bytes(self) -> int:
+        return sum(segment.size for segment in self._segments)
+
+    def latest_epoch(self) -> int:
+        return self.epoch_cache.latest_epoch()
+
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
+        """(epoch, end offset) as KIP-279's OffsetsForLeaderEpoch answers it."""
+        answer = self.epoch_cache.end_offset_for(epoch, self.log_end_offset)
+        return answer.epoch, answer.end_offset
+
+    # ------------------------------------------------------------------ appending
+
+    def append(self, batches: bytes | bytearray | memoryview, leader_epoch: int) -> AppendInfo:
+        """Append as the leader: assign offsets from the log end and stamp `leader_epoch`."""
+        self._check_open()
+        if leader_epoch < self.epoch_cache.latest_epoch():
+            raise InvalidLeaderEpochError(
+                f"append with leader epoch {leader_epoch} after epoch "
+                f"{self.epoch_cache.latest_epoch()} in {self.directory}"
+            )
+        buffer = bytearray(batches)
+        locations = self._validate(buffer, max_batch_bytes=self.config.max_message_bytes)
+        next_offset = self.log_end_offset
+        patched: list[BatchLocation] = []
+        for location in locations:
+            patch_base_offset(buffer, location.position, next_offset)
+            patch_partition_leader_epoch(buffer, location.position, leader_epoch)
+            header = attrs.evolve(
+                location.header, base_offset=next_offset, partition_leader_epoch=leader_epoch
+            )
+            patched.append(BatchLocation(location.position, header))
+            next_offset = header.next_offset
+        info = self._write(buffer, patched)
+        if leader_epoch > self.epoch_cache.latest_epoch():
+            self.epoch_cache.assign(leader_epoch, info.first_offset)
+        return info
+
+    def append_as_follower(self, batches: bytes | bytearray | memoryview) -> AppendInfo:
+        """Append batches that already carry offsets and epochs (replication)."""
+        self._check_open()
+        locations = self._validate(batches, max_batch_bytes=self.config.segment_bytes)
+        expected = self.log_end_offset
+        for location in locations:
+            if location.header.base_offset != expected:
+                raise NonContiguousOffsetError(
+                    f"{self.directory}: batch at offset {location.header.base_offset} "
+                    f"does not follow the log end {expected}"
+                )
+            expected = location.header.next_offset
+        info = self._write(batches, locations)
+        for location in locations:
+            epoch = location.header.partition_leader_epoch
+            if epoch > self.epoch_cache.latest_epoch():
+                self.epoch_cache.assign(epoch, location.header.base_offset)
+        return info
+
+    def _validate(
+        self, batches: bytes | bytearray | memoryview, *, max_batch_bytes: int
+    ) -> list[BatchLocation]:
+        if not len(batches):
+            raise RecordBatchError("empty append: no record batch given")
+        locations = []
+        for position, header in iter_batches(batches, validate=True):
+            if header.size_bytes > max_batch_bytes or header.size_bytes > self.config.segment_bytes:
+                raise RecordTooLargeError(
+                    f"batch of {header.size_bytes} bytes exceeds the limit of "
+                    f"{min(max_batch_bytes, self.config.segment_bytes)} bytes"
+                )
+            if header.record_count <= 0 and not header.is_control:
+                raise RecordBatchError(f"batch at position {position} has no records")
+            locations.append(BatchLocation(position, header))
+        return locations
+
+    def _write(
+        self, data: bytes | bytearray | memoryview, locations: list[BatchLocation]
+    ) -> AppendInfo:
+        first = locations[0].header
+        last = locations[-1].header
+        max_header = max(locations, key=lambda location: location.header.max_timestamp).header
+        self._maybe_roll(len(data), first, last)
+        segment = self.active_segment
+        size_before = segment.size
+        try:
+            segment.append(data, locations)
+        except OSError as error:
+            if segment.size != size_before:
+                # Part of the write is still there and could not be cut away: serving
+                # from this log could expose half a batch, so it goes offline.
+                self._offline_reason = f"{error}; tail could not be removed"
+            raise LogStorageError(f"{self.directory}: append failed: {error}") from error
+        record_count = sum(location.header.record_count for location in locations)
+        info = AppendInfo(
+            first_offset=first.base_offset,
+            last_offset=last.last_offset,
+            max_timestamp=max_header.max_timestamp,
+            offset_of_max_timestamp=max_header.last_offset,
+            batch_count=len(locations),
+            record_count=record_count,
+            size_bytes=len(data),
+        )
+        self._unflushed_records += record_count
+        if (
+            self.config.flush_messages is not None
+            and self._unflushed_records >= self.config.flush_messages
+        ):
+            self.flush()
+        return info
+
+    def _maybe_roll(self, size: int, first: BatchHeader, last: BatchHeader) -> None:
+        active = self.active_segment
+        if active.is_empty:
+            return
+        too_big = active.size + size > self.config.segment_bytes
+        too_old = (
+            active.rolling_timestamp >= 0
+            and first.max_timestamp - active.rolling_timestamp > self.config.segment_ms
+        )
+        offsets_overflow = last.last_offset - active.base_offset > MAX_RELATIVE_OFFSET
+        if too_big or too_old or offsets_overflow:
+            self.roll()
+
+    def roll(self) -> None:
+        """Start a new active segment at the log end (no-op when the active one is empty)."""
+        self._check_open()
+        active = self.active_segment
+        if active.is_empty:
+            return
+        active.flush()
+        segment = LogSegment(
+            self.fs, self.directory, self.log_end_offset, self.config.index_interval_bytes
+        )
+        self._segments.append(segment)
+        self._base_offsets.append(segment.base_offset)
+        # Syncs the directory too, so the new segment's files are durable names.
+        self._write_recovery_point()
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, start_offset: int, max_bytes: int, max_offset: int | None = None) -> bytes:
+        """Whole batches from the one holding `start_offset`, up to `max_bytes`.
+
+        `max_offset` (exclusive), e.g. the high-water mark, hides batches that reach it.
+        At least one batch comes back when one is readable, even if larger than
+        `max_bytes`. Reads stay within one segment, as Kafka's do; the next read
+        continues in the next segment.
+        """
+        self._check_open()
+        if start_offset < self._log_start_offset or start_offset > self.log_end_offset:
+            raise OffsetOutOfRangeError(start_offset, self._log_start_offset, self.log_end_offset)
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        index = self._segment_index_for(start_offset)
+        for segment in self._segments[index:]:
+            if max_offset is not None and segment.base_offset >= max_offset:
+                break
+            data = segment.read(start_offset, max_bytes, max_offset)
+            if data:
+                return data
+            if segment.next_offset > start_offset:
+                break
+        return b""
+
+    def locate_batch(self, offset: int) -> BatchHeader | None:
+        """Header of the batch holding `offset` (or the first after it), if any."""
+        for segment in self._segments[self._segment_index_for(offset) :]:
+            location = segment.locate(offset)
+            if location is not None:
+                return location.header
+        return None
+
+    def _segment_index_for(self, offset: int) -> int:
+        return max(0, bisect.bisect_right(self._base_offsets, offset) - 1)
+
+    def offset_for_timestamp(self, timestamp: int) -> OffsetAndTimestamp | None:
+        """The first record with timestamp >= `timestamp` (ListOffsets by time)."""
+        self._check_open()
+        for segment in self._segments:
+            if segment.max_timestamp < timestamp:
+                continue
+            location = segment.find_offset_by_timestamp(timestamp)
+            if location is None:
+                continue
+            batch = segment.log.read_at(location.position, location.header.size_bytes)
+            for record in iter_records(batch):
+                if record.timestamp >= timestamp and record.offset >= self._log_start_offset:
+                    return OffsetAndTimestamp(record.offset, record.timestamp)
+        return None
+
+    # ------------------------------------------------------------------ durability
+
+    def flush(self) -> None:
+        """Make every append so far durable."""
+        self._check_open()
+        for segment in self._segments:
+            if segment.unflushed:
+                segment.flush()
+        if self._dir_dirty:
+            self.fs.sync_dir(self.directory)
+            self._dir_dirty = False
+        self._unflushed_records = 0
+
+    def _write_recovery_point(self) -> None:
+        write_offset_file(
+            self.fs, f"{self.directory}/{RECOVERY_POINT_FILE}", self.active_segment.base_offset
+        )
+        self._dir_dirty = False
+
+    # ------------------------------------------------------------------ removing data
+
+    def truncate_to(self, offset: int) -> None:
+        """Remove every batch at or after `offset` (a straddling batch goes whole)."""
+        self._check_open()
+        if offset < self._log_start_offset:
+            raise InvalidTruncationError(
+                f"{self.directory}: cannot truncate to {offset}, below the log start "
+                f"{self._log_start_offset}"
+            )
+        if offset >= self.log_end_offset:
+            return
+        straddling = self.locate_batch(offset)
+        if straddling is not None and straddling.base_offset < self._log_start_offset:
+            # The batch holding `offset` starts below the log start and goes whole, which
+            # would leave the end below the start: restart the log empty at its start.
+            self.truncate_fully_and_start_at(self._log_start_offset)
+            return
+        while len(self._segments) > 1 and self._segments[-1].base_offset >= offset:
+            self._drop_last_segment()
+        self.active_segment.truncate_to(offset)
+        self.active_segment.flush()
+        self.epoch_cache.truncate_from_end(self.log_end_offset)
+        self.flush()
+        self._write_recovery_point()
+
+    def _drop_last_segment(self) -> None:
+        segment = self._segments.pop()
+        self._base_offsets.pop()
+        segment.delete()
+        self._dir_dirty = True
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Drop every segment and restart the log empty at `offset` (e.g. from a snapshot)."""
+        self._check_open()
+        if offset < 0:
+            raise InvalidTruncationError(f"cannot restart a log at negative offset {offset}")
+        self._persist_log_start(offset)
+        for segment in self._segments:
+            segment.delete()
+        self._segments = [
+            LogSegment(self.fs, self.directory, offset, self.config.index_interval_bytes)
+        ]
+        self._base_offsets = [offset]
+        self._log_start_offset = offset
+        self.epoch_cache.clear()
+        self._write_recovery_point()
+
+    def advance_log_start_offset(self, offset: int) -> bool:
+        """Move the log start forward (DeleteRecords, snapshots); True if it moved."""
+        self._check_open()
+        if offset > self.log_end_offset:
+            raise OffsetOutOfRangeError(offset, self._log_start_offset, self.log_end_offset)
+        if offset <= self._log_start_offset:
+            return False
+        # The start must never pass what survives a crash, or the log would reopen
+        # with its start beyond its end.
+        self.flush()
+        self._persist_log_start(offset)
+        self._log_start_offset = offset
+        self._delete_segments_while(lambda segment, _: segment.next_offset <= offset)
+        self.epoch_cache.truncate_from_start(offset)
+        return True
+
+    def delete_old_segments(self, now_ms: int, max_offset: int | None = None) -> int:
+        """Apply retention by time and by size; return how many segments were deleted.
+
+        The active segment is never deleted, nor any segment holding offsets at or past
+        `max_offset` (pass the high-water mark: uncommitted data is not expired).
+        """
+        self._check_open()
+        config = self.config
+
+        def expired(segment: LogSegment, remaining_bytes: int) -> bool:
+            if max_offset is not None and segment.next_offset > max_offset:
+                return False
+            by_time = config.retention_ms >= 0 and segment.max_timestamp < now_ms - (
+                config.retention_ms
+            )
+            by_size = (
+                config.retention_bytes >= 0
+                and remaining_bytes - segment.size >= config.retention_bytes
+            )
+            return by_time or by_size
+
+        deleted = self._delete_segments_while(expired)
+        if deleted:
+            new_start = self._segments[0].base_offset
+            if new_start > self._log_start_offset:
+                self._persist_log_start(new_start)
+                self._log_start_offset = new_start
+                self.epoch_cache.truncate_from_start(new_start)
+        return deleted
+
+    def _delete_segments_while(self, predicate: object) -> int:
+        assert callable(predicate)
+        remaining = self.size_bytes()
+        deleted = 0
+        while len(self._segments) > 1 and predicate(self._segments[0], remaining):
+            segment = self._segments.pop(0)
+            self._base_offsets.pop(0)
+            remaining -= segment.size
+            segment.delete()
+            deleted += 1
+        if deleted:
+            self.fs.sync_dir(self.directory)
+        return deleted
+
+    def _persist_log_start(self, offset: int) -> None:
+        write_offset_file(self.fs, f"{self.directory}/{LOG_START_OFFSET_FILE}", offset)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._write_recovery_point()
+        for segment in self._segments:
+            segment.close()
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogClosedError(f"log {self.directory} is closed")
+        if self._offline_reason is not None:
+            raise LogStorageError(f"log {self.directory} is offline: {self._offline_reason}")
+
+
+def _read_offset_or(fs: FileSystem, path: str, default: int | None) -> int | None:
+    try:
+        value = read_offset_file(fs, path)
+    except CheckpointError as error:
+        log.warning("%s; ignoring it", error)
+        return default
+    return default if value is None else value
+
+
+def _load_segments(
+    fs: FileSystem, directory: str, config: LogConfig, recovery_point: int | None
+) -> tuple[list[LogSegment], list[BatchHeader]]:
+    """Open every segment; recover those that may hold unsynced data.
+
+    Returns the segments that form one contiguous log, and the headers of every batch
+    that recovery scanned (to rebuild the leader-epoch cache from what is really there).
+    """
+    names = fs.listdir(directory)
+    for name in names:
+        if name.endswith(".tmp"):
+            fs.remove(f"{directory}/{name}")
+    bases = sorted(int(name[: -len(LOG_SUFFIX)]) for name in names if name.endswith(LOG_SUFFIX))
+    for name in names:
+        for suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+            if name.endswith(suffix) and int(name[: -len(suffix)]) not in bases:
+                fs.remove(f"{directory}/{name}")  # an index whose log is gone
+    recovery_point = recovery_point or 0
+    segments: list[LogSegment] = []
+    scanned: list[BatchHeader] = []
+    for position, base in enumerate(bases):
+        segment = LogSegment(fs, directory, base, config.index_interval_bytes)
+        next_base = bases[position + 1] if position + 1 < len(bases) else None
+        trusted = next_base is not None and next_base <= recovery_point
+        if trusted and segment.load_indexes():
+            segment.rebuild_bookkeeping_from_index()
+        else:
+            result = segment.recover()
+            scanned.extend(result.batches)
+            if result.reason is not None:
+                log.warning(
+                    "%s: recovery cut segment %d at byte %d (%d bytes dropped): %s",
+                    directory,
+                    base,
+                    result.valid_bytes,
+                    result.truncated_bytes,
+                    result.reason,
+                )
+        if segments and segments[-1].next_offset != segment.base_offset:
+            log.warning(
+                "%s: segment %d does not follow offset %d; dropping it and all later ones",
+                directory,
+                base,
+                segments[-1].next_offset,
+            )
+            segment.delete()
+            for later in bases[position + 1 :]:
+                LogSegment(fs, directory, later, config.index_interval_bytes).delete()
+            break
+        segments.append(segment)
+    return segments, scanned
+
+
+__all__ = [
+    "AppendInfo",
+    "CorruptSegmentError",
+    "InvalidLeaderEpochError",
+    "InvalidTruncationError",
+    "LogClosedError",
+    "LogConfig",
+    "LogError",
+    "LogStorageError",
+    "NonContiguousOffsetError",
+    "OffsetAndTimestamp",
+    "OffsetOutOfRangeError",
+    "RecordTooLargeError",
+    "SegmentedLog",
+]

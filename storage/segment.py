@@ -1,0 +1,339 @@
+"""One log segment: a `.log` file of whole record batches plus its two sparse indexes.
+
+A segment holds the batches with offsets in [base_offset, next_offset). The file
+names carry the base offset as 20 zero-padded digits, as Kafka's do, so a directory
+listing sorts segments in offset order.
+
+Batches are opaque here: the segment reads their 61-byte headers to index and to
+find boundaries, and checks their CRC when recovering or serving them, but never
+decodes records.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from storage.fs import File, FileSystem
+from storage.index import IndexCorruptError, OffsetIndex, TimeIndex
+from storage.records import (
+    BATCH_HEADER_BYTES,
+    BatchHeader,
+    RecordBatchError,
+    read_header,
+    validate_batch,
+)
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIME_INDEX_SUFFIX = ".timeindex"
+# Scanning reads the file in chunks this large rather than one header at a time.
+SCAN_CHUNK_BYTES = 64 * 1024
+NO_TIMESTAMP = -1
+
+
+def segment_file_name(base_offset: int, suffix: str) -> str:
+    return f"{base_offset:020d}{suffix}"
+
+
+class CorruptSegmentError(RecordBatchError):
+    """A stored batch fails its checks: the replica must not serve it."""
+
+
+@attrs.frozen(slots=True)
+class BatchLocation:
+    position: int
+    header: BatchHeader
+
+
+@attrs.frozen(slots=True)
+class RecoveryResult:
+    valid_bytes: int
+    truncated_bytes: int
+    batches: tuple[BatchHeader, ...]
+    reason: str | None  # why the scan stopped before the end of the file
+
+
+class LogSegment:
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        base_offset: int,
+        index_interval_bytes: int,
+    ) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.base_offset = base_offset
+        self.index_interval_bytes = index_interval_bytes
+        self.log: File = fs.open(self.path(LOG_SUFFIX))
+        self.offset_index = OffsetIndex(base_offset, fs.open(self.path(INDEX_SUFFIX)))
+        self.time_index = TimeIndex(base_offset, fs.open(self.path(TIME_INDEX_SUFFIX)))
+        self.next_offset = base_offset
+        self.max_timestamp = NO_TIMESTAMP
+        self.offset_of_max_timestamp = base_offset
+        # Kafka rolls by time against the first batch's timestamp, not the wall clock.
+        self.rolling_timestamp = NO_TIMESTAMP
+        self._bytes_since_index = 0
+        self.unflushed = False
+
+    def path(self, suffix: str) -> str:
+        return f"{self.directory}/{segment_file_name(self.base_offset, suffix)}"
+
+    @property
+    def size(self) -> int:
+        return self.log.size()
+
+    @property
+    def is_empty(self) -> bool:
+        return self.next_offset == self.base_offset
+
+    # -- writing
+
+    def append(self, data: bytes | bytearray | memoryview, locations: list[BatchLocation]) -> None:
+        """Append batches already checked and given their final offsets.
+
+        `locations` are positions within `data`. On an I/O error the file is cut back
+        to its previous size, so no part of `data` stays visible.
+        """
+        start = self.log.size()
+        try:
+            self.log.append(data)
+        except OSError:
+            try:
+                self.log.truncate(start)
+            except OSError:
+                pass  # the caller sees the size did not come back and takes the log offline
+            raise
+        self.unflushed = True
+        for location in locations:
+            self._track_batch(start + location.position, location.header)
+
+    def _track_batch(self, position: int, header: BatchHeader) -> None:
+        if self.rolling_timestamp == NO_TIMESTAMP:
+            self.rolling_timestamp = header.max_timestamp
+        if header.max_timestamp > self.max_timestamp:
+            self.max_timestamp = header.max_timestamp
+            self.offset_of_max_timestamp = header.last_offset
+        # Position 0 needs no entry: a lookup that finds nothing starts there anyway.
+        if self._bytes_since_index >= self.index_interval_bytes:
+            self.offset_index.append(header.base_offset, position)
+            # (running max timestamp, its offset): every record at or before that
+            # offset is no later than it, which is what a timestamp lookup relies on.
+            self.time_index.maybe_append(self.max_timestamp, self.offset_of_max_timestamp)
+            self._bytes_since_index = 0
+        self._bytes_since_index += header.size_bytes
+        self.next_offset = header.next_offset
+
+    def flush(self) -> None:
+        self.log.sync()
+        self.offset_index.flush()
+        self.time_index.flush()
+        self.unflushed = False
+
+    # -- reading
+
+    def _headers_from(self, position: int, *, validate: bool) -> BatchLocationIterator:
+        return BatchLocationIterator(self.log, position, validate=validate)
+
+    def locate(self, offset: int) -> BatchLocation | None:
+        """The first batch whose last offset is >= `offset`, or None past the end."""
+        _, position = self.offset_index.lookup(offset)
+        for location in self._headers_from(position, validate=False):
+            if location.header.last_offset >= offset:
+                return location
+        return None
+
+    def read(self, start_offset: int, max_bytes: int, max_offset: int | None) -> bytes:
+        """Whole batches from the one holding `start_offset`, CRC-checked.
+
+        Stops before a batch with offsets at or past `max_offset` and before exceeding
+        `max_bytes`, except that the first batch is returned even when it alone is larger
+        (KIP-74), so a consumer can always make progress. A corrupt first batch raises
+        CorruptSegmentError; a corrupt later one ends the answer just before it.
+        """
+        first = self.locate(start_offset)
+        if first is None or (max_offset is not None and first.header.last_offset >= max_offset):
+            return b""
+        data = self.log.read_at(first.position, max(max_bytes, first.header.size_bytes))
+        end = 0
+        while end + BATCH_HEADER_BYTES <= len(data):
+            try:
+                header = read_header(data, end)
+                if end + header.size_bytes > len(data):
+                    break
+                if max_offset is not None and header.last_offset >= max_offset:
+                    break
+                validate_batch(data, end)
+            except RecordBatchError as error:
+                if end == 0:
+                    raise CorruptSegmentError(
+                        f"{self.path(LOG_SUFFIX)} position {first.position}: {error}"
+                    ) from error
+                break
+            end += header.size_bytes
+        return data if end == len(data) else data[:end]
+
+    def find_offset_by_timestamp(self, timestamp: int) -> BatchLocation | None:
+        """The first batch whose max timestamp is >= `timestamp`."""
+        start_offset = self.time_index.lookup(timestamp)
+        _, position = self.offset_index.lookup(start_offset)
+        for location in self._headers_from(position, validate=False):
+            if location.header.max_timestamp >= timestamp:
+                return location
+        return None
+
+    # -- recovery and truncation
+
+    def load_indexes(self) -> bool:
+        """Load the index files if they agree with the log; False means rebuild them."""
+        try:
+            self.offset_index.load(self.log.size())
+            self.time_index.load(2**63 - 1)
+            if len(self.offset_index):
+                offset, position = self.offset_index.lookup(2**63 - 1)
+                header = read_header(self.log.read_at(position, BATCH_HEADER_BYTES))
+                if header.base_offset != offset:
+                    return False
+        except (IndexCorruptError, RecordBatchError):
+            self.offset_index.reset()
+            self.time_index.reset()
+            return False
+        return True
+
+    def recover(self) -> RecoveryResult:
+        """Scan every batch, validate length, CRC and offsets; cut at the first bad one.
+
+        Rebuilds both indexes and the segment's offset and timestamp bookkeeping.
+        Offsets must run on without gaps from the segment's base offset: the base
+        offset field is outside the CRC, so this is what catches a flipped bit there.
+        """
+        self.offset_index.reset()
+        self.time_index.reset()
+        self._reset_bookkeeping()
+        iterator = self._headers_from(0, validate=True)
+        batches: list[BatchHeader] = []
+        valid_end = 0
+        stopped_because = None
+        for location in iterator:
+            if location.header.base_offset != self.next_offset:
+                stopped_because = (
+                    f"position {location.position}: base offset "
+                    f"{location.header.base_offset}, expected {self.next_offset}"
+                )
+                break
+            self._track_batch(location.position, location.header)
+            batches.append(location.header)
+            valid_end = location.position + location.header.size_bytes
+        stopped_because = stopped_because or iterator.stopped_because
+        truncated = self.log.size() - valid_end
+        if truncated:
+            self.log.truncate(valid_end)
+        # Recovered bytes may live only in the page cache; the log re-syncs them.
+        self.unflushed = True
+        return RecoveryResult(valid_end, truncated, tuple(batches), stopped_because)
+
+    def rebuild_bookkeeping_from_index(self) -> None:
+        """After trusting the indexes, find next offset and max timestamp from the tail."""
+        self._reset_bookkeeping()
+        _, position = self.offset_index.lookup(2**63 - 1)
+        # Timestamps before the last index entry are summarized by the time index.
+        if len(self.time_index):
+            self.max_timestamp = self.time_index.timestamps[-1]
+            self.offset_of_max_timestamp = self.base_offset + self.time_index.relative_offsets[-1]
+        first = self._headers_from(0, validate=False)
+        for location in first:
+            self.rolling_timestamp = location.header.max_timestamp
+            break
+        for location in self._headers_from(position, validate=False):
+            header = location.header
+            if header.max_timestamp > self.max_timestamp:
+                self.max_timestamp = header.max_timestamp
+                self.offset_of_max_timestamp = header.last_offset
+            self.next_offset = header.next_offset
+        self._bytes_since_index = self.log.size() - position
+
+    def _reset_bookkeeping(self) -> None:
+        self.next_offset = self.base_offset
+        self.max_timestamp = NO_TIMESTAMP
+        self.offset_of_max_timestamp = self.base_offset
+        self.rolling_timestamp = NO_TIMESTAMP
+        self._bytes_since_index = 0
+
+    def truncate_to(self, offset: int) -> int:
+        """Remove every batch whose last offset is >= `offset`; return bytes removed."""
+        location = self.locate(offset)
+        if location is None:
+            return 0
+        # A batch is indivisible: one that straddles `offset` goes whole.
+        removed = self.log.size() - location.position
+        self.log.truncate(location.position)
+        self.offset_index.truncate_to_offset(location.header.base_offset)
+        self.time_index.truncate_to_offset(location.header.base_offset)
+        self.unflushed = True
+        if location.position == 0:
+            self._reset_bookkeeping()
+        else:
+            self.rebuild_bookkeeping_from_index()
+        return removed
+
+    def close(self) -> None:
+        self.log.close()
+        self.offset_index.close()
+        self.time_index.close()
+
+    def delete(self) -> None:
+        self.close()
+        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+            path = self.path(suffix)
+            if self.fs.exists(path):
+                self.fs.remove(path)
+
+
+class BatchLocationIterator:
+    """Walks batch headers from a file position, reading the file in large chunks.
+
+    Stops quietly at a clean end of file. At a partial or corrupt batch it stops too
+    and says why in `stopped_because`, leaving `position` at that batch, so recovery
+    can cut the file there and readers can refuse to serve past it.
+    """
+
+    def __init__(self, file: File, position: int, *, validate: bool) -> None:
+        self._file = file
+        self._validate = validate
+        self.position = position
+        self.valid_end = position
+        self.stopped_because: str | None = None
+        self._buffer = b""
+        self._buffer_start = position
+
+    def __iter__(self) -> BatchLocationIterator:
+        return self
+
+    def __next__(self) -> BatchLocation:
+        file_size = self._file.size()
+        if self.position >= file_size:
+            raise StopIteration
+        header_bytes = self._view(self.position, BATCH_HEADER_BYTES)
+        try:
+            header = read_header(header_bytes)
+            if self.position + header.size_bytes > file_size:
+                raise RecordBatchError(
+                    f"batch needs {header.size_bytes} bytes, {file_size - self.position} remain"
+                )
+            if self._validate:
+                validate_batch(self._view(self.position, header.size_bytes))
+        except RecordBatchError as error:
+            self.stopped_because = f"position {self.position}: {error}"
+            raise StopIteration from None
+        location = BatchLocation(self.position, header)
+        self.position += header.size_bytes
+        self.valid_end = self.position
+        return location
+
+    def _view(self, position: int, size: int) -> bytes:
+        offset = position - self._buffer_start
+        if offset < 0 or offset + size > len(self._buffer):
+            self._buffer = self._file.read_at(position, max(size, SCAN_CHUNK_BYTES))
+            self._buffer_start = position
+            offset = 0
+        return self._buffer[offset : offset + size]
