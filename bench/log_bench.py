@@ -21,8 +21,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from storage.log import LogConfig, SegmentedLog  # noqa: E402
-from storage.records import RecordInput, build_batch, iter_batches  # noqa: E402
+from storage.log import LogConfig, SegmentedLog
+from storage.records import RecordInput, build_batch, iter_batches
 
 BATCH_TARGET_BYTES = 16 * 1024
 RECORD_VALUE_BYTES = 100

@@ -26,8 +26,11 @@ def write_atomically(fs: FileSystem, path: str, content: bytes) -> None:
     try:
         handle.append(content)
         handle.sync()
-    finally:
+    except OSError:
         handle.close()
+        fs.remove(temp_path)  # a failed write leaves the old file, and no litter
+        raise
+    handle.close()
     fs.rename(temp_path, path)
     fs.sync_dir(posixpath.dirname(path) or ".")
 

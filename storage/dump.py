@@ -74,7 +74,12 @@ def iter_segment_batches(path: str) -> Iterator[tuple[int, BatchHeader | None, b
                 return
             if position + header.size_bytes > size:
                 remaining = size - position
-                yield position, None, b"", f"partial batch: {remaining} of {header.size_bytes} bytes"
+                yield (
+                    position,
+                    None,
+                    b"",
+                    f"partial batch: {remaining} of {header.size_bytes} bytes",
+                )
                 return
             data = handle.read_at(position, header.size_bytes)
             yield position, header, data, None

@@ -26,6 +26,16 @@ class IndexCorruptError(ValueError):
     """An index file disagrees with itself; the caller rebuilds it from the log."""
 
 
+def _append_entries(file: File, persisted_bytes: int, entries: bytes) -> None:
+    """Append and sync whole entries; on failure cut back so no partial entry stays."""
+    try:
+        file.append(entries)
+        file.sync()
+    except OSError:
+        file.truncate(persisted_bytes)
+        raise
+
+
 class OffsetIndex:
     __slots__ = ("_file", "_persisted", "base_offset", "positions", "relative_offsets")
 
@@ -153,10 +163,13 @@ class TimeIndex:
         if self._file is None or self._persisted == len(self.timestamps):
             return
         pending = range(self._persisted, len(self.timestamps))
-        self._file.append(
-            b"".join(TIME_ENTRY.pack(self.timestamps[i], self.relative_offsets[i]) for i in pending)
+        _append_entries(
+            self._file,
+            self._persisted * TIME_ENTRY.size,
+            b"".join(
+                TIME_ENTRY.pack(self.timestamps[i], self.relative_offsets[i]) for i in pending
+            ),
         )
-        self._file.sync()
         self._persisted = len(self.timestamps)
 
     def reset(self) -> None:

@@ -7,6 +7,10 @@ its high-water mark, which would lose or keep the wrong records (KIP-101, KIP-27
 
 The cache is persisted as `leader-epoch-checkpoint` in Kafka's text layout:
 a version line (0), an entry-count line, then one "epoch start_offset" line each.
+Changes are made in memory and written by `flush()`, which the log calls whenever it
+syncs: an append never waits for, or fails on, the checkpoint. The log re-derives the
+epochs of every segment it re-validates on open, so the checkpoint only needs to cover
+the segments before the recovery point, which it does since it is flushed with them.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class LeaderEpochCache:
         self._fs = fs
         self._path = path
         self._entries: list[EpochEntry] = []
+        self._dirty = False
 
     @classmethod
     def load(cls, fs: FileSystem, directory: str) -> LeaderEpochCache:
@@ -84,7 +89,7 @@ class LeaderEpochCache:
         while self._entries and self._entries[-1].start_offset >= start_offset:
             self._entries.pop()
         self._entries.append(EpochEntry(epoch, start_offset))
-        self._persist()
+        self._dirty = True
         return True
 
     def end_offset_for(self, requested_epoch: int, log_end_offset: int) -> EpochEndOffset:
@@ -116,7 +121,7 @@ class LeaderEpochCache:
         kept = [entry for entry in self._entries if entry.start_offset < end_offset]
         if len(kept) != len(self._entries):
             self._entries = kept
-            self._persist()
+            self._dirty = True
 
     def truncate_from_start(self, start_offset: int) -> None:
         """The log start moved to `start_offset`: drop epochs wholly before it."""
@@ -130,19 +135,21 @@ class LeaderEpochCache:
             kept[0] = EpochEntry(kept[0].epoch, start_offset)
         if kept != self._entries:
             self._entries = kept
-            self._persist()
+            self._dirty = True
 
     def clear(self) -> None:
         if self._entries:
             self._entries = []
-            self._persist()
+            self._dirty = True
 
-    def _persist(self) -> None:
-        if self._fs is None or self._path is None:
+    def flush(self) -> None:
+        """Write the checkpoint if anything changed since the last flush."""
+        if not self._dirty or self._fs is None or self._path is None:
             return
         lines = ["0", str(len(self._entries))]
         lines += [f"{entry.epoch} {entry.start_offset}" for entry in self._entries]
         write_atomically(self._fs, self._path, ("\n".join(lines) + "\n").encode())
+        self._dirty = False
 
 
 def _parse_checkpoint(path: str, content: bytes) -> list[EpochEntry]:

@@ -305,7 +305,10 @@ class SegmentedLog:
         first = locations[0].header
         last = locations[-1].header
         max_header = max(locations, key=lambda location: location.header.max_timestamp).header
-        self._maybe_roll(len(data), first, last)
+        try:
+            self._maybe_roll(len(data), first, last)
+        except OSError as error:
+            raise LogStorageError(f"{self.directory}: rolling a segment failed: {error}") from error
         segment = self.active_segment
         size_before = segment.size
         try:
@@ -422,12 +425,15 @@ class SegmentedLog:
         for segment in self._segments:
             if segment.unflushed:
                 segment.flush()
+        self.epoch_cache.flush()
         if self._dir_dirty:
             self.fs.sync_dir(self.directory)
             self._dir_dirty = False
         self._unflushed_records = 0
 
     def _write_recovery_point(self) -> None:
+        # The checkpoint must cover every segment the recovery point vouches for.
+        self.epoch_cache.flush()
         write_offset_file(
             self.fs, f"{self.directory}/{RECOVERY_POINT_FILE}", self.active_segment.base_offset
         )
@@ -495,6 +501,7 @@ class SegmentedLog:
         self._log_start_offset = offset
         self._delete_segments_while(lambda segment, _: segment.next_offset <= offset)
         self.epoch_cache.truncate_from_start(offset)
+        self.epoch_cache.flush()
         return True
 
     def delete_old_segments(self, now_ms: int, max_offset: int | None = None) -> int:
@@ -525,6 +532,7 @@ class SegmentedLog:
                 self._persist_log_start(new_start)
                 self._log_start_offset = new_start
                 self.epoch_cache.truncate_from_start(new_start)
+                self.epoch_cache.flush()
         return deleted
 
     def _delete_segments_while(self, predicate: object) -> int:
@@ -595,8 +603,8 @@ def _load_segments(
         segment = LogSegment(fs, directory, base, config.index_interval_bytes)
         next_base = bases[position + 1] if position + 1 < len(bases) else None
         trusted = next_base is not None and next_base <= recovery_point
-        if trusted and segment.load_indexes():
-            segment.rebuild_bookkeeping_from_index()
+        if trusted and segment.load_indexes() and segment.rebuild_bookkeeping_from_index():
+            pass  # synced before the recovery point moved past it, and it still reads whole
         else:
             result = segment.recover()
             scanned.extend(result.batches)

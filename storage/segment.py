@@ -11,6 +11,8 @@ decodes records.
 
 from __future__ import annotations
 
+import contextlib
+
 import attrs
 
 from storage.fs import File, FileSystem
@@ -99,10 +101,10 @@ class LogSegment:
         try:
             self.log.append(data)
         except OSError:
-            try:
+            # If even this fails, the caller sees the size did not come back and takes
+            # the log offline.
+            with contextlib.suppress(OSError):
                 self.log.truncate(start)
-            except OSError:
-                pass  # the caller sees the size did not come back and takes the log offline
             raise
         self.unflushed = True
         for location in locations:
@@ -232,8 +234,11 @@ class LogSegment:
         self.unflushed = True
         return RecoveryResult(valid_end, truncated, tuple(batches), stopped_because)
 
-    def rebuild_bookkeeping_from_index(self) -> None:
-        """After trusting the indexes, find next offset and max timestamp from the tail."""
+    def rebuild_bookkeeping_from_index(self) -> bool:
+        """After trusting the indexes, find next offset and max timestamp from the tail.
+
+        False when the tail does not end on a whole batch: the caller must recover.
+        """
         self._reset_bookkeeping()
         _, position = self.offset_index.lookup(2**63 - 1)
         # Timestamps before the last index entry are summarized by the time index.
@@ -244,13 +249,15 @@ class LogSegment:
         for location in first:
             self.rolling_timestamp = location.header.max_timestamp
             break
-        for location in self._headers_from(position, validate=False):
+        tail = self._headers_from(position, validate=False)
+        for location in tail:
             header = location.header
             if header.max_timestamp > self.max_timestamp:
                 self.max_timestamp = header.max_timestamp
                 self.offset_of_max_timestamp = header.last_offset
             self.next_offset = header.next_offset
         self._bytes_since_index = self.log.size() - position
+        return tail.stopped_because is None
 
     def _reset_bookkeeping(self) -> None:
         self.next_offset = self.base_offset
@@ -273,7 +280,8 @@ class LogSegment:
         if location.position == 0:
             self._reset_bookkeeping()
         else:
-            self.rebuild_bookkeeping_from_index()
+            whole = self.rebuild_bookkeeping_from_index()
+            assert whole, f"{self.path(LOG_SUFFIX)}: truncation left a partial batch"
         return removed
 
     def close(self) -> None:

@@ -7,7 +7,12 @@ import random
 
 import pytest
 
-from storage.checkpoint import CheckpointError, read_offset_file, write_atomically, write_offset_file
+from storage.checkpoint import (
+    CheckpointError,
+    read_offset_file,
+    write_atomically,
+    write_offset_file,
+)
 from storage.fs import FileSystem, MemoryFileSystem, OsFileSystem
 
 

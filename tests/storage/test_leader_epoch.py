@@ -59,6 +59,8 @@ def test_checkpoint_round_trip_and_corruption() -> None:
     cache = LeaderEpochCache.load(fs, "/p")
     cache.assign(3, 7)
     cache.assign(9, 70)
+    assert LeaderEpochCache.load(fs, "/p").entries == ()  # written on flush, not per change
+    cache.flush()
     assert LeaderEpochCache.load(fs, "/p").entries == cache.entries
     write_atomically(fs, "/p/leader-epoch-checkpoint", b"0\n2\n3 7\n")
     with pytest.raises(CheckpointError):

@@ -72,7 +72,7 @@ def test_append_assigns_offsets_and_stamps_leader_epoch(memfs) -> None:
 
 def test_read_returns_whole_batches_at_least_one_and_respects_max_offset(memfs) -> None:
     log = open_log(memfs, LogConfig())
-    for index in range(5):
+    for _index in range(5):
         log.append(batch(b"x" * 100, b"y" * 100), leader_epoch=0)
     one = log.read(3, max_bytes=10)  # smaller than a batch: still one whole batch
     headers = [h for _, h in iter_batches(one)]
@@ -118,7 +118,9 @@ def test_follower_appends_must_be_contiguous_and_keep_epochs(memfs) -> None:
     with pytest.raises(NonContiguousOffsetError):
         log.append_as_follower(batch(b"d", base_offset=5, epoch=4))
     with pytest.raises(NonContiguousOffsetError):
-        log.append_as_follower(batch(b"d", base_offset=3, epoch=4) + batch(b"e", base_offset=7, epoch=4))
+        log.append_as_follower(
+            batch(b"d", base_offset=3, epoch=4) + batch(b"e", base_offset=7, epoch=4)
+        )
     assert log.log_end_offset == 3
     assert [(e.epoch, e.start_offset) for e in log.epoch_cache.entries] == [(1, 0), (4, 2)]
     assert log.end_offset_for_epoch(2) == (1, 2)
@@ -281,5 +283,26 @@ def test_real_files_round_trip(tmp_path) -> None:
     log.close()
     reopened = SegmentedLog.open(directory, SMALL)
     assert values_from(reopened) == [(i, bytes([i]) * 64) for i in range(30)]
-    assert [(e.epoch, e.start_offset) for e in reopened.epoch_cache.entries] == [(0, 0), (1, 10), (2, 20)]
+    assert [(e.epoch, e.start_offset) for e in reopened.epoch_cache.entries] == [
+        (0, 0),
+        (1, 10),
+        (2, 20),
+    ]
     reopened.close()
+
+
+def test_a_torn_segment_below_the_recovery_point_is_still_recovered(memfs) -> None:
+    log = open_log(memfs)
+    for index in range(40):
+        log.append(batch(bytes([index]) * 60), leader_epoch=0)
+    log.close()
+    first = "/data/t-0/00000000000000000000.log"
+    handle = memfs.open(first)
+    handle.truncate(handle.size() - 10)  # bit rot / a lost tail in an old segment
+    handle.sync()
+    reopened = open_log(memfs)
+    surviving = values_from(reopened)
+    assert surviving == [(i, bytes([i]) * 60) for i in range(len(surviving))]
+    assert len(reopened.segments) == 1
+    reopened.append(batch(b"next"), leader_epoch=0)
+    assert values_from(reopened)[-1] == (len(surviving), b"next")

@@ -8,6 +8,7 @@ log must reopen to a prefix of the model that still holds everything flushed bef
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import attrs
@@ -47,7 +48,9 @@ class ModelBatch:
         return self.base_offset + len(self.values)
 
 
-def encode(values: tuple[bytes, ...], timestamp: int, base_offset: int = 0, epoch: int = -1) -> bytes:
+def encode(
+    values: tuple[bytes, ...], timestamp: int, base_offset: int = 0, epoch: int = -1
+) -> bytes:
     records = [RecordInput(key=None, value=value, timestamp=timestamp) for value in values]
     return build_batch(records, base_offset=base_offset, partition_leader_epoch=epoch)
 
@@ -62,7 +65,9 @@ def read_everything(log: SegmentedLog) -> list[ModelBatch]:
             batch = bytes(data[position : position + header.size_bytes])
             values = tuple(record.value or b"" for record in iter_records(batch))
             batches.append(
-                ModelBatch(header.base_offset, header.partition_leader_epoch, header.base_timestamp, values)
+                ModelBatch(
+                    header.base_offset, header.partition_leader_epoch, header.base_timestamp, values
+                )
             )
             offset = header.next_offset
     return batches
@@ -88,18 +93,6 @@ class LogMachine(RuleBasedStateMachine):
 
     def visible(self) -> list[ModelBatch]:
         return [batch for batch in self.model if batch.next_offset > self.log_start]
-
-    def expected_epoch_entries(self) -> list[tuple[int, int]]:
-        entries: list[tuple[int, int]] = []
-        for batch in self.model:
-            if not entries or batch.epoch > entries[-1][0]:
-                entries.append((batch.epoch, batch.base_offset))
-        # Moving the log start keeps the epoch in force there, starting at the start.
-        while len(entries) > 1 and entries[1][1] <= self.log_start:
-            entries.pop(0)
-        if entries and entries[0][1] < self.log_start:
-            entries[0] = (entries[0][0], self.log_start)
-        return entries
 
     # -- rules
 
@@ -257,16 +250,31 @@ class LogMachine(RuleBasedStateMachine):
         assert read_everything(self.log) == self.visible()
 
     @invariant()
-    def epoch_cache_matches_batches(self) -> None:
+    def epoch_cache_answers_for_every_visible_batch(self) -> None:
         if not hasattr(self, "log"):
             return
-        cached = [(entry.epoch, entry.start_offset) for entry in self.log.epoch_cache.entries]
-        assert cached == self.expected_epoch_entries()
+        cache = self.log.epoch_cache
+        entries = cache.entries
+        assert all(
+            a.epoch < b.epoch and a.start_offset < b.start_offset
+            for a, b in itertools.pairwise(entries)
+        )
+        assert all(entry.start_offset <= self.end for entry in entries)
+        visible = self.visible()
+        for batch in visible:
+            assert cache.epoch_for_offset(max(batch.base_offset, self.log_start)) == batch.epoch
+        # Where each epoch ended: the first offset of the next higher epoch, or the end.
+        for index, batch in enumerate(visible):
+            later = [b for b in visible[index:] if b.epoch > batch.epoch]
+            expected_end = later[0].base_offset if later else self.end
+            if not later and cache.latest_epoch() > batch.epoch:
+                continue  # an epoch whose records were all truncated or deleted
+            assert self.log.end_offset_for_epoch(batch.epoch) == (batch.epoch, expected_end)
 
 
 LogMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
+    max_examples=300,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
