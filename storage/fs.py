@@ -94,12 +94,15 @@ class OsFile:
         return self._size
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                written = os.write(self._fd, view)
-                self._size += written
-                view = view[written:]
+            written = os.write(self._fd, data)
+            self._size += written
+            if written < len(data):  # short write: finish it, or raise trying
+                view = memoryview(data)[written:]
+                while view:
+                    written = os.write(self._fd, view)
+                    self._size += written
+                    view = view[written:]
         except OSError:
             # A short write followed by an error leaves a prefix on disk; the size we
             # track must still match the file so the caller can truncate it away.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from typing import NamedTuple
 
 import attrs
 
@@ -34,12 +35,12 @@ from storage.records import (
     iter_records,
     patch_base_offset,
     patch_partition_leader_epoch,
+    validate_batch,
 )
 from storage.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
-    BatchLocation,
     CorruptSegmentError,
     LogSegment,
 )
@@ -115,8 +116,9 @@ class LogStorageError(LogError):
     """The disk refused a write (ENOSPC, EIO); nothing of the append is visible."""
 
 
-@attrs.frozen(kw_only=True, slots=True)
-class AppendInfo:
+class AppendInfo(NamedTuple):
+    """What an append wrote (a NamedTuple: one is made per produce request)."""
+
     first_offset: int
     last_offset: int
     max_timestamp: int
@@ -124,6 +126,11 @@ class AppendInfo:
     batch_count: int
     record_count: int
     size_bytes: int
+
+
+class LogSlice(NamedTuple):
+    data: bytes
+    next_offset: int  # where the following read starts (start offset if data is empty)
 
 
 @attrs.frozen(slots=True)
@@ -241,112 +248,119 @@ class SegmentedLog:
     def append(self, batches: bytes | bytearray | memoryview, leader_epoch: int) -> AppendInfo:
         """Append as the leader: assign offsets from the log end and stamp `leader_epoch`."""
         self._check_open()
-        if leader_epoch < self.epoch_cache.latest_epoch():
+        latest_epoch = self.epoch_cache.latest_epoch()
+        if leader_epoch < latest_epoch:
             raise InvalidLeaderEpochError(
-                f"append with leader epoch {leader_epoch} after epoch "
-                f"{self.epoch_cache.latest_epoch()} in {self.directory}"
+                f"append with leader epoch {leader_epoch} after epoch {latest_epoch} "
+                f"in {self.directory}"
             )
         buffer = bytearray(batches)
-        locations = self._validate(buffer, max_batch_bytes=self.config.max_message_bytes)
-        next_offset = self.log_end_offset
-        patched: list[BatchLocation] = []
-        for location in locations:
-            patch_base_offset(buffer, location.position, next_offset)
-            patch_partition_leader_epoch(buffer, location.position, leader_epoch)
-            header = attrs.evolve(
-                location.header, base_offset=next_offset, partition_leader_epoch=leader_epoch
-            )
-            patched.append(BatchLocation(location.position, header))
+        located = self._validate(buffer, max_batch_bytes=self.config.max_message_bytes)
+        next_offset = self._segments[-1].next_offset
+        patched: list[tuple[int, BatchHeader]] = []
+        for position, header in located:
+            patch_base_offset(buffer, position, next_offset)
+            patch_partition_leader_epoch(buffer, position, leader_epoch)
+            header = header.rebased(next_offset, leader_epoch)
+            patched.append((position, header))
             next_offset = header.next_offset
         info = self._write(buffer, patched)
-        if leader_epoch > self.epoch_cache.latest_epoch():
+        if leader_epoch > latest_epoch:
             self.epoch_cache.assign(leader_epoch, info.first_offset)
         return info
 
     def append_as_follower(self, batches: bytes | bytearray | memoryview) -> AppendInfo:
         """Append batches that already carry offsets and epochs (replication)."""
         self._check_open()
-        locations = self._validate(batches, max_batch_bytes=self.config.segment_bytes)
+        located = self._validate(batches, max_batch_bytes=self.config.segment_bytes)
         expected = self.log_end_offset
-        for location in locations:
-            if location.header.base_offset != expected:
+        for _, header in located:
+            if header.base_offset != expected:
                 raise NonContiguousOffsetError(
-                    f"{self.directory}: batch at offset {location.header.base_offset} "
+                    f"{self.directory}: batch at offset {header.base_offset} "
                     f"does not follow the log end {expected}"
                 )
-            expected = location.header.next_offset
-        info = self._write(batches, locations)
-        for location in locations:
-            epoch = location.header.partition_leader_epoch
-            if epoch > self.epoch_cache.latest_epoch():
-                self.epoch_cache.assign(epoch, location.header.base_offset)
+            expected = header.next_offset
+        info = self._write(batches, located)
+        for _, header in located:
+            if header.partition_leader_epoch > self.epoch_cache.latest_epoch():
+                self.epoch_cache.assign(header.partition_leader_epoch, header.base_offset)
         return info
 
     def _validate(
         self, batches: bytes | bytearray | memoryview, *, max_batch_bytes: int
-    ) -> list[BatchLocation]:
+    ) -> list[tuple[int, BatchHeader]]:
+        """Check every batch before anything is written: all are taken, or none."""
         if not len(batches):
             raise RecordBatchError("empty append: no record batch given")
-        locations = []
-        for position, header in iter_batches(batches, validate=True):
-            if header.size_bytes > max_batch_bytes or header.size_bytes > self.config.segment_bytes:
+        first = validate_batch(batches, 0)
+        if first.size_bytes == len(batches):
+            located = [(0, first)]  # the usual case: one batch per partition per request
+        else:
+            located = list(iter_batches(batches, validate=True))
+        limit = min(max_batch_bytes, self.config.segment_bytes)
+        for position, header in located:
+            if header.size_bytes > limit:
                 raise RecordTooLargeError(
-                    f"batch of {header.size_bytes} bytes exceeds the limit of "
-                    f"{min(max_batch_bytes, self.config.segment_bytes)} bytes"
+                    f"batch of {header.size_bytes} bytes exceeds the limit of {limit} bytes"
                 )
             if header.record_count <= 0 and not header.is_control:
                 raise RecordBatchError(f"batch at position {position} has no records")
-            locations.append(BatchLocation(position, header))
-        return locations
+        return located
 
     def _write(
-        self, data: bytes | bytearray | memoryview, locations: list[BatchLocation]
+        self, data: bytes | bytearray | memoryview, located: list[tuple[int, BatchHeader]]
     ) -> AppendInfo:
-        first = locations[0].header
-        last = locations[-1].header
-        max_header = max(locations, key=lambda location: location.header.max_timestamp).header
+        first = located[0][1]
+        last = located[-1][1]
+        max_header = first
+        record_count = first.record_count
+        for _, header in located[1:]:
+            record_count += header.record_count
+            if header.max_timestamp > max_header.max_timestamp:
+                max_header = header
         try:
             self._maybe_roll(len(data), first, last)
         except OSError as error:
             raise LogStorageError(f"{self.directory}: rolling a segment failed: {error}") from error
-        segment = self.active_segment
+        segment = self._segments[-1]
         size_before = segment.size
         try:
-            segment.append(data, locations)
+            segment.append(data, located)
         except OSError as error:
             if segment.size != size_before:
                 # Part of the write is still there and could not be cut away: serving
                 # from this log could expose half a batch, so it goes offline.
                 self._offline_reason = f"{error}; tail could not be removed"
             raise LogStorageError(f"{self.directory}: append failed: {error}") from error
-        record_count = sum(location.header.record_count for location in locations)
         info = AppendInfo(
-            first_offset=first.base_offset,
-            last_offset=last.last_offset,
-            max_timestamp=max_header.max_timestamp,
-            offset_of_max_timestamp=max_header.last_offset,
-            batch_count=len(locations),
-            record_count=record_count,
-            size_bytes=len(data),
+            first.base_offset,
+            last.last_offset,
+            max_header.max_timestamp,
+            max_header.last_offset,
+            len(located),
+            record_count,
+            len(data),
         )
-        self._unflushed_records += record_count
-        if (
-            self.config.flush_messages is not None
-            and self._unflushed_records >= self.config.flush_messages
-        ):
-            self.flush()
+        if self.config.flush_messages is not None:
+            self._unflushed_records += record_count
+            if self._unflushed_records >= self.config.flush_messages:
+                self.flush()
         return info
 
     def _maybe_roll(self, size: int, first: BatchHeader, last: BatchHeader) -> None:
-        active = self.active_segment
-        if active.is_empty:
+        active = self._segments[-1]
+        if active.next_offset == active.base_offset:
             return
-        too_big = active.size + size > self.config.segment_bytes
-        too_old = (
-            active.rolling_timestamp >= 0
-            and first.max_timestamp - active.rolling_timestamp > self.config.segment_ms
+        config = self.config
+        too_big = active.log.size() + size > config.segment_bytes
+        rolling_timestamp = active.rolling_timestamp
+        too_old = rolling_timestamp >= 0 and first.max_timestamp - rolling_timestamp > (
+            config.segment_ms
         )
-        offsets_overflow = last.last_offset - active.base_offset > MAX_RELATIVE_OFFSET
+        offsets_overflow = last.base_offset + last.last_offset_delta - active.base_offset > (
+            MAX_RELATIVE_OFFSET
+        )
         if too_big or too_old or offsets_overflow:
             self.roll()
 
@@ -372,9 +386,15 @@ class SegmentedLog:
 
         `max_offset` (exclusive), e.g. the high-water mark, hides batches that reach it.
         At least one batch comes back when one is readable, even if larger than
-        `max_bytes`. Reads stay within one segment, as Kafka's do; the next read
-        continues in the next segment.
+        `max_bytes` (KIP-74). Reads stay within one segment, as Kafka's do; the next
+        read continues in the next segment.
         """
+        return self.read_slice(start_offset, max_bytes, max_offset).data
+
+    def read_slice(
+        self, start_offset: int, max_bytes: int, max_offset: int | None = None
+    ) -> LogSlice:
+        """Like `read`, with the offset to read from next (no header walk needed)."""
         self._check_open()
         if start_offset < self._log_start_offset or start_offset > self.log_end_offset:
             raise OffsetOutOfRangeError(start_offset, self._log_start_offset, self.log_end_offset)
@@ -384,12 +404,12 @@ class SegmentedLog:
         for segment in self._segments[index:]:
             if max_offset is not None and segment.base_offset >= max_offset:
                 break
-            data = segment.read(start_offset, max_bytes, max_offset)
+            data, next_offset = segment.read(start_offset, max_bytes, max_offset)
             if data:
-                return data
+                return LogSlice(data, next_offset)
             if segment.next_offset > start_offset:
                 break
-        return b""
+        return LogSlice(b"", start_offset)
 
     def locate_batch(self, offset: int) -> BatchHeader | None:
         """Header of the batch holding `offset` (or the first after it), if any."""
@@ -640,6 +660,7 @@ __all__ = [
     "LogClosedError",
     "LogConfig",
     "LogError",
+    "LogSlice",
     "LogStorageError",
     "NonContiguousOffsetError",
     "OffsetAndTimestamp",

@@ -11,7 +11,9 @@ decodes records.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import struct
 
 import attrs
 
@@ -19,6 +21,7 @@ from storage.fs import File, FileSystem
 from storage.index import IndexCorruptError, OffsetIndex, TimeIndex
 from storage.records import (
     BATCH_HEADER_BYTES,
+    LOG_OVERHEAD_BYTES,
     BatchHeader,
     RecordBatchError,
     read_header,
@@ -28,9 +31,11 @@ from storage.records import (
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
-# Scanning reads the file in chunks this large rather than one header at a time.
-SCAN_CHUNK_BYTES = 64 * 1024
+# Scanning reads the file in chunks this large rather than one header at a time:
+# about two index intervals, so a lookup usually costs one read.
+SCAN_CHUNK_BYTES = 8 * 1024
 NO_TIMESTAMP = -1
+_BASE_OFFSET = struct.Struct(">q")
 
 
 def segment_file_name(base_offset: int, suffix: str) -> str:
@@ -77,6 +82,9 @@ class LogSegment:
         self.rolling_timestamp = NO_TIMESTAMP
         self._bytes_since_index = 0
         self.unflushed = False
+        # Bytes [0, verified_end) passed a CRC check in this process (on append or in
+        # recovery); reads check the rest once. A segment trusted at open starts at 0.
+        self.verified_end = 0
 
     def path(self, suffix: str) -> str:
         return f"{self.directory}/{segment_file_name(self.base_offset, suffix)}"
@@ -91,11 +99,13 @@ class LogSegment:
 
     # -- writing
 
-    def append(self, data: bytes | bytearray | memoryview, locations: list[BatchLocation]) -> None:
+    def append(
+        self, data: bytes | bytearray | memoryview, located: list[tuple[int, BatchHeader]]
+    ) -> None:
         """Append batches already checked and given their final offsets.
 
-        `locations` are positions within `data`. On an I/O error the file is cut back
-        to its previous size, so no part of `data` stays visible.
+        `located` holds (position within `data`, header) pairs. On an I/O error the file
+        is cut back to its previous size, so no part of `data` stays visible.
         """
         start = self.log.size()
         try:
@@ -107,14 +117,17 @@ class LogSegment:
                 self.log.truncate(start)
             raise
         self.unflushed = True
-        for location in locations:
-            self._track_batch(start + location.position, location.header)
+        for position, header in located:
+            self._track_batch(start + position, header)
+        if self.verified_end == start:
+            self.verified_end = self.log.size()  # the log checked every batch first
 
     def _track_batch(self, position: int, header: BatchHeader) -> None:
+        max_timestamp = header.max_timestamp
         if self.rolling_timestamp == NO_TIMESTAMP:
-            self.rolling_timestamp = header.max_timestamp
-        if header.max_timestamp > self.max_timestamp:
-            self.max_timestamp = header.max_timestamp
+            self.rolling_timestamp = max_timestamp
+        if max_timestamp > self.max_timestamp:
+            self.max_timestamp = max_timestamp
             self.offset_of_max_timestamp = header.last_offset
         # Position 0 needs no entry: a lookup that finds nothing starts there anyway.
         if self._bytes_since_index >= self.index_interval_bytes:
@@ -123,7 +136,7 @@ class LogSegment:
             # offset is no later than it, which is what a timestamp lookup relies on.
             self.time_index.maybe_append(self.max_timestamp, self.offset_of_max_timestamp)
             self._bytes_since_index = 0
-        self._bytes_since_index += header.size_bytes
+        self._bytes_since_index += header.batch_length + LOG_OVERHEAD_BYTES
         self.next_offset = header.next_offset
 
     def flush(self) -> None:
@@ -145,35 +158,78 @@ class LogSegment:
                 return location
         return None
 
-    def read(self, start_offset: int, max_bytes: int, max_offset: int | None) -> bytes:
-        """Whole batches from the one holding `start_offset`, CRC-checked.
+    def read(self, start_offset: int, max_bytes: int, max_offset: int | None) -> tuple[bytes, int]:
+        """(whole batches from the one holding `start_offset`, the offset after them).
 
         Stops before a batch with offsets at or past `max_offset` and before exceeding
         `max_bytes`, except that the first batch is returned even when it alone is larger
-        (KIP-74), so a consumer can always make progress. A corrupt first batch raises
-        CorruptSegmentError; a corrupt later one ends the answer just before it.
+        (KIP-74), so a consumer can always make progress. The end is found from the
+        sparse index, so exactly the bytes returned are read. Bytes not yet verified in
+        this process are CRC-checked: a corrupt first batch raises CorruptSegmentError;
+        a corrupt later one ends the answer just before it.
         """
         first = self.locate(start_offset)
-        if first is None or (max_offset is not None and first.header.last_offset >= max_offset):
-            return b""
-        data = self.log.read_at(first.position, max(max_bytes, first.header.size_bytes))
-        end = 0
-        while end + BATCH_HEADER_BYTES <= len(data):
+        if first is None:
+            return b"", start_offset
+        header = first.header
+        if max_offset is not None and header.last_offset >= max_offset:
+            return b"", header.base_offset
+        hard_end, hard_next = self.log.size(), self.next_offset
+        if max_offset is not None and max_offset < self.next_offset:
+            cut = self.locate(max_offset)
+            if cut is not None:
+                hard_end, hard_next = cut.position, cut.header.base_offset
+        limit = first.position + max(max_bytes, header.size_bytes)
+        if limit >= hard_end:
+            end, next_offset = hard_end, hard_next
+        else:
+            end, next_offset = self._last_boundary_before(first, limit)
+        data = self.log.read_at(first.position, end - first.position)
+        if end > self.verified_end:
+            data, next_offset = self._verify(first.position, data, next_offset)
+        return data, next_offset
+
+    def _last_boundary_before(self, first: BatchLocation, limit: int) -> tuple[int, int]:
+        """The furthest batch boundary at or below `limit`, and the offset there."""
+        end, next_offset = first.position + first.header.size_bytes, first.header.next_offset
+        positions = self.offset_index.positions
+        index = bisect.bisect_right(positions, limit) - 1
+        if index >= 0 and positions[index] > end:
+            end = positions[index]
+            next_offset = self.base_offset + self.offset_index.relative_offsets[index]
+        if limit - end < BATCH_HEADER_BYTES:
+            return end, next_offset
+        # Less than one index interval (plus a batch) remains: walk its headers.
+        tail = self.log.read_at(end, limit - end)
+        walked = 0
+        while walked + BATCH_HEADER_BYTES <= len(tail):
             try:
-                header = read_header(data, end)
-                if end + header.size_bytes > len(data):
-                    break
-                if max_offset is not None and header.last_offset >= max_offset:
-                    break
-                validate_batch(data, end)
-            except RecordBatchError as error:
-                if end == 0:
-                    raise CorruptSegmentError(
-                        f"{self.path(LOG_SUFFIX)} position {first.position}: {error}"
-                    ) from error
+                header = read_header(tail, walked)
+            except RecordBatchError:
                 break
-            end += header.size_bytes
-        return data if end == len(data) else data[:end]
+            if walked + header.size_bytes > len(tail):
+                break
+            walked += header.size_bytes
+            next_offset = header.next_offset
+        return end + walked, next_offset
+
+    def _verify(self, start: int, data: bytes, next_offset: int) -> tuple[bytes, int]:
+        position = 0
+        while position < len(data):
+            try:
+                header = validate_batch(data, position)
+            except RecordBatchError as error:
+                if position == 0:
+                    raise CorruptSegmentError(
+                        f"{self.path(LOG_SUFFIX)} position {start}: {error}"
+                    ) from error
+                (next_offset,) = _BASE_OFFSET.unpack_from(data, position)
+                data = data[:position]
+                break
+            position += header.size_bytes
+        if start <= self.verified_end:
+            self.verified_end = max(self.verified_end, start + len(data))
+        return data, next_offset
 
     def find_offset_by_timestamp(self, timestamp: int) -> BatchLocation | None:
         """The first batch whose max timestamp is >= `timestamp`."""
@@ -230,6 +286,7 @@ class LogSegment:
         truncated = self.log.size() - valid_end
         if truncated:
             self.log.truncate(valid_end)
+        self.verified_end = valid_end
         # Recovered bytes may live only in the page cache; the log re-syncs them.
         self.unflushed = True
         return RecoveryResult(valid_end, truncated, tuple(batches), stopped_because)
@@ -274,6 +331,7 @@ class LogSegment:
         # A batch is indivisible: one that straddles `offset` goes whole.
         removed = self.log.size() - location.position
         self.log.truncate(location.position)
+        self.verified_end = min(self.verified_end, location.position)
         self.offset_index.truncate_to_offset(location.header.base_offset)
         self.time_index.truncate_to_offset(location.header.base_offset)
         self.unflushed = True

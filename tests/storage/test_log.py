@@ -8,6 +8,7 @@ import pytest
 
 from storage.fs import MemoryFileSystem, OsFileSystem
 from storage.log import (
+    CorruptSegmentError,
     InvalidLeaderEpochError,
     InvalidTruncationError,
     LogConfig,
@@ -306,3 +307,30 @@ def test_a_torn_segment_below_the_recovery_point_is_still_recovered(memfs) -> No
     assert len(reopened.segments) == 1
     reopened.append(batch(b"next"), leader_epoch=0)
     assert values_from(reopened)[-1] == (len(surviving), b"next")
+
+
+def test_bit_rot_in_a_trusted_segment_is_caught_on_first_read(memfs) -> None:
+    log = open_log(memfs)
+    for index in range(40):
+        log.append(batch(bytes([index]) * 60), leader_epoch=0)
+    log.close()
+    # Flip a record byte (inside the CRC) of the third batch of the first, trusted segment.
+    memfs.corrupt("/data/t-0/00000000000000000000.log", 2 * len(batch(b"\0" * 60)) + 80)
+    reopened = open_log(memfs)
+    assert reopened.log_end_offset == 40  # not re-scanned at open: it was synced
+    served = reopened.read_slice(0, 10_000)
+    assert [h.base_offset for _, h in iter_batches(served.data)] == [0, 1]
+    assert served.next_offset == 2
+    with pytest.raises(CorruptSegmentError):
+        reopened.read(2, 10_000)
+
+
+def test_read_slice_reports_where_to_continue(memfs) -> None:
+    log = open_log(memfs, LogConfig(index_interval_bytes=64))
+    for index in range(30):
+        log.append(batch(bytes([index]) * 40, bytes([index]) * 40), leader_epoch=0)
+    offset, seen = 0, []
+    while offset < log.log_end_offset:
+        data, offset = log.read_slice(offset, 300)
+        seen += [h.base_offset for _, h in iter_batches(data)]
+    assert seen == list(range(0, 60, 2))

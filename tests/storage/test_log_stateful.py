@@ -223,8 +223,10 @@ class LogMachine(RuleBasedStateMachine):
         offset = data.draw(st.integers(self.log_start, self.end))
         max_bytes = data.draw(st.integers(0, 400))
         max_offset = data.draw(st.none() | st.integers(self.log_start, self.end))
-        result = self.log.read(offset, max_bytes, max_offset)
-        got = [header.base_offset for _, header in iter_batches(result)]
+        result, next_offset = self.log.read_slice(offset, max_bytes, max_offset)
+        headers = [header for _, header in iter_batches(result)]
+        got = [header.base_offset for header in headers]
+        assert next_offset == (headers[-1].next_offset if headers else offset)
         following = [batch for batch in self.visible() if batch.next_offset > offset]
         allowed = [
             batch.base_offset
