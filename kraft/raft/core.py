@@ -1,0 +1,874 @@
+"""The Raft core: KIP-595 leader election and pull-based replication, without I/O.
+
+The core never awaits, sleeps, reads a clock or touches a socket. Time comes in as
+`now_ms`; randomness from the `random.Random` it is given; the log is written through
+`RaftLog` (into the file system cache only). Everything else it wants done comes out
+of `ready()`, and the runtime must carry it out in this order (etcd-io/raft's Ready):
+
+1. persist `Ready.election_state` (quorum-state: epoch, vote, leader), if set;
+2. flush the log if `Ready.log_dirty`, then call `on_flushed(end offset)`;
+3. send `Ready.messages` and the response of the request being handled, if any;
+4. apply entries below `Ready.high_watermark` to the state machine.
+
+Steps 1-2 before 3 are what make a vote, a candidacy or a Fetch offset mean anything:
+nothing is promised to a peer before it would survive a crash.
+
+Election follows KIP-595 with pre-vote (KIP-996): a voter that has not heard from a
+leader for the fetch timeout (or, without a leader, for a randomized election
+timeout) first asks for pre-votes at its current epoch; only if a majority would
+vote does it bump the epoch and stand as candidate, so a partitioned node cannot
+disrupt a healthy quorum when it returns. A leader that has not been fetched from by
+a majority within 1.5 fetch timeouts resigns (check-quorum).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from kraft.raft.log import RaftLog
+from kraft.raft.messages import (
+    NO_LEADER,
+    BeginQuorumEpochRequest,
+    BeginQuorumEpochResponse,
+    EndQuorumEpochRequest,
+    EndQuorumEpochResponse,
+    ErrorCode,
+    FetchRequest,
+    FetchResponse,
+    FetchSnapshotResponse,
+    Inbound,
+    OffsetAndEpoch,
+    Outbound,
+    Request,
+    Response,
+    VoteRequest,
+    VoteResponse,
+)
+from kraft.raft.progress import LeaderProgress
+from kraft.raft.state import (
+    NO_ID,
+    Candidate,
+    ElectionState,
+    EpochState,
+    Follower,
+    Leader,
+    Prospective,
+    QuorumState,
+    Resigned,
+    Unattached,
+    Voted,
+)
+
+
+@attrs.frozen(kw_only=True)
+class RaftConfig:
+    """Defaults are Kafka's controller.quorum.* settings."""
+
+    local_id: int
+    voters: frozenset[int]
+    cluster_id: str
+    election_timeout_ms: int = 1000  # controller.quorum.election.timeout.ms
+    fetch_timeout_ms: int = 2000  # controller.quorum.fetch.timeout.ms
+    election_backoff_max_ms: int = 1000  # controller.quorum.election.backoff.max.ms
+    request_timeout_ms: int = 2000  # controller.quorum.request.timeout.ms
+    retry_backoff_ms: int = 20  # controller.quorum.retry.backoff.ms
+    fetch_max_bytes: int = 8 * 1024 * 1024  # KafkaRaftClient's fetch size
+    fetch_max_wait_ms: int = 500  # KafkaRaftClient's FETCH_MAX_WAIT_MS
+
+    @property
+    def check_quorum_timeout_ms(self) -> int:
+        return self.fetch_timeout_ms * 3 // 2
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class LeaderAndEpoch:
+    leader_id: int
+    epoch: int
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class Ready:
+    election_state: ElectionState | None
+    log_dirty: bool
+    messages: tuple[Outbound, ...]
+    high_watermark: int
+    leader: LeaderAndEpoch
+
+
+class NotLeaderError(Exception):
+    def __init__(self, leader: LeaderAndEpoch) -> None:
+        super().__init__(f"not the leader; leader is {leader.leader_id} in epoch {leader.epoch}")
+        self.leader = leader
+
+
+@attrs.define(slots=True)
+class _InFlight:
+    destination: int
+    request: Request
+    sent_ms: int
+
+
+class RaftCore:
+    def __init__(
+        self,
+        config: RaftConfig,
+        log: RaftLog,
+        election: ElectionState,
+        rng: random.Random,
+        now_ms: int,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.rng = rng
+        self.high_watermark = 0
+        self._flushed_end_offset = log.log_end_offset
+        self._log_dirty = False
+        self._outbox: list[Outbound] = []
+        self._inflight: dict[int, _InFlight] = {}
+        self._next_request_id = 0
+        self._fetch_backoff_until_ms = 0
+        self._begin_quorum_resend_ms = 0
+        self.progress: LeaderProgress | None = None
+        self.quorum = QuorumState(
+            config.local_id, config.voters, self._initial_state(election, now_ms)
+        )
+
+    def _initial_state(self, election: ElectionState, now_ms: int) -> EpochState:
+        config = self.config
+        is_voter = config.local_id in config.voters
+        if is_voter and election.leader_id == config.local_id:
+            # We led this epoch before the restart; we cannot know whether we still
+            # should, so resign and let an election decide (Kafka does the same).
+            return Resigned(
+                epoch=election.epoch,
+                election_deadline_ms=self._election_deadline(now_ms),
+                preferred_successors=(),
+            )
+        if election.leader_id != NO_ID and election.leader_id != config.local_id:
+            return Follower(
+                epoch=election.epoch,
+                leader_id=election.leader_id,
+                fetch_deadline_ms=now_ms + config.fetch_timeout_ms,
+                voted_id=election.voted_id if is_voter else NO_ID,
+            )
+        if is_voter and election.voted_id != NO_ID:
+            return Voted(
+                epoch=election.epoch,
+                voted_id=election.voted_id,
+                election_deadline_ms=self._election_deadline(now_ms),
+            )
+        return Unattached(
+            epoch=election.epoch, election_deadline_ms=self._election_deadline(now_ms)
+        )
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def state(self) -> EpochState:
+        return self.quorum.state
+
+    @property
+    def epoch(self) -> int:
+        return self.quorum.epoch
+
+    def leader(self) -> LeaderAndEpoch:
+        return LeaderAndEpoch(leader_id=self.quorum.active_leader_id(), epoch=self.quorum.epoch)
+
+    def is_leader(self) -> bool:
+        return isinstance(self.quorum.state, Leader)
+
+    # ------------------------------------------------------------------ output
+
+    def ready(self) -> Ready:
+        """Everything the runtime must do now, in the order the module docstring gives."""
+        messages = tuple(self._outbox)
+        self._outbox.clear()
+        dirty, self._log_dirty = self._log_dirty, False
+        return Ready(
+            election_state=self.quorum.take_unpersisted(),
+            log_dirty=dirty,
+            messages=messages,
+            high_watermark=self.high_watermark,
+            leader=self.leader(),
+        )
+
+    def on_flushed(self, now_ms: int, end_offset: int) -> None:
+        """The log is durable below `end_offset` (after a flush the runtime did)."""
+        assert end_offset <= self.log.log_end_offset
+        self._flushed_end_offset = end_offset
+        if self.progress is not None:
+            self._leader_update_local(now_ms)
+
+    def next_deadline_ms(self) -> int:
+        """When `tick` next has something to do."""
+        state = self.quorum.state
+        deadlines = [self._oldest_inflight_expiry()]
+        if isinstance(state, (Unattached, Voted, Prospective, Candidate, Resigned)):
+            deadlines.append(state.election_deadline_ms)
+        if isinstance(state, Unattached) and not self.quorum.is_voter:
+            deadlines.append(self._fetch_backoff_until_ms)
+        if isinstance(state, Follower):
+            deadlines.append(state.fetch_deadline_ms)
+            deadlines.append(self._fetch_backoff_until_ms)
+        if isinstance(state, Leader):
+            deadlines.append(self._begin_quorum_resend_ms)
+            deadlines.append(self._next_check_quorum_ms())
+        return min(deadlines)
+
+    def _oldest_inflight_expiry(self) -> int:
+        if not self._inflight:
+            return 2**62
+        return min(f.sent_ms for f in self._inflight.values()) + self.config.request_timeout_ms
+
+    # ------------------------------------------------------------------ timers
+
+    def tick(self, now_ms: int) -> None:
+        self._expire_requests(now_ms)
+        state = self.quorum.state
+        if isinstance(state, Leader):
+            self._leader_tick(now_ms)
+        elif isinstance(state, Follower):
+            if now_ms >= state.fetch_deadline_ms:
+                self._leader_lost(now_ms)
+            else:
+                self._maybe_send_fetch(now_ms)
+        elif isinstance(state, Candidate):
+            if now_ms >= state.election_deadline_ms:
+                self._candidacy_failed(now_ms)
+        elif isinstance(state, Prospective):
+            if now_ms >= state.election_deadline_ms:
+                self._prevote_failed(now_ms)
+        elif isinstance(state, (Unattached, Voted, Resigned)):
+            if now_ms >= state.election_deadline_ms:
+                self._election_timeout(now_ms)
+            elif not self.quorum.is_voter:
+                self._maybe_send_fetch(now_ms)
+
+    def _expire_requests(self, now_ms: int) -> None:
+        expired = [
+            request_id
+            for request_id, flight in self._inflight.items()
+            if now_ms - flight.sent_ms >= self.config.request_timeout_ms
+        ]
+        for request_id in expired:
+            self._request_failed(now_ms, request_id)
+
+    def _election_timeout(self, now_ms: int) -> None:
+        if not self.quorum.is_voter:
+            # An observer never stands; it looks for the leader by asking any voter.
+            self._reset_election_deadline(now_ms)
+            self._maybe_send_fetch(now_ms)
+            return
+        self._start_prevote(now_ms)
+
+    def _leader_lost(self, now_ms: int) -> None:
+        if self.quorum.is_voter:
+            self._start_prevote(now_ms)
+        else:
+            self._transition(Unattached(epoch=self.epoch, election_deadline_ms=now_ms))
+            self._maybe_send_fetch(now_ms)
+
+    # ------------------------------------------------------------------ elections
+
+    def _start_prevote(self, now_ms: int) -> None:
+        local = self.config.local_id
+        self._transition(
+            Prospective(
+                epoch=self.epoch,
+                leader_id=self.quorum.leader_id(),
+                voted_id=self.quorum.voted_id(),
+                granted=frozenset({local}),
+                rejected=frozenset(),
+                election_deadline_ms=self._election_deadline(now_ms),
+            )
+        )
+        if not self._maybe_win_prevote(now_ms):
+            self._send_votes(now_ms, pre_vote=True)
+
+    def _maybe_win_prevote(self, now_ms: int) -> bool:
+        state = self.quorum.state
+        assert isinstance(state, Prospective)
+        if not self._is_majority(state.granted):
+            return False
+        local = self.config.local_id
+        self._transition(
+            Candidate(
+                epoch=self.epoch + 1,
+                granted=frozenset({local}),
+                rejected=frozenset(),
+                election_deadline_ms=self._election_deadline(now_ms),
+            )
+        )
+        if not self._maybe_win_election(now_ms):
+            self._send_votes(now_ms, pre_vote=False)
+        return True
+
+    def _maybe_win_election(self, now_ms: int) -> bool:
+        state = self.quorum.state
+        assert isinstance(state, Candidate)
+        if not self._is_majority(state.granted):
+            return False
+        self._become_leader(now_ms)
+        return True
+
+    def _send_votes(self, now_ms: int, *, pre_vote: bool) -> None:
+        state = self.quorum.state
+        assert isinstance(state, (Prospective, Candidate))
+        request = VoteRequest(
+            cluster_id=self.config.cluster_id,
+            candidate_epoch=self.epoch + 1 if pre_vote else self.epoch,
+            candidate_id=self.config.local_id,
+            last_offset_epoch=self.log.last_fetched_epoch(),
+            last_offset=self.log.log_end_offset,
+            pre_vote=pre_vote,
+        )
+        for voter in sorted(self.config.voters - {self.config.local_id}):
+            self._send(now_ms, voter, request)
+
+    def _prevote_failed(self, now_ms: int) -> None:
+        """No majority would vote for us: go back to waiting, at the same epoch."""
+        state = self.quorum.state
+        assert isinstance(state, Prospective)
+        deadline = self._election_deadline(now_ms)
+        if state.leader_id == self.config.local_id:
+            self._transition(
+                Resigned(epoch=self.epoch, election_deadline_ms=deadline, preferred_successors=())
+            )
+        elif state.leader_id != NO_LEADER:
+            # The old leader may be back: follow it again until it proves silent.
+            self._transition(
+                Follower(
+                    epoch=self.epoch,
+                    leader_id=state.leader_id,
+                    fetch_deadline_ms=now_ms + self.config.fetch_timeout_ms,
+                    voted_id=state.voted_id,
+                )
+            )
+            self._maybe_send_fetch(now_ms)
+        elif state.voted_id != NO_ID:
+            self._transition(
+                Voted(epoch=self.epoch, voted_id=state.voted_id, election_deadline_ms=deadline)
+            )
+        else:
+            self._transition(Unattached(epoch=self.epoch, election_deadline_ms=deadline))
+
+    def _candidacy_failed(self, now_ms: int) -> None:
+        """Lost or split: back off at random, then ask for pre-votes again."""
+        backoff = self.rng.randrange(self.config.election_backoff_max_ms + 1)
+        self._transition(
+            Voted(
+                epoch=self.epoch,
+                voted_id=self.config.local_id,
+                election_deadline_ms=now_ms + backoff,
+            )
+        )
+
+    def _become_leader(self, now_ms: int) -> None:
+        epoch_start = self.log.log_end_offset
+        self._transition(Leader(epoch=self.epoch, epoch_start_offset=epoch_start))
+        offset = self.log.append_leader_change(self._leader_change_value(), self.epoch, now_ms)
+        assert offset == epoch_start
+        self._log_dirty = True
+        self.progress = LeaderProgress(
+            self.config.local_id, self.config.voters, epoch_start, now_ms
+        )
+        self.progress.high_watermark = self.high_watermark
+        self._send_begin_quorum_epoch(now_ms)
+
+    def _leader_change_value(self) -> bytes:
+        voters = ",".join(str(voter) for voter in sorted(self.config.voters))
+        return f"leader={self.config.local_id};voters={voters}".encode()
+
+    def _send_begin_quorum_epoch(self, now_ms: int) -> None:
+        assert self.progress is not None
+        request = BeginQuorumEpochRequest(
+            cluster_id=self.config.cluster_id,
+            leader_epoch=self.epoch,
+            leader_id=self.config.local_id,
+        )
+        for voter in sorted(self.config.voters - self.progress.begin_quorum_acked):
+            if not self._has_inflight(voter, BeginQuorumEpochRequest):
+                self._send(now_ms, voter, request)
+        self._begin_quorum_resend_ms = now_ms + self.config.request_timeout_ms
+
+    # ------------------------------------------------------------------ leader
+
+    def propose(self, now_ms: int, values: Sequence[bytes]) -> int:
+        """Append entries as the leader; return the offset of the last one."""
+        if not isinstance(self.quorum.state, Leader):
+            raise NotLeaderError(self.leader())
+        if not values:
+            raise ValueError("propose needs at least one entry")
+        offset = self.log.append_as_leader(values, self.epoch, now_ms)
+        self._log_dirty = True
+        return offset
+
+    def resign(self, now_ms: int) -> None:
+        """Step down (graceful shutdown): tell the voters so they elect without waiting."""
+        if not isinstance(self.quorum.state, Leader):
+            return
+        self._resign(now_ms)
+
+    def _resign(self, now_ms: int) -> None:
+        assert self.progress is not None
+        successors = self.progress.successors_by_progress()
+        self._transition(
+            Resigned(
+                epoch=self.epoch,
+                election_deadline_ms=self._election_deadline(now_ms),
+                preferred_successors=successors,
+            )
+        )
+        request = EndQuorumEpochRequest(
+            cluster_id=self.config.cluster_id,
+            leader_epoch=self.epoch,
+            leader_id=self.config.local_id,
+            preferred_successors=successors,
+        )
+        for voter in successors:
+            self._send(now_ms, voter, request)
+
+    def _leader_tick(self, now_ms: int) -> None:
+        assert self.progress is not None
+        if not self.progress.quorum_heard_within(now_ms, self.config.check_quorum_timeout_ms):
+            self._resign(now_ms)
+            return
+        if now_ms >= self._begin_quorum_resend_ms:
+            self._send_begin_quorum_epoch(now_ms)
+
+    def _next_check_quorum_ms(self) -> int:
+        assert self.progress is not None
+        voters = sorted(self.config.voters - {self.config.local_id})
+        if not voters:
+            return 2**62
+        times = sorted((self.progress.replicas[v].last_fetch_ms for v in voters), reverse=True)
+        # The quorum is lost when the (majority - 1)-th most recent fetch gets too old.
+        needed = len(self.config.voters) // 2  # others needed besides ourselves
+        return times[needed - 1] + self.config.check_quorum_timeout_ms + 1
+
+    def _leader_update_local(self, now_ms: int) -> None:
+        assert self.progress is not None
+        if self.progress.update_local(self._flushed_end_offset, now_ms):
+            self._set_high_watermark(self.progress.high_watermark)
+
+    def _set_high_watermark(self, value: int) -> None:
+        assert value >= self.high_watermark, (
+            f"high-water mark moved back {self.high_watermark} -> {value}"
+        )
+        self.high_watermark = value
+
+    # ------------------------------------------------------------------ requests
+
+    def handle_request(self, now_ms: int, source: int, request: Request) -> Response:
+        """Answer one request; call `ready()` and carry it out before sending the answer."""
+        if request.cluster_id != self.config.cluster_id:
+            return self._error_response(request, ErrorCode.INCONSISTENT_CLUSTER_ID)
+        if isinstance(request, VoteRequest):
+            return self._handle_vote(now_ms, request)
+        if isinstance(request, BeginQuorumEpochRequest):
+            return self._handle_begin_quorum_epoch(now_ms, request)
+        if isinstance(request, EndQuorumEpochRequest):
+            return self._handle_end_quorum_epoch(now_ms, request)
+        if isinstance(request, FetchRequest):
+            return self._handle_fetch(now_ms, request)
+        return self._error_response(request, ErrorCode.SNAPSHOT_NOT_FOUND)
+
+    def _error_response(self, request: Request, error: int) -> Response:
+        if isinstance(request, VoteRequest):
+            return self._vote_answer(error, granted=False)
+        if isinstance(request, BeginQuorumEpochRequest):
+            return self._epoch_answer(BeginQuorumEpochResponse, error)
+        if isinstance(request, EndQuorumEpochRequest):
+            return self._epoch_answer(EndQuorumEpochResponse, error)
+        if isinstance(request, FetchRequest):
+            return self._fetch_error(error)
+        leader = self.leader()
+        return FetchSnapshotResponse(
+            error_code=error, leader_epoch=leader.epoch, leader_id=leader.leader_id
+        )
+
+    def _epoch_answer(
+        self, kind: type[BeginQuorumEpochResponse] | type[EndQuorumEpochResponse], error: int
+    ) -> Any:
+        leader = self.leader()
+        return kind(error_code=error, leader_epoch=leader.epoch, leader_id=leader.leader_id)
+
+    def _fetch_error(self, error: int) -> FetchResponse:
+        leader = self.leader()
+        return FetchResponse(
+            error_code=error,
+            leader_epoch=leader.epoch,
+            leader_id=leader.leader_id,
+            high_watermark=self.high_watermark,
+            log_start_offset=self.log.log_start_offset,
+        )
+
+    def _log_is_up_to_date(self, last_offset_epoch: int, last_offset: int) -> bool:
+        ours = (self.log.last_fetched_epoch(), self.log.log_end_offset)
+        return (last_offset_epoch, last_offset) >= ours
+
+    def _handle_vote(self, now_ms: int, request: VoteRequest) -> VoteResponse:
+        voters = self.config.voters
+        if not self.quorum.is_voter or request.candidate_id not in voters:
+            return self._vote_answer(ErrorCode.INCONSISTENT_VOTER_SET, granted=False)
+        if request.candidate_epoch < self.epoch:
+            return self._vote_answer(ErrorCode.FENCED_LEADER_EPOCH, granted=False)
+        up_to_date = self._log_is_up_to_date(request.last_offset_epoch, request.last_offset)
+        if request.pre_vote:
+            return self._vote_answer(
+                ErrorCode.NONE, granted=up_to_date and not self._has_live_leader(now_ms)
+            )
+        if request.candidate_epoch > self.epoch:
+            self._transition(
+                Unattached(
+                    epoch=request.candidate_epoch,
+                    election_deadline_ms=self._election_deadline(now_ms),
+                )
+            )
+        state = self.quorum.state
+        if isinstance(state, Voted):
+            return self._vote_answer(ErrorCode.NONE, granted=state.voted_id == request.candidate_id)
+        can_vote = isinstance(state, Unattached) or (
+            isinstance(state, Prospective)
+            and state.voted_id == NO_ID
+            and state.leader_id == NO_LEADER
+        )
+        if not can_vote or not up_to_date:
+            return self._vote_answer(ErrorCode.NONE, granted=False)
+        self._transition(
+            Voted(
+                epoch=self.epoch,
+                voted_id=request.candidate_id,
+                election_deadline_ms=self._election_deadline(now_ms),
+            )
+        )
+        return self._vote_answer(ErrorCode.NONE, granted=True)
+
+    def _has_live_leader(self, now_ms: int) -> bool:
+        state = self.quorum.state
+        if isinstance(state, Leader):
+            return True
+        return isinstance(state, Follower) and now_ms < state.fetch_deadline_ms
+
+    def _vote_answer(self, error: int, *, granted: bool) -> VoteResponse:
+        leader = self.leader()
+        return VoteResponse(
+            error_code=error,
+            leader_epoch=leader.epoch,
+            leader_id=leader.leader_id,
+            vote_granted=granted,
+        )
+
+    def _handle_begin_quorum_epoch(
+        self, now_ms: int, request: BeginQuorumEpochRequest
+    ) -> BeginQuorumEpochResponse:
+        if request.leader_epoch < self.epoch:
+            return self._epoch_answer(BeginQuorumEpochResponse, ErrorCode.FENCED_LEADER_EPOCH)
+        self._learn_leader(now_ms, request.leader_epoch, request.leader_id)
+        return self._epoch_answer(BeginQuorumEpochResponse, ErrorCode.NONE)
+
+    def _handle_end_quorum_epoch(
+        self, now_ms: int, request: EndQuorumEpochRequest
+    ) -> EndQuorumEpochResponse:
+        if request.leader_epoch < self.epoch:
+            return self._epoch_answer(EndQuorumEpochResponse, ErrorCode.FENCED_LEADER_EPOCH)
+        state = self.quorum.state
+        if request.leader_epoch > self.epoch:
+            self._transition(
+                Unattached(
+                    epoch=request.leader_epoch, election_deadline_ms=self._election_deadline(now_ms)
+                )
+            )
+        elif isinstance(state, Follower) and state.leader_id == request.leader_id:
+            # The leader resigned. Its most caught-up successor stands at once; the
+            # others wait longer the further down the list they are.
+            successors = request.preferred_successors
+            position = (
+                successors.index(self.config.local_id)
+                if self.config.local_id in successors
+                else len(successors)
+            )
+            backoff = 0 if position == 0 else self._position_backoff_ms(position)
+            # Stay a follower of this epoch (never forget its leader), but stop waiting
+            # for it: the fetch deadline is what starts the election.
+            self._transition(attrs.evolve(state, fetch_deadline_ms=now_ms + backoff))
+        return self._epoch_answer(EndQuorumEpochResponse, ErrorCode.NONE)
+
+    def _position_backoff_ms(self, position: int) -> int:
+        base = self.config.election_backoff_max_ms
+        return min(
+            base, base * position // max(1, len(self.config.voters) - 1)
+        ) + self.rng.randrange(self.config.retry_backoff_ms + 1)
+
+    def _handle_fetch(self, now_ms: int, request: FetchRequest) -> FetchResponse:
+        state = self.quorum.state
+        if request.current_leader_epoch > self.epoch:
+            return self._fetch_error(ErrorCode.UNKNOWN_LEADER_EPOCH)
+        if not isinstance(state, Leader):
+            return self._fetch_error(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        if request.current_leader_epoch < self.epoch:
+            return self._fetch_error(ErrorCode.FENCED_LEADER_EPOCH)
+        assert self.progress is not None
+        if request.fetch_offset < self.log.log_start_offset or request.fetch_offset < 0:
+            return self._fetch_error(ErrorCode.OFFSET_OUT_OF_RANGE)
+        diverging = self._diverging_epoch(request.fetch_offset, request.last_fetched_epoch)
+        if diverging is not None:
+            return FetchResponse(
+                error_code=ErrorCode.NONE,
+                leader_epoch=self.epoch,
+                leader_id=self.config.local_id,
+                high_watermark=self.high_watermark,
+                log_start_offset=self.log.log_start_offset,
+                diverging_epoch=diverging,
+            )
+        if self.progress.update_replica(
+            request.replica_id, request.fetch_offset, self.log.log_end_offset, now_ms
+        ):
+            self._set_high_watermark(self.progress.high_watermark)
+        records = b""
+        if request.fetch_offset < self.log.log_end_offset:
+            records = self.log.read(
+                request.fetch_offset, min(request.max_bytes, self.config.fetch_max_bytes)
+            )
+        return FetchResponse(
+            error_code=ErrorCode.NONE,
+            leader_epoch=self.epoch,
+            leader_id=self.config.local_id,
+            high_watermark=self.high_watermark,
+            log_start_offset=self.log.log_start_offset,
+            records=records,
+        )
+
+    def _diverging_epoch(self, fetch_offset: int, last_fetched_epoch: int) -> OffsetAndEpoch | None:
+        """Where the fetcher's log stops agreeing with ours, if it does (KIP-595)."""
+        if fetch_offset == 0 and last_fetched_epoch == 0:
+            return None  # an empty log agrees with everything
+        end = self.log.end_offset_for_epoch(last_fetched_epoch)
+        if end.epoch != last_fetched_epoch or end.offset < fetch_offset:
+            return OffsetAndEpoch(offset=max(0, end.offset), epoch=max(0, end.epoch))
+        return None
+
+    # ------------------------------------------------------------------ responses
+
+    def handle_response(self, now_ms: int, inbound: Inbound) -> None:
+        flight = self._inflight.pop(inbound.request_id, None)
+        if flight is None or flight.destination != inbound.source:
+            return  # a late answer to a request we already gave up on
+        response = inbound.response
+        if response is None:
+            self._request_failed(now_ms, inbound.request_id, flight)
+            return
+        if response.error_code == ErrorCode.INCONSISTENT_CLUSTER_ID:
+            self._request_failed(now_ms, inbound.request_id, flight)
+            return
+        if self._maybe_follow_newer(now_ms, response.leader_epoch, response.leader_id):
+            if isinstance(flight.request, FetchRequest) and isinstance(self.quorum.state, Follower):
+                self._maybe_send_fetch(now_ms)
+            return
+        if isinstance(flight.request, VoteRequest):
+            assert isinstance(response, VoteResponse)
+            self._handle_vote_response(now_ms, inbound.source, flight.request, response)
+        elif isinstance(flight.request, FetchRequest):
+            assert isinstance(response, FetchResponse)
+            self._handle_fetch_response(now_ms, inbound.source, response)
+        elif (
+            isinstance(flight.request, BeginQuorumEpochRequest)
+            and response.error_code == ErrorCode.NONE
+            and self.progress is not None
+            and flight.request.leader_epoch == self.epoch
+        ):
+            self.progress.begin_quorum_acked.add(inbound.source)
+
+    def _request_failed(
+        self, now_ms: int, request_id: int, flight: _InFlight | None = None
+    ) -> None:
+        flight = flight or self._inflight.pop(request_id, None)
+        if flight is None:
+            return
+        if isinstance(flight.request, FetchRequest):
+            self._fetch_backoff_until_ms = now_ms + self.config.retry_backoff_ms
+        # Votes and BeginQuorumEpoch are not retried one by one: the election timeout and
+        # the leader's resend timer send fresh ones.
+
+    def _maybe_follow_newer(self, now_ms: int, epoch: int, leader_id: int) -> bool:
+        """A peer knows a newer epoch, or the leader of ours: follow it. True if we moved."""
+        if epoch > self.epoch or (
+            epoch == self.epoch and leader_id not in (NO_LEADER, self.quorum.leader_id())
+        ):
+            self._learn_leader(now_ms, epoch, leader_id)
+            return True
+        return False
+
+    def _learn_leader(self, now_ms: int, epoch: int, leader_id: int) -> None:
+        state = self.quorum.state
+        if leader_id == NO_LEADER or leader_id == self.config.local_id:
+            if epoch > self.epoch:
+                self._transition(
+                    Unattached(epoch=epoch, election_deadline_ms=self._election_deadline(now_ms))
+                )
+            return
+        if isinstance(state, Follower) and state.epoch == epoch and state.leader_id == leader_id:
+            return
+        assert not (isinstance(state, (Leader, Resigned)) and state.epoch == epoch), (
+            f"node {self.config.local_id} led epoch {epoch} but {leader_id} claims it too"
+        )
+        voted_id = self.quorum.voted_id() if epoch == self.epoch else NO_ID
+        self._transition(
+            Follower(
+                epoch=epoch,
+                leader_id=leader_id,
+                fetch_deadline_ms=now_ms + self.config.fetch_timeout_ms,
+                voted_id=voted_id,
+            )
+        )
+        self._maybe_send_fetch(now_ms)
+
+    def _handle_vote_response(
+        self, now_ms: int, source: int, request: VoteRequest, response: VoteResponse
+    ) -> None:
+        state = self.quorum.state
+        if request.pre_vote:
+            if not isinstance(state, Prospective) or request.candidate_epoch != self.epoch + 1:
+                return
+            if response.vote_granted:
+                self._transition(attrs.evolve(state, granted=state.granted | {source}))
+                self._maybe_win_prevote(now_ms)
+            else:
+                state = attrs.evolve(state, rejected=state.rejected | {source})
+                self._transition(state)
+                if self._is_majority(state.rejected):
+                    self._prevote_failed(now_ms)
+            return
+        if not isinstance(state, Candidate) or request.candidate_epoch != self.epoch:
+            return
+        if response.vote_granted:
+            self._transition(attrs.evolve(state, granted=state.granted | {source}))
+            self._maybe_win_election(now_ms)
+        else:
+            state = attrs.evolve(state, rejected=state.rejected | {source})
+            self._transition(state)
+            if self._is_majority(state.rejected):
+                self._candidacy_failed(now_ms)
+
+    def _handle_fetch_response(self, now_ms: int, source: int, response: FetchResponse) -> None:
+        state = self.quorum.state
+        if not isinstance(state, Follower) or source != state.leader_id:
+            # Asked someone who does not lead (an observer looking for the leader):
+            # try again shortly, not in a tight loop.
+            self._fetch_backoff_until_ms = now_ms + self.config.retry_backoff_ms
+            return
+        if response.error_code != ErrorCode.NONE:
+            self._fetch_backoff_until_ms = now_ms + self.config.retry_backoff_ms
+            return
+        self._transition(
+            attrs.evolve(state, fetch_deadline_ms=now_ms + self.config.fetch_timeout_ms)
+        )
+        if response.diverging_epoch is not None:
+            self._truncate_to_divergence(response.diverging_epoch)
+        elif response.records:
+            self.log.append_as_follower(response.records)
+            self._log_dirty = True
+        leader_hwm = min(response.high_watermark, self.log.log_end_offset)
+        if leader_hwm > self.high_watermark:
+            self._set_high_watermark(leader_hwm)
+        self._maybe_send_fetch(now_ms)
+
+    def _truncate_to_divergence(self, diverging: OffsetAndEpoch) -> None:
+        local = self.log.end_offset_for_epoch(diverging.epoch)
+        target = diverging.offset if local.epoch < 0 else min(diverging.offset, local.offset)
+        target = max(target, self.log.log_start_offset)
+        assert target >= self.high_watermark, (
+            f"node {self.config.local_id}: told to truncate to {target}, below the "
+            f"committed {self.high_watermark}"
+        )
+        if target < self.log.log_end_offset:
+            self.log.truncate_to(target)
+            self._flushed_end_offset = min(self._flushed_end_offset, self.log.log_end_offset)
+            self._log_dirty = True
+
+    # ------------------------------------------------------------------ fetching
+
+    def _maybe_send_fetch(self, now_ms: int) -> None:
+        state = self.quorum.state
+        if isinstance(state, Follower):
+            destination = state.leader_id
+        elif not self.quorum.is_voter and isinstance(state, Unattached):
+            # An observer without a leader asks a random voter, who names the leader.
+            destination = self.rng.choice(sorted(self.config.voters))
+        else:
+            return
+        if now_ms < self._fetch_backoff_until_ms or self._has_inflight(None, FetchRequest):
+            return
+        self._send(
+            now_ms,
+            destination,
+            FetchRequest(
+                cluster_id=self.config.cluster_id,
+                replica_id=self.config.local_id,
+                current_leader_epoch=self.epoch,
+                fetch_offset=self.log.log_end_offset,
+                last_fetched_epoch=self.log.last_fetched_epoch(),
+                max_bytes=self.config.fetch_max_bytes,
+                max_wait_ms=self.config.fetch_max_wait_ms,
+            ),
+        )
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _send(self, now_ms: int, destination: int, request: Request) -> None:
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        self._inflight[request_id] = _InFlight(destination, request, now_ms)
+        self._outbox.append(
+            Outbound(destination=destination, request_id=request_id, request=request)
+        )
+
+    def _has_inflight(self, destination: int | None, kind: type) -> bool:
+        return any(
+            isinstance(flight.request, kind) and destination in (None, flight.destination)
+            for flight in self._inflight.values()
+        )
+
+    def _transition(self, new_state: EpochState) -> None:
+        old = self.quorum.state
+        self.quorum.transition_to(new_state)
+        if isinstance(old, Leader) and not isinstance(new_state, Leader):
+            self.progress = None
+        if type(old) is not type(new_state) or old.epoch != new_state.epoch:
+            # Requests of the old role (votes, fetches to the old leader) are moot.
+            self._inflight = {
+                request_id: flight
+                for request_id, flight in self._inflight.items()
+                if self._still_relevant(flight.request, new_state)
+            }
+
+    @staticmethod
+    def _still_relevant(request: Request, state: EpochState) -> bool:
+        if isinstance(request, VoteRequest):
+            return isinstance(state, (Prospective, Candidate))
+        if isinstance(request, FetchRequest):
+            return (
+                isinstance(state, (Follower, Unattached))
+                and request.current_leader_epoch == state.epoch
+            )
+        if isinstance(request, BeginQuorumEpochRequest):
+            return isinstance(state, Leader)
+        return True
+
+    def _is_majority(self, members: frozenset[int]) -> bool:
+        return len(members & self.config.voters) > len(self.config.voters) // 2
+
+    def _election_deadline(self, now_ms: int) -> int:
+        timeout = self.config.election_timeout_ms
+        return now_ms + timeout + self.rng.randrange(timeout)
+
+    def _reset_election_deadline(self, now_ms: int) -> None:
+        state = self.quorum.state
+        if isinstance(state, (Unattached, Voted)):
+            self._transition(
+                attrs.evolve(state, election_deadline_ms=self._election_deadline(now_ms))
+            )
