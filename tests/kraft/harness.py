@@ -62,6 +62,21 @@ class Node:
         self.incarnation += 1
 
     def entries(self) -> list[Entry]:
+        # Cached by what changes when the log does; the safety checks call this a lot.
+        key = (
+            self.incarnation,
+            self.log.log_start_offset,
+            self.log.log_end_offset,
+            self.log.last_fetched_epoch(),
+            self.segmented.size_bytes(),
+        )
+        if getattr(self, "_entries_key", None) == key:
+            return self._entries
+        self._entries_key = key
+        self._entries = self._read_entries()
+        return self._entries
+
+    def _read_entries(self) -> list[Entry]:
         found = []
         for batch in self.log.batches(self.log.log_start_offset, self.log.log_end_offset):
             header = next(iter_batches(batch))[1]
