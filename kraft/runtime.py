@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import trio
 
 from client.protocol.errors import KafkaError
-from client.protocol.rpc import RpcClient, RpcServer
+from client.protocol.rpc import ConnectionLost, RpcClient, RpcServer
 from kraft.quorum_state_file import QuorumStateFile
 from kraft.raft.core import LeaderAndEpoch, NotLeaderError, RaftConfig, RaftCore
 from kraft.raft.log import SegmentedRaftLog
@@ -159,6 +159,7 @@ class RaftNode:
     async def _send(self, outbound: Outbound) -> None:
         core = self._require_core()
         response: Response | None = None
+        unreachable = False
         try:
             client = self._client(outbound.destination)
             body = await client.request(
@@ -169,6 +170,7 @@ class RaftNode:
             )
             response = decode_response(outbound.request, body)
         except KafkaError as error:
+            unreachable = isinstance(error, ConnectionLost)
             log.debug(
                 "node %d: %s to %d failed: %s",
                 self.config.local_id,
@@ -178,7 +180,12 @@ class RaftNode:
             )
         core.handle_response(
             self.now_ms(),
-            Inbound(source=outbound.destination, request_id=outbound.request_id, response=response),
+            Inbound(
+                source=outbound.destination,
+                request_id=outbound.request_id,
+                response=response,
+                unreachable=unreachable,
+            ),
         )
         self._carry_out()
 

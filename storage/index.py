@@ -26,11 +26,12 @@ class IndexCorruptError(ValueError):
     """An index file disagrees with itself; the caller rebuilds it from the log."""
 
 
-def _append_entries(file: File, persisted_bytes: int, entries: bytes) -> None:
-    """Append and sync whole entries; on failure cut back so no partial entry stays."""
+def _append_entries(file: File, persisted_bytes: int, entries: bytes, *, sync: bool) -> None:
+    """Append (and maybe sync) whole entries; on failure cut back so no partial entry stays."""
     try:
         file.append(entries)
-        file.sync()
+        if sync:
+            file.sync()
     except OSError:
         file.truncate(persisted_bytes)
         raise
@@ -80,16 +81,18 @@ class OffsetIndex:
             if self._file is not None:
                 self._file.truncate(keep * OFFSET_ENTRY.size)
 
-    def flush(self) -> None:
+    def flush(self, *, sync: bool = True) -> None:
         if self._file is None or self._persisted == len(self.positions):
             return
         pending = range(self._persisted, len(self.positions))
-        self._file.append(
+        _append_entries(
+            self._file,
+            self._persisted * OFFSET_ENTRY.size,
             b"".join(
                 OFFSET_ENTRY.pack(self.relative_offsets[i], self.positions[i]) for i in pending
-            )
+            ),
+            sync=sync,
         )
-        self._file.sync()
         self._persisted = len(self.positions)
 
     def reset(self) -> None:
@@ -159,7 +162,7 @@ class TimeIndex:
             if self._file is not None:
                 self._file.truncate(keep * TIME_ENTRY.size)
 
-    def flush(self) -> None:
+    def flush(self, *, sync: bool = True) -> None:
         if self._file is None or self._persisted == len(self.timestamps):
             return
         pending = range(self._persisted, len(self.timestamps))
@@ -169,6 +172,7 @@ class TimeIndex:
             b"".join(
                 TIME_ENTRY.pack(self.timestamps[i], self.relative_offsets[i]) for i in pending
             ),
+            sync=sync,
         )
         self._persisted = len(self.timestamps)
 

@@ -442,9 +442,10 @@ class SegmentedLog:
     def flush(self) -> None:
         """Make every append so far durable."""
         self._check_open()
+        active = self._segments[-1]
         for segment in self._segments:
             if segment.unflushed:
-                segment.flush()
+                segment.flush(sync_indexes=segment is not active)
         self.epoch_cache.flush()
         if self._dir_dirty:
             self.fs.sync_dir(self.directory)

@@ -661,6 +661,8 @@ class RaftCore:
         response = inbound.response
         if response is None:
             self._request_failed(now_ms, inbound.request_id, flight)
+            if inbound.unreachable and isinstance(flight.request, FetchRequest):
+                self._leader_unreachable(now_ms, inbound.source)
             return
         if response.error_code == ErrorCode.INCONSISTENT_CLUSTER_ID:
             self._request_failed(now_ms, inbound.request_id, flight)
@@ -693,6 +695,20 @@ class RaftCore:
             self._fetch_backoff_until_ms = now_ms + self.config.retry_backoff_ms
         # Votes and BeginQuorumEpoch are not retried one by one: the election timeout and
         # the leader's resend timer send fresh ones.
+
+    def _leader_unreachable(self, now_ms: int, source: int) -> None:
+        """The leader's process refuses connections: do not wait out the fetch timeout.
+
+        The new deadline is random within one election timeout so that the followers
+        do not all stand at once; pre-vote keeps this harmless if the leader is in fact
+        alive for the others, since they refuse to pre-vote while they hear from it.
+        """
+        state = self.quorum.state
+        if not isinstance(state, Follower) or state.leader_id != source or not self.quorum.is_voter:
+            return
+        deadline = now_ms + self.rng.randrange(self.config.election_timeout_ms)
+        if deadline < state.fetch_deadline_ms:
+            self._transition(attrs.evolve(state, fetch_deadline_ms=deadline))
 
     def _maybe_follow_newer(self, now_ms: int, epoch: int, leader_id: int) -> bool:
         """A peer knows a newer epoch, or the leader of ours: follow it. True if we moved."""

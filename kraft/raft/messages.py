@@ -173,3 +173,6 @@ class Inbound:
     source: int
     request_id: int
     response: Response | None
+    # The peer's process is not there (connection refused or reset), as opposed to
+    # silent (timeout): a follower may start looking for a new leader sooner.
+    unreachable: bool = False

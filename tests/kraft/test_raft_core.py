@@ -272,3 +272,24 @@ def test_observer_finds_the_leader_and_replicates_without_voting() -> None:
 def test_unattached_start_state() -> None:
     cluster = Cluster(voters=3)
     assert all(isinstance(node.core.state, Unattached) for node in cluster.nodes.values())
+
+
+def test_an_unreachable_leader_is_replaced_before_the_fetch_timeout() -> None:
+    from kraft.raft.messages import FetchRequest as Fetch
+    from kraft.raft.messages import Inbound
+
+    cluster = Cluster(voters=3)
+    leader = elect(cluster)
+    follower_id = next(i for i in cluster.nodes if i != leader)
+    core = cluster.nodes[follower_id].core
+    fetch = next(
+        e for e in cluster.network if e.source == follower_id and isinstance(e.request, Fetch)
+    )
+    cluster.network.remove(fetch)
+    before = core.state.fetch_deadline_ms
+    core.handle_response(
+        cluster.now_ms,
+        Inbound(source=leader, request_id=fetch.request_id, response=None, unreachable=True),
+    )
+    assert core.state.fetch_deadline_ms < before
+    assert core.state.fetch_deadline_ms <= cluster.now_ms + core.config.election_timeout_ms

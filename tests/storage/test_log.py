@@ -334,3 +334,24 @@ def test_read_slice_reports_where_to_continue(memfs) -> None:
         data, offset = log.read_slice(offset, 300)
         seen += [h.base_offset for _, h in iter_batches(data)]
     assert seen == list(range(0, 60, 2))
+
+
+def test_a_full_disk_while_flushing_an_index_leaves_no_partial_entry(memfs) -> None:
+    from storage.index import OFFSET_ENTRY, OffsetIndex
+
+    memfs.makedirs("/i")
+    handle = memfs.open("/i/x.index")
+    index = OffsetIndex(0, handle)
+    index.append(10, 100)
+    index.flush()
+    index.append(20, 200)
+    index.append(30, 300)
+    memfs.capacity_bytes = memfs.used_bytes() + 5  # room for part of one entry
+    with pytest.raises(OSError):
+        index.flush()
+    assert handle.size() == OFFSET_ENTRY.size  # cut back to the whole entries
+    memfs.capacity_bytes = None
+    index.flush()
+    reloaded = OffsetIndex(0, memfs.open("/i/x.index"))
+    reloaded.load(log_size=1_000)
+    assert reloaded.positions == [100, 200, 300]
