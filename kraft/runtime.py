@@ -25,7 +25,15 @@ from client.protocol.rpc import ConnectionLost, RpcClient, RpcServer
 from kraft.quorum_state_file import QuorumStateFile
 from kraft.raft.core import LeaderAndEpoch, NotLeaderError, RaftConfig, RaftCore
 from kraft.raft.log import SegmentedRaftLog
-from kraft.raft.messages import FetchRequest, FetchResponse, Inbound, Outbound, Request, Response
+from kraft.raft.messages import (
+    FetchRequest,
+    FetchResponse,
+    Inbound,
+    OffsetAndEpoch,
+    Outbound,
+    Request,
+    Response,
+)
 from kraft.raft.wire import API_KEY_OF, API_VERSION, decode_request, decode_response, encode
 from storage.fs import FileSystem, OsFileSystem
 from storage.log import LogConfig, SegmentedLog
@@ -63,6 +71,7 @@ class RaftNode:
         self._changed = trio.Event()
         self._stopped = trio.Event()
         self._killed = False
+        self.snapshots_installed = 0
         self._last_seen: tuple[int, int, LeaderAndEpoch] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -139,6 +148,8 @@ class RaftNode:
             ready = core.ready()
             if ready.election_state is not None:
                 self.store.write(ready.election_state)
+            if ready.snapshot_installed is not None:
+                self.snapshots_installed += 1
             messages.extend(ready.messages)
             if not ready.log_dirty:
                 break
@@ -248,6 +259,19 @@ class RaftNode:
         while core.leader().leader_id < 0:
             await self._changed.wait()
         return core.leader()
+
+    def write_snapshot(self, end_offset: int, values: Sequence[bytes]) -> OffsetAndEpoch:
+        """Snapshot the state machine as of `end_offset` (committed); the log before it goes."""
+        core = self._require_core()
+        if end_offset > core.high_watermark:
+            raise ValueError(
+                f"offset {end_offset} is not committed (high-water mark {core.high_watermark})"
+            )
+        return self.log.create_snapshot(end_offset, values, self.now_ms())
+
+    def snapshot(self) -> tuple[OffsetAndEpoch | None, list[bytes]]:
+        """The latest snapshot's id and records, to rebuild the state machine from."""
+        return self.log.latest_snapshot_id(), self.log.snapshot_values()
 
     def committed_batches(self, start: int) -> list[bytes]:
         """Committed batches from `start` up to the high-water mark (for the state machine)."""

@@ -39,6 +39,7 @@ from kraft.raft.messages import (
     ErrorCode,
     FetchRequest,
     FetchResponse,
+    FetchSnapshotRequest,
     FetchSnapshotResponse,
     Inbound,
     OffsetAndEpoch,
@@ -97,6 +98,8 @@ class Ready:
     messages: tuple[Outbound, ...]
     high_watermark: int
     leader: LeaderAndEpoch
+    # A snapshot fetched from the leader replaced the log: reload the state machine.
+    snapshot_installed: OffsetAndEpoch | None = None
 
 
 class NotLeaderError(Exception):
@@ -133,6 +136,10 @@ class RaftCore:
         self._fetch_backoff_until_ms = 0
         self._begin_quorum_resend_ms = 0
         self.progress: LeaderProgress | None = None
+        # Set while this follower copies the leader's snapshot (its log start passed us).
+        self._snapshot_fetch: OffsetAndEpoch | None = None
+        self._snapshot_position = 0
+        self._snapshot_installed: OffsetAndEpoch | None = None
         self.quorum = QuorumState(
             config.local_id, config.voters, self._initial_state(election, now_ms)
         )
@@ -188,12 +195,14 @@ class RaftCore:
         messages = tuple(self._outbox)
         self._outbox.clear()
         dirty, self._log_dirty = self._log_dirty, False
+        installed, self._snapshot_installed = self._snapshot_installed, None
         return Ready(
             election_state=self.quorum.take_unpersisted(),
             log_dirty=dirty,
             messages=messages,
             high_watermark=self.high_watermark,
             leader=self.leader(),
+            snapshot_installed=installed,
         )
 
     def on_flushed(self, now_ms: int, end_offset: int) -> None:
@@ -475,7 +484,7 @@ class RaftCore:
             return self._handle_end_quorum_epoch(now_ms, request)
         if isinstance(request, FetchRequest):
             return self._handle_fetch(now_ms, request)
-        return self._error_response(request, ErrorCode.SNAPSHOT_NOT_FOUND)
+        return self._handle_fetch_snapshot(now_ms, request)
 
     def _error_response(self, request: Request, error: int) -> Response:
         if isinstance(request, VoteRequest):
@@ -613,8 +622,21 @@ class RaftCore:
         if request.current_leader_epoch < self.epoch:
             return self._fetch_error(ErrorCode.FENCED_LEADER_EPOCH)
         assert self.progress is not None
-        if request.fetch_offset < self.log.log_start_offset or request.fetch_offset < 0:
+        if request.fetch_offset < 0:
             return self._fetch_error(ErrorCode.OFFSET_OUT_OF_RANGE)
+        snapshot = self.log.latest_snapshot_id()
+        if self._needs_snapshot(request.fetch_offset, request.last_fetched_epoch, snapshot):
+            if snapshot is None:
+                return self._fetch_error(ErrorCode.OFFSET_OUT_OF_RANGE)
+            self.progress.touch(request.replica_id, now_ms)
+            return FetchResponse(
+                error_code=ErrorCode.NONE,
+                leader_epoch=self.epoch,
+                leader_id=self.config.local_id,
+                high_watermark=self.high_watermark,
+                log_start_offset=self.log.log_start_offset,
+                snapshot_id=snapshot,
+            )
         diverging = self._diverging_epoch(request.fetch_offset, request.last_fetched_epoch)
         if diverging is not None:
             return FetchResponse(
@@ -641,6 +663,61 @@ class RaftCore:
             high_watermark=self.high_watermark,
             log_start_offset=self.log.log_start_offset,
             records=records,
+        )
+
+    def _handle_fetch_snapshot(
+        self, now_ms: int, request: FetchSnapshotRequest
+    ) -> FetchSnapshotResponse:
+        leader = self.leader()
+
+        def answer(error: int, **fields: Any) -> FetchSnapshotResponse:
+            return FetchSnapshotResponse(
+                error_code=error, leader_epoch=leader.epoch, leader_id=leader.leader_id, **fields
+            )
+
+        if request.current_leader_epoch > self.epoch:
+            return answer(ErrorCode.UNKNOWN_LEADER_EPOCH)
+        if not isinstance(self.quorum.state, Leader):
+            return answer(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        if request.current_leader_epoch < self.epoch:
+            return answer(ErrorCode.FENCED_LEADER_EPOCH)
+        assert self.progress is not None
+        chunk = self.log.read_snapshot_chunk(
+            request.snapshot_id,
+            request.position,
+            min(request.max_bytes, self.config.fetch_max_bytes),
+        )
+        if chunk is None:
+            return answer(ErrorCode.SNAPSHOT_NOT_FOUND)
+        data, size = chunk
+        if request.position < 0 or request.position > size:
+            return answer(ErrorCode.POSITION_OUT_OF_RANGE)
+        self.progress.touch(request.replica_id, now_ms)
+        return answer(
+            ErrorCode.NONE,
+            snapshot_id=request.snapshot_id,
+            size=size,
+            position=request.position,
+            unaligned_records=data,
+        )
+
+    def _needs_snapshot(
+        self, fetch_offset: int, last_fetched_epoch: int, snapshot: OffsetAndEpoch | None
+    ) -> bool:
+        """Must the fetcher start over from our snapshot? (Kafka's validateOffsetAndEpoch)
+
+        Below our log start, plainly yes. But also when its last epoch is older than
+        the snapshot's, or it stands at our log start with another epoch: we no longer
+        hold the entries that would tell where its log stopped agreeing with ours, and
+        a divergence answer would let it keep stale entries below our log start.
+        """
+        log_start = self.log.log_start_offset
+        if fetch_offset < log_start:
+            return True
+        if snapshot is None:
+            return False
+        return last_fetched_epoch < snapshot.epoch or (
+            fetch_offset == log_start and last_fetched_epoch != snapshot.epoch
         )
 
     def _diverging_epoch(self, fetch_offset: int, last_fetched_epoch: int) -> OffsetAndEpoch | None:
@@ -677,6 +754,9 @@ class RaftCore:
         elif isinstance(flight.request, FetchRequest):
             assert isinstance(response, FetchResponse)
             self._handle_fetch_response(now_ms, inbound.source, response)
+        elif isinstance(flight.request, FetchSnapshotRequest):
+            assert isinstance(response, FetchSnapshotResponse)
+            self._handle_fetch_snapshot_response(now_ms, inbound.source, response)
         elif (
             isinstance(flight.request, BeginQuorumEpochRequest)
             and response.error_code == ErrorCode.NONE
@@ -691,7 +771,7 @@ class RaftCore:
         flight = flight or self._inflight.pop(request_id, None)
         if flight is None:
             return
-        if isinstance(flight.request, FetchRequest):
+        if isinstance(flight.request, (FetchRequest, FetchSnapshotRequest)):
             self._fetch_backoff_until_ms = now_ms + self.config.retry_backoff_ms
         # Votes and BeginQuorumEpoch are not retried one by one: the election timeout and
         # the leader's resend timer send fresh ones.
@@ -783,14 +863,50 @@ class RaftCore:
         self._transition(
             attrs.evolve(state, fetch_deadline_ms=now_ms + self.config.fetch_timeout_ms)
         )
-        if response.diverging_epoch is not None:
+        if response.snapshot_id is not None:
+            # Our log ends before the leader's starts: copy its snapshot first.
+            self._snapshot_fetch = response.snapshot_id
+            self._snapshot_position = 0
+        elif response.diverging_epoch is not None:
             self._truncate_to_divergence(response.diverging_epoch)
-        elif response.records:
-            self.log.append_as_follower(response.records)
+        else:
+            # The leader accepted our fetch offset and epoch, so our log agrees with its
+            # up to there: only now may its high-water mark become ours.
+            if response.records:
+                self.log.append_as_follower(response.records)
+                self._log_dirty = True
+            leader_hwm = min(response.high_watermark, self.log.log_end_offset)
+            if leader_hwm > self.high_watermark:
+                self._set_high_watermark(leader_hwm)
+        self._maybe_send_fetch(now_ms)
+
+    def _handle_fetch_snapshot_response(
+        self, now_ms: int, source: int, response: FetchSnapshotResponse
+    ) -> None:
+        state = self.quorum.state
+        wanted = self._snapshot_fetch
+        if not isinstance(state, Follower) or source != state.leader_id or wanted is None:
+            return
+        if response.error_code != ErrorCode.NONE or response.snapshot_id != wanted:
+            # Gone or replaced by a newer one: a plain Fetch will name the current one.
+            self._snapshot_fetch = None
+            self._fetch_backoff_until_ms = now_ms + self.config.retry_backoff_ms
+            return
+        self._transition(
+            attrs.evolve(state, fetch_deadline_ms=now_ms + self.config.fetch_timeout_ms)
+        )
+        self._snapshot_position = self.log.write_snapshot_chunk(
+            wanted, response.position, response.unaligned_records
+        )
+        if self._snapshot_position >= response.size:
+            self.log.install_fetched_snapshot(wanted)
+            self._snapshot_fetch = None
+            self._flushed_end_offset = self.log.log_end_offset
             self._log_dirty = True
-        leader_hwm = min(response.high_watermark, self.log.log_end_offset)
-        if leader_hwm > self.high_watermark:
-            self._set_high_watermark(leader_hwm)
+            self._snapshot_installed = wanted
+            # A snapshot is only ever taken of committed entries.
+            if wanted.offset > self.high_watermark:
+                self._set_high_watermark(wanted.offset)
         self._maybe_send_fetch(now_ms)
 
     def _truncate_to_divergence(self, diverging: OffsetAndEpoch) -> None:
@@ -817,7 +933,23 @@ class RaftCore:
             destination = self.rng.choice(sorted(self.config.voters))
         else:
             return
-        if now_ms < self._fetch_backoff_until_ms or self._has_inflight(None, FetchRequest):
+        if now_ms < self._fetch_backoff_until_ms:
+            return
+        if self._has_inflight(None, FetchRequest) or self._has_inflight(None, FetchSnapshotRequest):
+            return
+        if self._snapshot_fetch is not None and isinstance(state, Follower):
+            self._send(
+                now_ms,
+                destination,
+                FetchSnapshotRequest(
+                    cluster_id=self.config.cluster_id,
+                    replica_id=self.config.local_id,
+                    current_leader_epoch=self.epoch,
+                    snapshot_id=self._snapshot_fetch,
+                    position=self._snapshot_position,
+                    max_bytes=self.config.fetch_max_bytes,
+                ),
+            )
             return
         self._send(
             now_ms,
@@ -866,7 +998,7 @@ class RaftCore:
     def _still_relevant(request: Request, state: EpochState) -> bool:
         if isinstance(request, VoteRequest):
             return isinstance(state, (Prospective, Candidate))
-        if isinstance(request, FetchRequest):
+        if isinstance(request, (FetchRequest, FetchSnapshotRequest)):
             return (
                 isinstance(state, (Follower, Unattached))
                 and request.current_leader_epoch == state.epoch

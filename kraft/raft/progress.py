@@ -81,6 +81,11 @@ class LeaderProgress:
             return self._recompute()
         return False
 
+    def touch(self, replica_id: int, now_ms: int) -> None:
+        """The replica is alive (copying a snapshot) though its log end is not known."""
+        replica = self.replicas.setdefault(replica_id, ReplicaProgress(replica_id))
+        replica.last_fetch_ms = now_ms
+
     def _recompute(self) -> bool:
         offsets = [self.replicas[voter].end_offset for voter in sorted(self.voters)]
         new = next_high_watermark(self.high_watermark, offsets, self.epoch_start_offset)

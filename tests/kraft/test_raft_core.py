@@ -293,3 +293,21 @@ def test_an_unreachable_leader_is_replaced_before_the_fetch_timeout() -> None:
     )
     assert core.state.fetch_deadline_ms < before
     assert core.state.fetch_deadline_ms <= cluster.now_ms + core.config.election_timeout_ms
+
+
+def test_a_follower_behind_the_log_start_catches_up_through_the_snapshot() -> None:
+    cluster = Cluster(voters=3)
+    leader = elect(cluster)
+    laggard = next(i for i in cluster.nodes if i != leader)
+    cluster.isolated.add(laggard)
+    for n in range(30):
+        cluster.propose(leader, f"v{n}".encode())
+    cluster.run(steps=300)
+    assert cluster.snapshot(leader)
+    assert cluster.nodes[leader].log.log_start_offset == cluster.nodes[leader].core.high_watermark
+    cluster.isolated.clear()
+    cluster.run_until(lambda: cluster.nodes[laggard].log.latest_snapshot_id() is not None)
+    cluster.propose(leader, b"after")
+    cluster.run(steps=300)
+    assert cluster.nodes[laggard].entries() == cluster.nodes[leader].entries()
+    assert cluster.nodes[laggard].log.log_start_offset > 0
