@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
+import attrs
 import trio
 
 from client.protocol.errors import KafkaError
@@ -37,6 +38,7 @@ from kraft.raft.messages import (
 from kraft.raft.wire import API_KEY_OF, API_VERSION, decode_request, decode_response, encode
 from storage.fs import FileSystem, OsFileSystem
 from storage.log import LogConfig, SegmentedLog
+from storage.records import iter_batches
 
 log = logging.getLogger(__name__)
 
@@ -273,9 +275,55 @@ class RaftNode:
         """The latest snapshot's id and records, to rebuild the state machine from."""
         return self.log.latest_snapshot_id(), self.log.snapshot_values()
 
+    async def follow(self, start: int = 0) -> AsyncIterator[Committed]:
+        """Everything committed from `start` on, in order, for a state machine to apply.
+
+        Yields a `SnapshotLoaded` whenever the log no longer holds the next offset (it
+        was snapshotted here, or a snapshot was fetched from the leader), then the
+        committed batches after it. Waits for more when caught up; runs until cancelled.
+        """
+        core = self._require_core()
+        position = start
+        while True:
+            if position < self.log.log_start_offset:
+                snapshot_id, values = self.snapshot()
+                assert snapshot_id is not None, "log start moved without a snapshot"
+                yield SnapshotLoaded(snapshot_id=snapshot_id, values=values)
+                position = snapshot_id.offset
+                continue
+            if position >= core.high_watermark:
+                await self._changed.wait()
+                continue
+            for batch in self.committed_batches(position):
+                header = next(iter_batches(batch, validate=False))[1]
+                yield CommittedBatch(base_offset=header.base_offset, data=batch)
+                position = header.next_offset
+
+    async def wait_leader_change(self, known: LeaderAndEpoch) -> LeaderAndEpoch:
+        """Return once the leader or epoch differs from `known`."""
+        core = self._require_core()
+        while core.leader() == known:
+            await self._changed.wait()
+        return core.leader()
+
     def committed_batches(self, start: int) -> list[bytes]:
         """Committed batches from `start` up to the high-water mark (for the state machine)."""
         return self.log.batches(start, self._require_core().high_watermark)
+
+
+@attrs.frozen(kw_only=True)
+class CommittedBatch:
+    base_offset: int
+    data: bytes  # one record batch, as stored
+
+
+@attrs.frozen(kw_only=True)
+class SnapshotLoaded:
+    snapshot_id: OffsetAndEpoch
+    values: list[bytes]
+
+
+Committed = CommittedBatch | SnapshotLoaded
 
 
 def _sender(request: Request) -> int:

@@ -143,3 +143,73 @@ async def test_graceful_shutdown_hands_leadership_over_quickly(nursery, tmp_path
         assert trio.current_time() - started < 0.6
         for node in quorum.nodes.values():
             node.kill()
+
+
+async def test_follow_delivers_committed_entries_then_snapshots_in_order(nursery, tmp_path) -> None:
+    from kraft.runtime import CommittedBatch, SnapshotLoaded
+    from storage.records import iter_records
+
+    quorum = Quorum(nursery, tmp_path)
+    with trio.fail_after(30):
+        for node_id in sorted(VOTERS):
+            await quorum.start(node_id)
+        await commit_all(quorum, [b"a", b"b", b"c"], batch=1)
+        leader = await quorum.leader()
+        seen: list[bytes] = []
+        async for item in leader.follow(0):
+            assert isinstance(item, CommittedBatch)
+            seen += [r.value or b"" for r in iter_records(item.data) if r.value != b""]
+            if len(seen) >= 4:  # the leader-change record has a value too
+                break
+        assert seen[-3:] == [b"a", b"b", b"c"]
+        leader.write_snapshot(leader.high_watermark, [b"state"])
+        async for item in leader.follow(0):
+            assert isinstance(item, SnapshotLoaded) and item.values == [b"state"]
+            break
+        changed = trio.Event()
+
+        async def watch() -> None:
+            await quorum.nodes[2].wait_leader_change(quorum.nodes[2].leader())
+            changed.set()
+
+        nursery.start_soon(watch)
+        await leader.shutdown()
+        await changed.wait()
+        for node in quorum.nodes.values():
+            node.kill()
+
+
+async def test_bad_raft_bodies_get_error_codes_and_the_node_keeps_serving(
+    nursery, tmp_path
+) -> None:
+    from client.protocol.errors import ErrorCode
+    from client.protocol.rpc import RpcClient
+    from kraft.raft.messages import VoteRequest
+    from kraft.raft.wire import API_VOTE, encode
+
+    quorum = Quorum(nursery, tmp_path)
+    with trio.fail_after(30):
+        for node_id in sorted(VOTERS):
+            await quorum.start(node_id)
+        await commit_all(quorum, [b"x"])
+        host, port = quorum.addresses[1]
+        peer = RpcClient(host, port, client_id="probe", rng=random.Random(0))
+        wrong_shape = await peer.request(API_VOTE, 0, ["not", "a", "vote"], timeout_s=5)
+        assert wrong_shape["error_code"] == ErrorCode.INVALID_REQUEST
+        wrong_type = await peer.request(API_VOTE, 0, ["c", "1", 2, 3, 4, False], timeout_s=5)
+        assert wrong_type["error_code"] == ErrorCode.INVALID_REQUEST
+        wrong_version = await peer.request(API_VOTE, 9, [], timeout_s=5)
+        assert wrong_version["error_code"] == ErrorCode.UNSUPPORTED_VERSION
+        foreign = VoteRequest(
+            cluster_id="elsewhere",
+            candidate_epoch=99,
+            candidate_id=2,
+            last_offset_epoch=9,
+            last_offset=9,
+        )
+        answer = await peer.request(API_VOTE, 0, encode(foreign), timeout_s=5)
+        assert answer[0] == ErrorCode.INCONSISTENT_CLUSTER_ID
+        await commit_all(quorum, [b"still serving"])
+        await peer.aclose()
+        for node in quorum.nodes.values():
+            node.kill()
