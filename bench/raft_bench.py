@@ -80,7 +80,12 @@ class Bench:
 
     def leader(self, excluding: int | None = None) -> RaftNode | None:
         for node_id, node in self.nodes.items():
-            if node_id != excluding and node.core is not None and node.core.is_leader():
+            if (
+                node_id != excluding
+                and node.running
+                and node.core is not None
+                and node.core.is_leader()
+            ):
                 return node
         return None
 

@@ -73,6 +73,8 @@ class RaftNode:
         self._changed = trio.Event()
         self._stopped = trio.Event()
         self._killed = False
+        # True between start and stop; a stopped node's core keeps its last state.
+        self.running = False
         self.snapshots_installed = 0
         self._last_seen: tuple[int, int, LeaderAndEpoch] | None = None
 
@@ -97,9 +99,11 @@ class RaftNode:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.port = await nursery.start(server.serve, self.host, self.port)
+                self.running = True
                 task_status.started(self.port)
                 await self._drive()
         finally:
+            self.running = False
             with trio.CancelScope(shield=True):
                 for client in self._clients.values():
                     await client.aclose()
@@ -120,6 +124,7 @@ class RaftNode:
     def kill(self) -> None:
         """Stop at once, like SIGKILL: no resignation, no final flush (tests, fault lab)."""
         self._killed = True
+        self.running = False
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
 

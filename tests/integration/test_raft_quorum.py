@@ -49,7 +49,12 @@ class Quorum:
     async def leader(self, *, excluding: int | None = None) -> RaftNode:
         while True:
             for node_id, node in self.nodes.items():
-                if node_id != excluding and node.core is not None and node.core.is_leader():
+                if (
+                    node_id != excluding
+                    and node.running
+                    and node.core is not None
+                    and node.core.is_leader()
+                ):
                     return node
             await trio.sleep(0.01)
 
