@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
 import sys
@@ -26,8 +25,8 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kraft.raft.core import NotLeaderError, RaftConfig
-from kraft.runtime import RaftNode
+from kraft.local_quorum import LocalQuorum
+from kraft.raft.core import RaftConfig
 from storage.fs import OsFile, OsFileSystem
 
 VOTERS = frozenset({1, 2, 3})
@@ -58,76 +57,31 @@ class CountingFileSystem(OsFileSystem):
         return handle
 
 
-class Bench:
-    def __init__(self, nursery: trio.Nursery, root: str) -> None:
-        self.nursery = nursery
-        self.root = root
-        self.addresses: dict[int, tuple[str, int]] = {}
-        self.nodes: dict[int, RaftNode] = {}
-        self.fs = CountingFileSystem()
-
-    async def start(self, node_id: int) -> None:
-        node = RaftNode(
-            config=RaftConfig(local_id=node_id, voters=VOTERS, cluster_id="bench"),
-            directory=f"{self.root}/node-{node_id}",
-            voter_addresses=self.addresses,
-            rng=random.Random(node_id * 7919 + len(self.nodes)),
-            fs=self.fs,
-            port=self.addresses.get(node_id, ("", 0))[1],
-        )
-        self.addresses[node_id] = ("127.0.0.1", await self.nursery.start(node.run))
-        self.nodes[node_id] = node
-
-    def leader(self, excluding: int | None = None) -> RaftNode | None:
-        for node_id, node in self.nodes.items():
-            if (
-                node_id != excluding
-                and node.running
-                and node.core is not None
-                and node.core.is_leader()
-            ):
-                return node
-        return None
-
-    async def wait_leader(self, excluding: int | None = None) -> RaftNode:
-        while (leader := self.leader(excluding)) is None:
-            await trio.sleep(0.002)
-        return leader
-
-    async def commit_one(self, excluding: int | None = None) -> None:
-        while True:
-            leader = await self.wait_leader(excluding)
-            try:
-                await leader.wait_committed(leader.propose([b"probe"]))
-                return
-            except NotLeaderError:
-                await trio.sleep(0.002)
-
-
-async def election_trials(bench: Bench, trials: int) -> list[float]:
+async def election_trials(quorum: LocalQuorum, trials: int) -> list[float]:
     elapsed = []
     for _ in range(trials):
-        await bench.commit_one()
-        leader = await bench.wait_leader()
+        await quorum.commit([b"probe"])
+        leader = await quorum.leader()
         leader_id = leader.config.local_id
         started = trio.current_time()
         leader.kill()
-        await bench.commit_one(excluding=leader_id)
+        await quorum.commit([b"probe"], excluding=leader_id)
         elapsed.append((trio.current_time() - started) * 1000)
         await trio.sleep(0.05)  # let the killed node's tasks finish
-        await bench.start(leader_id)
-        target = bench.leader(excluding=leader_id)
-        assert target is not None
-        while bench.nodes[leader_id].log.log_end_offset < target.log.log_end_offset:
+        restarted = await quorum.start(leader_id)
+        target = await quorum.leader(excluding=leader_id)
+        while restarted.log.log_end_offset < target.log.log_end_offset:
             await trio.sleep(0.01)
     return elapsed
 
 
-async def throughput(bench: Bench, records: int) -> tuple[float, float]:
-    leader = await bench.wait_leader()
+async def throughput(
+    quorum: LocalQuorum, fs: CountingFileSystem, records: int
+) -> tuple[float, float]:
+    leader = await quorum.leader()
     batch = [RECORD] * BATCH_RECORDS
     batches = max(1, records // BATCH_RECORDS)
-    syncs_before = bench.fs.syncs
+    syncs_before = fs.syncs
     started = trio.current_time()
     window = trio.Semaphore(WINDOW_BATCHES)
 
@@ -140,21 +94,20 @@ async def throughput(bench: Bench, records: int) -> tuple[float, float]:
             await window.acquire()
             nursery.start_soon(commit, leader.propose(batch))
     seconds = trio.current_time() - started
-    return batches * BATCH_RECORDS / seconds, (bench.fs.syncs - syncs_before) / batches
+    return batches * BATCH_RECORDS / seconds, (fs.syncs - syncs_before) / batches
 
 
 async def main_async(trials: int, records: int) -> dict[str, float]:
     root = tempfile.mkdtemp(prefix="raft-bench-")
     try:
         async with trio.open_nursery() as nursery:
-            bench = Bench(nursery, root)
-            for node_id in sorted(VOTERS):
-                await bench.start(node_id)
-            await bench.commit_one()
-            records_per_s, fsyncs = await throughput(bench, records)
-            elections = await election_trials(bench, trials)
-            for node in bench.nodes.values():
-                node.kill()
+            fs = CountingFileSystem()
+            quorum = LocalQuorum(nursery, root, voters=VOTERS, cluster_id="bench", fs=fs, seed=7919)
+            await quorum.start_all()
+            await quorum.commit([b"probe"])
+            records_per_s, fsyncs = await throughput(quorum, fs, records)
+            elections = await election_trials(quorum, trials)
+            quorum.kill_all()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ordered = sorted(elections)

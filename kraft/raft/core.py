@@ -506,6 +506,17 @@ class RaftCore:
         leader = self.leader()
         return kind(error_code=error, leader_epoch=leader.epoch, leader_id=leader.leader_id)
 
+    def _fetch_answer(self, **fields: Any) -> FetchResponse:
+        """A successful Fetch answer from this leader: records, a divergence or a snapshot."""
+        return FetchResponse(
+            error_code=ErrorCode.NONE,
+            leader_epoch=self.epoch,
+            leader_id=self.config.local_id,
+            high_watermark=self.high_watermark,
+            log_start_offset=self.log.log_start_offset,
+            **fields,
+        )
+
     def _fetch_error(self, error: int) -> FetchResponse:
         leader = self.leader()
         return FetchResponse(
@@ -629,24 +640,10 @@ class RaftCore:
             if snapshot is None:
                 return self._fetch_error(ErrorCode.OFFSET_OUT_OF_RANGE)
             self.progress.touch(request.replica_id, now_ms)
-            return FetchResponse(
-                error_code=ErrorCode.NONE,
-                leader_epoch=self.epoch,
-                leader_id=self.config.local_id,
-                high_watermark=self.high_watermark,
-                log_start_offset=self.log.log_start_offset,
-                snapshot_id=snapshot,
-            )
+            return self._fetch_answer(snapshot_id=snapshot)
         diverging = self._diverging_epoch(request.fetch_offset, request.last_fetched_epoch)
         if diverging is not None:
-            return FetchResponse(
-                error_code=ErrorCode.NONE,
-                leader_epoch=self.epoch,
-                leader_id=self.config.local_id,
-                high_watermark=self.high_watermark,
-                log_start_offset=self.log.log_start_offset,
-                diverging_epoch=diverging,
-            )
+            return self._fetch_answer(diverging_epoch=diverging)
         if self.progress.update_replica(
             request.replica_id, request.fetch_offset, self.log.log_end_offset, now_ms
         ):
@@ -656,14 +653,7 @@ class RaftCore:
             records = self.log.read(
                 request.fetch_offset, min(request.max_bytes, self.config.fetch_max_bytes)
             )
-        return FetchResponse(
-            error_code=ErrorCode.NONE,
-            leader_epoch=self.epoch,
-            leader_id=self.config.local_id,
-            high_watermark=self.high_watermark,
-            log_start_offset=self.log.log_start_offset,
-            records=records,
-        )
+        return self._fetch_answer(records=records)
 
     def _handle_fetch_snapshot(
         self, now_ms: int, request: FetchSnapshotRequest
@@ -828,26 +818,28 @@ class RaftCore:
     ) -> None:
         state = self.quorum.state
         if request.pre_vote:
-            if not isinstance(state, Prospective) or request.candidate_epoch != self.epoch + 1:
-                return
-            if response.vote_granted:
-                self._transition(attrs.evolve(state, granted=state.granted | {source}))
+            if isinstance(state, Prospective) and request.candidate_epoch == self.epoch + 1:
+                self._tally(state, source, response.vote_granted, now_ms)
+        elif isinstance(state, Candidate) and request.candidate_epoch == self.epoch:
+            self._tally(state, source, response.vote_granted, now_ms)
+
+    def _tally(
+        self, state: Prospective | Candidate, source: int, granted: bool, now_ms: int
+    ) -> None:
+        """Count one (pre-)vote; win or give up as soon as a majority has spoken."""
+        if granted:
+            self._transition(attrs.evolve(state, granted=state.granted | {source}))
+            if isinstance(state, Prospective):
                 self._maybe_win_prevote(now_ms)
             else:
-                state = attrs.evolve(state, rejected=state.rejected | {source})
-                self._transition(state)
-                if self._is_majority(state.rejected):
-                    self._prevote_failed(now_ms)
+                self._maybe_win_election(now_ms)
             return
-        if not isinstance(state, Candidate) or request.candidate_epoch != self.epoch:
-            return
-        if response.vote_granted:
-            self._transition(attrs.evolve(state, granted=state.granted | {source}))
-            self._maybe_win_election(now_ms)
-        else:
-            state = attrs.evolve(state, rejected=state.rejected | {source})
-            self._transition(state)
-            if self._is_majority(state.rejected):
+        state = attrs.evolve(state, rejected=state.rejected | {source})
+        self._transition(state)
+        if self._is_majority(state.rejected):
+            if isinstance(state, Prospective):
+                self._prevote_failed(now_ms)
+            else:
                 self._candidacy_failed(now_ms)
 
     def _handle_fetch_response(self, now_ms: int, source: int, response: FetchResponse) -> None:

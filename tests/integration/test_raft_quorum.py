@@ -7,7 +7,7 @@ import random
 import pytest
 import trio
 
-from kraft.raft.core import NotLeaderError, RaftConfig
+from kraft.local_quorum import LocalQuorum
 from kraft.raft.log import SegmentedRaftLog
 from kraft.runtime import RaftNode
 from storage.records import iter_batches, iter_records
@@ -16,47 +16,17 @@ CLUSTER_ID = "it-cluster"
 VOTERS = frozenset({1, 2, 3})
 
 
-class Quorum:
-    def __init__(self, nursery: trio.Nursery, root) -> None:
-        self.nursery = nursery
-        self.root = root
-        self.addresses: dict[int, tuple[str, int]] = {}
-        self.nodes: dict[int, RaftNode] = {}
-
-    async def start(self, node_id: int) -> RaftNode:
-        config = RaftConfig(
-            local_id=node_id,
-            voters=VOTERS,
-            cluster_id=CLUSTER_ID,
-            # Faster than Kafka's defaults so the test runs in seconds; same ratios.
-            election_timeout_ms=300,
-            fetch_timeout_ms=600,
-            election_backoff_max_ms=300,
-            request_timeout_ms=600,
-        )
-        port = self.addresses.get(node_id, ("127.0.0.1", 0))[1]
-        node = RaftNode(
-            config=config,
-            directory=str(self.root / f"node-{node_id}"),
-            voter_addresses=self.addresses,
-            rng=random.Random(node_id),
-            port=port,
-        )
-        self.addresses[node_id] = ("127.0.0.1", await self.nursery.start(node.run))
-        self.nodes[node_id] = node
-        return node
-
-    async def leader(self, *, excluding: int | None = None) -> RaftNode:
-        while True:
-            for node_id, node in self.nodes.items():
-                if (
-                    node_id != excluding
-                    and node.running
-                    and node.core is not None
-                    and node.core.is_leader()
-                ):
-                    return node
-            await trio.sleep(0.01)
+def Quorum(nursery: trio.Nursery, root) -> LocalQuorum:
+    # Faster than Kafka's defaults so the tests run in seconds; same ratios.
+    timeouts = {
+        "election_timeout_ms": 300,
+        "fetch_timeout_ms": 600,
+        "election_backoff_max_ms": 300,
+        "request_timeout_ms": 600,
+    }
+    return LocalQuorum(
+        nursery, str(root), voters=VOTERS, cluster_id=CLUSTER_ID, config_overrides=timeouts, seed=1
+    )
 
 
 def values_in(log: SegmentedRaftLog, end: int) -> list[bytes]:
@@ -73,24 +43,16 @@ def state_of(node: RaftNode, end: int) -> list[bytes]:
     return snapshot_values + values_in(node.log, end) if snapshot_id else values_in(node.log, end)
 
 
-async def commit_all(quorum: Quorum, values: list[bytes], batch: int = 100) -> None:
+async def commit_all(quorum: LocalQuorum, values: list[bytes], batch: int = 100) -> None:
     for start in range(0, len(values), batch):
-        while True:
-            leader = await quorum.leader()
-            try:
-                offset = leader.propose(values[start : start + batch])
-                await leader.wait_committed(offset)
-                break
-            except NotLeaderError:
-                continue  # leadership moved: the batch may or may not survive; retry it
+        await quorum.commit(values[start : start + batch])
 
 
 @pytest.mark.slow
 async def test_commit_kill_the_leader_elect_and_catch_up(nursery, tmp_path) -> None:
     quorum = Quorum(nursery, tmp_path)
     with trio.fail_after(60):
-        for node_id in sorted(VOTERS):
-            await quorum.start(node_id)
+        await quorum.start_all()
         first = [f"r{n}".encode() for n in range(10_000)]
         await commit_all(quorum, first)
         old_leader = await quorum.leader()
@@ -130,15 +92,13 @@ async def test_commit_kill_the_leader_elect_and_catch_up(nursery, tmp_path) -> N
         expected = state_of(new_leader, target)
         for node in [*survivors, restarted]:
             assert state_of(node, target) == expected
-        for node in quorum.nodes.values():
-            node.kill()
+        quorum.kill_all()
 
 
 async def test_graceful_shutdown_hands_leadership_over_quickly(nursery, tmp_path) -> None:
     quorum = Quorum(nursery, tmp_path)
     with trio.fail_after(30):
-        for node_id in sorted(VOTERS):
-            await quorum.start(node_id)
+        await quorum.start_all()
         leader = await quorum.leader()
         await commit_all(quorum, [b"x"])
         started = trio.current_time()
@@ -146,8 +106,7 @@ async def test_graceful_shutdown_hands_leadership_over_quickly(nursery, tmp_path
         await quorum.leader(excluding=leader.config.local_id)
         # Without EndQuorumEpoch the others would wait out the fetch timeout (600 ms).
         assert trio.current_time() - started < 0.6
-        for node in quorum.nodes.values():
-            node.kill()
+        quorum.kill_all()
 
 
 async def test_follow_delivers_committed_entries_then_snapshots_in_order(nursery, tmp_path) -> None:
@@ -156,8 +115,7 @@ async def test_follow_delivers_committed_entries_then_snapshots_in_order(nursery
 
     quorum = Quorum(nursery, tmp_path)
     with trio.fail_after(30):
-        for node_id in sorted(VOTERS):
-            await quorum.start(node_id)
+        await quorum.start_all()
         await commit_all(quorum, [b"a", b"b", b"c"], batch=1)
         leader = await quorum.leader()
         seen: list[bytes] = []
@@ -180,8 +138,7 @@ async def test_follow_delivers_committed_entries_then_snapshots_in_order(nursery
         nursery.start_soon(watch)
         await leader.shutdown()
         await changed.wait()
-        for node in quorum.nodes.values():
-            node.kill()
+        quorum.kill_all()
 
 
 async def test_bad_raft_bodies_get_error_codes_and_the_node_keeps_serving(
@@ -194,8 +151,7 @@ async def test_bad_raft_bodies_get_error_codes_and_the_node_keeps_serving(
 
     quorum = Quorum(nursery, tmp_path)
     with trio.fail_after(30):
-        for node_id in sorted(VOTERS):
-            await quorum.start(node_id)
+        await quorum.start_all()
         await commit_all(quorum, [b"x"])
         host, port = quorum.addresses[1]
         peer = RpcClient(host, port, client_id="probe", rng=random.Random(0))
@@ -216,5 +172,4 @@ async def test_bad_raft_bodies_get_error_codes_and_the_node_keeps_serving(
         assert answer[0] == ErrorCode.INCONSISTENT_CLUSTER_ID
         await commit_all(quorum, [b"still serving"])
         await peer.aclose()
-        for node in quorum.nodes.values():
-            node.kill()
+        quorum.kill_all()
