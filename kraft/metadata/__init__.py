@@ -1,0 +1,1 @@
+"""Metadata records, the immutable metadata image and the delta that builds it."""
