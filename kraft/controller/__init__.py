@@ -1,1 +1,1 @@
-"""kraft/controller package."""
+"""The controller: pure managers that turn requests into metadata records."""
