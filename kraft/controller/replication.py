@@ -17,11 +17,12 @@ import random
 import re
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 
 from client.protocol.errors import ErrorCode
+from kraft.controller.configs_schema import check_config
+from kraft.controller.result import ControllerResult
 from kraft.metadata.image import MetadataImage, PartitionRegistration
 from kraft.metadata.records import (
     NO_LEADER,
@@ -36,12 +37,6 @@ from kraft.metadata.records import (
 # Kafka's Topic.validate: legal characters and length.
 TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 UNCLEAN_ELECTION_CONFIG = "unclean.leader.election.enable"
-
-
-@attrs.frozen(kw_only=True)
-class ControllerResult:
-    records: tuple[MetadataRecord, ...]
-    response: Any
 
 
 @attrs.frozen(kw_only=True)
@@ -167,6 +162,12 @@ def _check_new_topic(
         return ErrorCode.INVALID_PARTITIONS, "the number of partitions must be at least 1"
     if request.replication_factor < 1:
         return ErrorCode.INVALID_REPLICATION_FACTOR, "the replication factor must be at least 1"
+    for name, value in request.configs:
+        problem = check_config("topic", name, value)
+        if problem is not None:
+            return ErrorCode.INVALID_CONFIG, problem
+    if len({name for name, _ in request.configs}) != len(request.configs):
+        return ErrorCode.INVALID_REQUEST, "a config is given twice"
     if request.replication_factor > len(live):
         return (
             ErrorCode.INVALID_REPLICATION_FACTOR,

@@ -1,0 +1,113 @@
+"""Topic and broker configs: validation and IncrementalAlterConfigs (Kafka's ConfigurationControlManager).
+
+Only settings pykraft acts on are accepted; anything else is INVALID_CONFIG, so a
+typo never sits silently in the metadata log. Values are validated here, once, by
+the controller; everyone else trusts what is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from client.protocol.errors import ErrorCode
+from kraft.controller.configs_schema import BROKER, TOPIC, check_config
+from kraft.controller.result import ControllerResult
+from kraft.metadata.image import MetadataImage
+from kraft.metadata.records import ConfigRecord, MetadataRecord
+
+# Kafka's AlterConfigOp.OpType numbering.
+OP_SET = 0
+OP_DELETE = 1
+OP_APPEND = 2
+OP_SUBTRACT = 3
+
+
+@attrs.frozen(kw_only=True)
+class AlterConfigOp:
+    name: str
+    op: int
+    value: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AlterConfigsResource:
+    resource_type: str
+    resource_name: str
+    ops: tuple[AlterConfigOp, ...]
+
+
+@attrs.frozen(kw_only=True)
+class AlterConfigsOutcome:
+    resource_type: str
+    resource_name: str
+    error_code: int
+    message: str = ""
+
+
+def incremental_alter_configs(
+    image: MetadataImage, resources: Sequence[AlterConfigsResource], *, validate_only: bool = False
+) -> ControllerResult:
+    """Each resource is changed whole or not at all; one bad op refuses its resource."""
+    records: list[MetadataRecord] = []
+    outcomes = []
+    for resource in resources:
+        problem = _check_resource(image, resource)
+        if problem is not None:
+            outcomes.append(
+                AlterConfigsOutcome(
+                    resource_type=resource.resource_type,
+                    resource_name=resource.resource_name,
+                    error_code=problem[0],
+                    message=problem[1],
+                )
+            )
+            continue
+        if not validate_only:
+            records += [
+                ConfigRecord(
+                    resource_type=resource.resource_type,
+                    resource_name=resource.resource_name,
+                    name=op.name,
+                    value=op.value if op.op == OP_SET else None,
+                )
+                for op in resource.ops
+            ]
+        outcomes.append(
+            AlterConfigsOutcome(
+                resource_type=resource.resource_type,
+                resource_name=resource.resource_name,
+                error_code=ErrorCode.NONE,
+            )
+        )
+    return ControllerResult(records=tuple(records), response=tuple(outcomes))
+
+
+def _check_resource(image: MetadataImage, resource: AlterConfigsResource) -> tuple[int, str] | None:
+    if resource.resource_type == TOPIC:
+        if image.topic(resource.resource_name) is None:
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no topic {resource.resource_name}"
+    elif resource.resource_type == BROKER:
+        if resource.resource_name != "" and (
+            not resource.resource_name.isdigit() or int(resource.resource_name) not in image.brokers
+        ):
+            return ErrorCode.INVALID_REQUEST, f"no broker {resource.resource_name}"
+    else:
+        return ErrorCode.INVALID_REQUEST, f"unknown resource type {resource.resource_type!r}"
+    seen: set[str] = set()
+    for op in resource.ops:
+        if op.name in seen:
+            return ErrorCode.INVALID_REQUEST, f"config {op.name} is altered twice"
+        seen.add(op.name)
+        if op.op not in (OP_SET, OP_DELETE):
+            # Both list operations need list-typed configs, and none of ours is one.
+            return ErrorCode.INVALID_CONFIG, f"{op.name} is not a list config (op {op.op})"
+        if op.op == OP_SET and op.value is None:
+            return ErrorCode.INVALID_CONFIG, f"SET of {op.name} needs a value"
+        problem = check_config(
+            resource.resource_type, op.name, op.value if op.op == OP_SET else None
+        )
+        if problem is not None:
+            return ErrorCode.INVALID_CONFIG, problem
+    return None
