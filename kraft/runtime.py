@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import attrs
 import trio
 
 from client.protocol.errors import KafkaError
-from client.protocol.rpc import ConnectionLost, RpcClient, RpcServer
+from client.protocol.rpc import ConnectionLost, Handler, RpcClient, RpcServer
 from kraft.quorum_state_file import QuorumStateFile
 from kraft.raft.core import LeaderAndEpoch, NotLeaderError, RaftConfig, RaftCore
 from kraft.raft.log import SegmentedRaftLog
@@ -35,7 +36,16 @@ from kraft.raft.messages import (
     Request,
     Response,
 )
-from kraft.raft.wire import API_KEY_OF, API_VERSION, decode_request, decode_response, encode
+from kraft.raft.progress import ReplicaProgress
+from kraft.raft.state import Leader
+from kraft.raft.wire import (
+    API_KEY_OF,
+    API_VERSION,
+    REQUEST_TYPES,
+    decode_request,
+    decode_response,
+    encode,
+)
 from storage.fs import FileSystem, OsFileSystem
 from storage.log import LogConfig, SegmentedLog
 from storage.records import iter_batches
@@ -58,6 +68,8 @@ class RaftNode:
         fs: FileSystem | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        listen: bool = True,
+        other_apis: Handler | None = None,
     ) -> None:
         self.config = config
         self.directory = directory
@@ -66,6 +78,10 @@ class RaftNode:
         self.fs = fs if fs is not None else OsFileSystem()
         self.host = host
         self.port = port
+        # An observer (a broker-only node) is never asked anything by the quorum.
+        self.listen = listen
+        # The controller's APIs share the quorum's listener, as in Kafka.
+        self.other_apis = other_apis
         self.core: RaftCore | None = None
         self._clients: dict[int, RpcClient] = {}
         self._nursery: trio.Nursery | None = None
@@ -98,7 +114,8 @@ class RaftNode:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.port = await nursery.start(server.serve, self.host, self.port)
+                if self.listen:
+                    self.port = await nursery.start(server.serve, self.host, self.port)
                 self.running = True
                 task_status.started(self.port)
                 await self._drive()
@@ -215,7 +232,9 @@ class RaftNode:
             self._clients[node_id] = client
         return client
 
-    async def _handle_rpc(self, api_key: int, version: int, body: object) -> list[object]:
+    async def _handle_rpc(self, api_key: int, version: int, body: Any) -> Any:
+        if api_key not in REQUEST_TYPES and self.other_apis is not None:
+            return await self.other_apis(api_key, version, body)
         core = self._require_core()
         request = decode_request(api_key, version, body)
         response = self._answer(core, request)
@@ -244,6 +263,24 @@ class RaftNode:
     @property
     def high_watermark(self) -> int:
         return self._require_core().high_watermark
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.log.log_end_offset
+
+    def leader_epoch_start(self) -> int | None:
+        """The offset of this leader's leader-change record; None unless leading."""
+        state = self._require_core().state
+        return state.epoch_start_offset if isinstance(state, Leader) else None
+
+    def replica_progress(self) -> list[ReplicaProgress]:
+        """What the leader knows of every voter and observer ([] unless leading)."""
+        progress = self._require_core().progress
+        return [] if progress is None else list(progress.replicas.values())
+
+    async def wait_for_change(self) -> None:
+        """Until the high-water mark, the log end or the leader changes."""
+        await self._changed.wait()
 
     def propose(self, values: Sequence[bytes]) -> int:
         """Append entries as leader; the offset of the last one (NotLeaderError otherwise)."""

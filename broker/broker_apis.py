@@ -1,0 +1,120 @@
+"""What a broker answers on its PLAINTEXT listener (the data plane joins in issue 5).
+
+Metadata, DescribeCluster and DescribeImage come from this node's own image; the
+admin APIs are forwarded to the active controller (KIP-590), so a client may send
+them to any broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.controller_channel import ControllerChannel
+from client.protocol.apis import ApiKey
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.messages import (
+    BrokerEndpoint,
+    MetadataRequest,
+    MetadataResponse,
+    PartitionMetadata,
+    TopicMetadata,
+)
+from client.protocol.schema import from_body, to_body
+from kraft.controller.quorum_controller import describe_cluster, describe_image
+from kraft.metadata.image import MetadataImage
+from kraft.metadata.loader import MetadataLoader
+from kraft.runtime import RaftNode
+
+FORWARDED = frozenset(
+    {
+        ApiKey.CREATE_TOPICS,
+        ApiKey.DELETE_TOPICS,
+        ApiKey.CREATE_PARTITIONS,
+        ApiKey.ELECT_LEADERS,
+        ApiKey.INCREMENTAL_ALTER_CONFIGS,
+        ApiKey.DESCRIBE_QUORUM,
+    }
+)
+
+
+def metadata(
+    image: MetadataImage, request: MetadataRequest, cluster_id: str, controller_id: int
+) -> MetadataResponse:
+    brokers = []
+    for broker_id in image.unfenced_brokers():
+        registration = image.brokers[broker_id]
+        listener = registration.listeners[0]
+        brokers.append(
+            BrokerEndpoint(
+                broker_id=broker_id, host=listener.host, port=listener.port, rack=registration.rack
+            )
+        )
+    names = sorted(image.topic_ids) if request.topics is None else list(request.topics)
+    topics = []
+    for name in names:
+        topic = image.topic(name)
+        if topic is None:
+            topics.append(
+                TopicMetadata(
+                    name=name,
+                    error_code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+                    topic_id=None,
+                    partitions=(),
+                )
+            )
+            continue
+        partitions = tuple(
+            PartitionMetadata(
+                partition=index,
+                error_code=ErrorCode.NONE if part.leader >= 0 else ErrorCode.LEADER_NOT_AVAILABLE,
+                leader=part.leader,
+                leader_epoch=part.leader_epoch,
+                replicas=part.replicas,
+                isr=part.isr,
+            )
+            for index, part in sorted(topic.partitions.items())
+        )
+        topics.append(
+            TopicMetadata(
+                name=name, error_code=ErrorCode.NONE, topic_id=topic.topic_id, partitions=partitions
+            )
+        )
+    return MetadataResponse(
+        cluster_id=cluster_id,
+        controller_id=controller_id,
+        brokers=tuple(brokers),
+        topics=tuple(topics),
+        metadata_offset=image.offset,
+    )
+
+
+class BrokerApis:
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        cluster_id: str,
+        node: RaftNode,
+        loader: MetadataLoader,
+        channel: ControllerChannel,
+        forward_timeout_ms: int,
+    ) -> None:
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.node = node
+        self.loader = loader
+        self.channel = channel
+        self.forward_timeout_s = forward_timeout_ms / 1000
+
+    async def handle(self, api_key: int, version: int, body: Any) -> Any:
+        if api_key in FORWARDED:
+            return await self.channel.request(api_key, body, timeout_s=self.forward_timeout_s)
+        controller_id = self.node.leader().leader_id
+        if api_key == ApiKey.METADATA:
+            request = from_body(MetadataRequest, body)
+            return to_body(metadata(self.loader.image, request, self.cluster_id, controller_id))
+        if api_key == ApiKey.DESCRIBE_CLUSTER:
+            return to_body(describe_cluster(self.loader.image, self.cluster_id, controller_id))
+        if api_key == ApiKey.DESCRIBE_IMAGE:
+            return to_body(describe_image(self.node_id, self.loader))
+        raise KafkaError(ErrorCode.INVALID_REQUEST, f"api {api_key} is not served by a broker")

@@ -1,0 +1,68 @@
+"""The node configurations of a local cluster: ids, roles, free ports, data directories.
+
+Shared by `broker.local_cluster` (one OS process per node), the in-process test
+clusters and jepsen_like.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from broker.config import BROKER, BROKER_LISTENER, CONTROLLER, CONTROLLER_LISTENER, NodeConfig
+
+HOST = "127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now on loopback (held together so that they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def plan_cluster(
+    root: str,
+    *,
+    controllers: int = 0,
+    brokers: int = 0,
+    combined: int = 0,
+    **settings: Any,
+) -> list[NodeConfig]:
+    """Combined nodes first (ids 1..), then controllers, then brokers.
+
+    `settings` override NodeConfig's timeouts (e.g. broker_session_timeout_ms).
+    """
+    if combined + controllers == 0:
+        raise ValueError("a cluster needs at least one controller or combined node")
+    both: tuple[str, ...] = (CONTROLLER, BROKER)
+    roles = [both] * combined + [(CONTROLLER,)] * controllers + [(BROKER,)] * brokers
+    ports = iter(free_ports(2 * len(roles)))
+    voters: dict[int, tuple[str, int]] = {}
+    listeners: dict[int, dict[str, tuple[str, int]]] = {}
+    for node_id, node_roles in enumerate(roles, start=1):
+        listeners[node_id] = {}
+        if CONTROLLER in node_roles:
+            voters[node_id] = (HOST, next(ports))
+            listeners[node_id][CONTROLLER_LISTENER] = voters[node_id]
+        if BROKER in node_roles:
+            listeners[node_id][BROKER_LISTENER] = (HOST, next(ports))
+    return [
+        NodeConfig(
+            node_id=node_id,
+            roles=node_roles,
+            data_dir=os.path.join(root, f"node-{node_id}"),
+            controller_quorum_voters=voters,
+            listeners=listeners[node_id],
+            **settings,
+        )
+        for node_id, node_roles in enumerate(roles, start=1)
+    ]

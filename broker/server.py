@@ -1,0 +1,139 @@
+"""One pykraft node: a metadata quorum member or observer, plus its roles.
+
+- every node: a `RaftNode` on the metadata log (a voter if it is a controller, an
+  observer otherwise) and a `MetadataLoader` keeping its image;
+- controller role: a `QuorumController`, whose APIs share the CONTROLLER listener
+  with the quorum's own RPCs;
+- broker role: the PLAINTEXT listener and the broker's lifecycle (registration,
+  heartbeats, controlled shutdown).
+
+A `Server` runs inside a trio nursery, so tests and the simulator can run a whole
+cluster in one process; `broker.cli` runs one per OS process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import trio
+
+from broker.broker_apis import BrokerApis
+from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, NodeConfig
+from broker.controller_channel import ControllerChannel
+from broker.lifecycle import BrokerLifecycle
+from client.protocol.rpc import RpcServer
+from kraft.controller.quorum_controller import QuorumController
+from kraft.metadata.loader import MetadataLoader
+from kraft.metadata.records import Listener
+from kraft.runtime import RaftNode
+
+log = logging.getLogger(__name__)
+
+CONTROLLED_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class Server:
+    def __init__(self, config: NodeConfig, *, cluster_id: str, seed: int | None = None) -> None:
+        self.config = config
+        self.cluster_id = cluster_id
+        self.rng = random.Random(seed)
+        self.node: RaftNode | None = None
+        self.loader: MetadataLoader | None = None
+        self.controller: QuorumController | None = None
+        self.lifecycle: BrokerLifecycle | None = None
+        self.channel: ControllerChannel | None = None
+        self._nursery: trio.Nursery | None = None
+        self.stopped = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        host, port = config.listeners.get(CONTROLLER_LISTENER, ("127.0.0.1", 0))
+        node = self.node = RaftNode(
+            config=config.raft_config(self.cluster_id),
+            directory=config.data_dir,
+            voter_addresses=config.controller_quorum_voters,
+            rng=random.Random(self.rng.random()),
+            host=host,
+            port=port,
+            listen=config.is_controller,
+        )
+        loader = self.loader = MetadataLoader(
+            node, snapshot_min_bytes=config.metadata_snapshot_min_bytes
+        )
+        if config.is_controller:
+            self.controller = QuorumController(
+                node,
+                loader,
+                cluster_id=self.cluster_id,
+                rng=random.Random(self.rng.random()),
+                session_timeout_ms=config.broker_session_timeout_ms,
+            )
+            node.other_apis = self.controller.handle
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(node.run)
+                nursery.start_soon(loader.run)
+                if self.controller is not None:
+                    nursery.start_soon(self.controller.run)
+                if config.is_broker:
+                    await self._start_broker(nursery, node, loader)
+                log.info("node %d: started with roles %s", config.node_id, ",".join(config.roles))
+                task_status.started()
+        finally:
+            self.stopped.set()
+
+    async def _start_broker(
+        self, nursery: trio.Nursery, node: RaftNode, loader: MetadataLoader
+    ) -> None:
+        config = self.config
+        channel = self.channel = ControllerChannel(
+            config.controller_quorum_voters,
+            node,
+            client_id=f"broker-{config.node_id}",
+            rng=random.Random(self.rng.random()),
+        )
+        apis = BrokerApis(
+            node_id=config.node_id,
+            cluster_id=self.cluster_id,
+            node=node,
+            loader=loader,
+            channel=channel,
+            forward_timeout_ms=config.request_timeout_ms * 5,
+        )
+        host, port = config.listeners[BROKER_LISTENER]
+        server = RpcServer(apis.handle, name=f"broker-{config.node_id}")
+        port = await nursery.start(server.serve, host, port)
+        self.lifecycle = BrokerLifecycle(
+            broker_id=config.node_id,
+            listeners=(Listener(name=BROKER_LISTENER, host=host, port=port),),
+            rack=config.rack,
+            channel=channel,
+            loader=loader,
+            heartbeat_interval_ms=config.broker_heartbeat_interval_ms,
+            request_timeout_ms=config.request_timeout_ms,
+        )
+        nursery.start_soon(self.lifecycle.run)
+
+    async def stop(
+        self, *, controlled_shutdown_timeout_s: float = CONTROLLED_SHUTDOWN_TIMEOUT_S
+    ) -> None:
+        """SIGTERM: a broker moves its leaderships away first; a leader resigns."""
+        if self.lifecycle is not None:
+            done = await self.lifecycle.controlled_shutdown(controlled_shutdown_timeout_s)
+            if not done:
+                log.warning("node %d: controlled shutdown timed out", self.config.node_id)
+        if self.node is not None and self.node.running:
+            await self.node.shutdown()
+        self._cancel()
+
+    def kill(self) -> None:
+        """Like SIGKILL: nothing more is written or sent."""
+        if self.node is not None and self.node.running:
+            self.node.kill()
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
