@@ -84,6 +84,7 @@ class DescribeQuorumResponse:
 @attrs.frozen(kw_only=True)
 class BrokerDescription:
     broker_id: int
+    broker_epoch: int
     host: str
     port: int
     rack: str | None

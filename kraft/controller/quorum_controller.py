@@ -111,6 +111,7 @@ def describe_cluster(
         brokers.append(
             BrokerDescription(
                 broker_id=broker_id,
+                broker_epoch=registration.broker_epoch,
                 host=listener.host,
                 port=listener.port,
                 rack=registration.rack,

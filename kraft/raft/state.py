@@ -174,9 +174,11 @@ class QuorumState:
         before = self.election_state()
         self._state = new_state
         after = self.election_state()
-        if after.epoch == before.epoch:
+        if after.epoch == before.epoch and self.is_voter:
             # Within one epoch a vote and a leader, once known, are never forgotten
-            # or replaced: that is what keeps it to one leader per epoch.
+            # or replaced: that is what keeps it to one leader per epoch. An observer
+            # votes for no one, so it may forget a leader it lost touch with and go
+            # looking for the current one among the voters.
             for field in ("voted_id", "leader_id"):
                 old_value, new_value = getattr(before, field), getattr(after, field)
                 assert old_value in (NO_ID, new_value), (
