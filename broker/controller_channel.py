@@ -21,6 +21,8 @@ from kraft.runtime import RaftNode
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = 0.05  # Kafka's retry.backoff.ms
+# A voter that did not answer is skipped this long, unless no other is left.
+AVOID_S = 1.0
 
 
 class ControllerChannel:
@@ -38,14 +40,16 @@ class ControllerChannel:
         self.rng = rng
         self._clients: dict[int, RpcClient] = {}
         self._controller_id = -1
+        self._failed_at: dict[int, float] = {}
 
     def _target(self) -> int:
-        if self._controller_id in self.voters:
-            return self._controller_id
-        leader = self.node.leader().leader_id
-        if leader in self.voters:
-            return leader
-        return self.rng.choice(sorted(self.voters))
+        now = trio.current_time()
+        usable = [v for v in sorted(self.voters) if self._failed_at.get(v, -1e9) + AVOID_S < now]
+        for candidate in (self._controller_id, self.node.leader().leader_id):
+            if candidate in usable:
+                return candidate
+        # The quorum's view may name a dead node for a while: ask the others, who know.
+        return self.rng.choice(usable or sorted(self.voters))
 
     def _client(self, node_id: int) -> RpcClient:
         client = self._clients.get(node_id)
@@ -68,6 +72,7 @@ class ControllerChannel:
                 except KafkaError as error:
                     last_problem = f"controller {target}: {error}"
                     self._controller_id = -1
+                    self._failed_at[target] = trio.current_time()
                     await trio.sleep(RETRY_BACKOFF_S)
                     continue
                 if (

@@ -769,12 +769,17 @@ class RaftCore:
     def _leader_unreachable(self, now_ms: int, source: int) -> None:
         """The leader's process refuses connections: do not wait out the fetch timeout.
 
+        An observer starts looking for the new leader at once.
         The new deadline is random within one election timeout so that the followers
         do not all stand at once; pre-vote keeps this harmless if the leader is in fact
         alive for the others, since they refuse to pre-vote while they hear from it.
         """
         state = self.quorum.state
-        if not isinstance(state, Follower) or state.leader_id != source or not self.quorum.is_voter:
+        if not isinstance(state, Follower) or state.leader_id != source:
+            return
+        if not self.quorum.is_voter:
+            # An observer stands for nothing: it goes straight to asking the voters.
+            self._leader_lost(now_ms)
             return
         deadline = now_ms + self.rng.randrange(self.config.election_timeout_ms)
         if deadline < state.fetch_deadline_ms:
