@@ -56,9 +56,12 @@ async def serve(config: NodeConfig, cluster_id: str) -> None:
     server = Server(config, cluster_id=cluster_id)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
+        nursery.start_soon(_stop_on_signals, server)
+        if server.lifecycle is not None:
+            # Like Kafka's broker, it is started once unfenced: able to host partitions.
+            await server.lifecycle.unfenced.wait()
         # The line a supervisor (local_cluster, jepsen_like) waits for.
         print(f"pykraft node {config.node_id} ready", flush=True)
-        nursery.start_soon(_stop_on_signals, server)
         await server.stopped.wait()
         nursery.cancel_scope.cancel()
 

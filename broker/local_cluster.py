@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -126,12 +127,13 @@ class LocalCluster:
         """Until the node prints its ready line (its listeners are bound)."""
         process = self.processes[node_id]
         assert process.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        line = process.stdout.readline()  # the first line the node writes is this one
-        if b"ready" not in line or time.monotonic() > deadline:
+        readable, _, _ = select.select([process.stdout], [], [], timeout_s)
+        # The first line a node writes is this one, once it is unfenced (brokers).
+        line = process.stdout.readline() if readable else b""
+        if b"ready" not in line:
             self.kill(node_id)
             raise NodeFailedToStart(
-                f"node {node_id} did not start; see {self.log_path(node_id)}: {line!r}"
+                f"node {node_id} not ready in {timeout_s}s; see {self.log_path(node_id)}"
             )
 
     def start_all(self) -> None:
