@@ -213,6 +213,8 @@ class QuorumController:
         return self.node.config.local_id
 
     def _fence_expired(self) -> None:
+        if not self.is_active:
+            return  # sessions are only judged once the whole committed log is replayed
         result = fence_expired_brokers(self._pending, self.sessions, self.now_ms())
         if result.records:
             log.info("controller %d: fencing brokers %s", self.node_id, result.response)
