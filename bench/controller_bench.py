@@ -66,21 +66,10 @@ async def wait_all_unfenced(cluster: LocalCluster, via: int) -> None:
         await trio.sleep(0.05)
 
 
-async def wait_images_agree(cluster: LocalCluster) -> None:
-    while True:
-        views = set()
-        for node_id in sorted(cluster.configs):
-            answer = await cluster.request(node_id, ApiKey.DESCRIBE_IMAGE, {})
-            views.add((answer["next_offset"], answer["digest"]))
-        if len(views) == 1:
-            return
-        await trio.sleep(0.05)
-
-
 async def controller_failovers(cluster: LocalCluster, trials: int) -> list[float]:
     times = []
     for trial in range(trials):
-        await wait_images_agree(cluster)
+        await cluster.wait_images_agree()
         active = (await cluster.request(4, ApiKey.DESCRIBE_QUORUM, {}))["leader_id"]
         killed_at = time.monotonic()
         cluster.kill(active)
@@ -101,7 +90,7 @@ async def partition_failovers(cluster: LocalCluster, trials: int) -> list[float]
     times = []
     for trial in range(trials):
         await wait_all_unfenced(cluster, 4)
-        await wait_images_agree(cluster)
+        await cluster.wait_images_agree()
         victim = 4 + trial % 3
         witness = 4 + (trial + 1) % 3
         answer = await cluster.request(witness, ApiKey.METADATA, {"topics": ["failover-0"]})

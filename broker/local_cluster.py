@@ -18,10 +18,12 @@ import sys
 import time
 from typing import Any
 
+import trio
+
 from broker import meta_properties
 from broker.cluster_plan import plan_cluster
 from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER
-from client.protocol.apis import API_VERSION
+from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.rpc import RpcClient
 
 READY_TIMEOUT_S = 30.0
@@ -95,6 +97,18 @@ class LocalCluster:
             return await client.request(api_key, API_VERSION, body, timeout_s=timeout_s)
         finally:
             await client.aclose()
+
+    async def wait_images_agree(self, node_ids: list[int] | None = None) -> str:
+        """Until the nodes (default: all running) report one image; its digest."""
+        while True:
+            ids = node_ids or [i for i in sorted(self.configs) if self.is_running(i)]
+            views = set()
+            for node_id in ids:
+                answer = await self.request(node_id, ApiKey.DESCRIBE_IMAGE, {})
+                views.add((answer["next_offset"], answer["digest"]))
+            if len(views) == 1:
+                return views.pop()[1]
+            await trio.sleep(0.05)
 
     # ------------------------------------------------------------------ processes
 

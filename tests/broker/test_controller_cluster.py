@@ -107,6 +107,10 @@ async def test_combined_nodes_elect_a_controller_register_and_create_topics(
     with trio.fail_after(30):
         await cluster.start_all()
         await cluster.wait_brokers_unfenced(3)
+        published: list[tuple[bool, int]] = []
+        cluster.servers[3].loader.subscribe(
+            lambda delta, image: published.append((delta is None, image.offset))
+        )
         # Sent to a broker listener of any node: forwarded to the active controller.
         answer = await cluster.call(2, ApiKey.CREATE_TOPICS, create_topics_body("orders", 6, 3))
         assert answer["topics"][0]["error_code"] == ErrorCode.NONE
@@ -124,6 +128,23 @@ async def test_combined_nodes_elect_a_controller_register_and_create_topics(
         assert sorted(p["leader"] for p in orders["partitions"]) == [1, 1, 2, 2, 3, 3]
         digest = await cluster.images_agree()
         assert len(digest) == 64
+        # Subscribers see the image now (no delta), then every change in log order.
+        assert published[0][0] and not any(whole for whole, _ in published[1:])
+        offsets = [offset for _, offset in published]
+        assert offsets == sorted(offsets) and offsets[-1] == cluster.servers[3].loader.image.offset
+
+
+async def started_with_topic(
+    cluster: InProcessCluster, name: str, partitions: int, factor: int
+) -> Server:
+    """Start every node, wait for the brokers, create a topic; the active controller."""
+    await cluster.start_all()
+    await cluster.wait_brokers_unfenced(len([c for c in cluster.configs.values() if c.is_broker]))
+    answer = await cluster.call(
+        max(cluster.configs), ApiKey.CREATE_TOPICS, create_topics_body(name, partitions, factor)
+    )
+    assert answer["topics"][0]["error_code"] == ErrorCode.NONE
+    return await cluster.wait_active_controller()
 
 
 def leaders(image, name: str) -> dict[int, int]:
@@ -175,10 +196,7 @@ async def test_a_dead_broker_loses_its_leaderships_and_rejoins_with_a_new_epoch(
     configs = plan_cluster(str(tmp_path), controllers=1, brokers=3, **FAST)
     cluster = InProcessCluster(nursery, configs)
     with trio.fail_after(60):
-        await cluster.start_all()
-        await cluster.wait_brokers_unfenced(3)
-        await cluster.call(2, ApiKey.CREATE_TOPICS, create_topics_body("t", 6, 3))
-        controller = await cluster.wait_active_controller()
+        controller = await started_with_topic(cluster, "t", 6, 3)
         await controller.loader.wait_applied(controller.node.high_watermark - 1)
         victim = 3
         led = [i for i, leader in leaders(controller.loader.image, "t").items() if leader == victim]
@@ -289,10 +307,7 @@ async def test_controlled_shutdown_moves_leadership_before_the_broker_stops(
     configs = plan_cluster(str(tmp_path), controllers=1, brokers=3, **FAST)
     cluster = InProcessCluster(nursery, configs)
     with trio.fail_after(30):
-        await cluster.start_all()
-        await cluster.wait_brokers_unfenced(3)
-        await cluster.call(2, ApiKey.CREATE_TOPICS, create_topics_body("t", 6, 3))
-        controller = await cluster.wait_active_controller()
+        controller = await started_with_topic(cluster, "t", 6, 3)
         while 4 not in leaders(controller.loader.image, "t").values():
             await trio.sleep(0.01)
         await cluster.servers[4].stop()

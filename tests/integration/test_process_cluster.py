@@ -24,22 +24,6 @@ def topic_body(name: str, partitions: int, factor: int) -> dict[str, Any]:
     return {"topics": [{"name": name, "partitions": partitions, "replication_factor": factor}]}
 
 
-async def images(cluster: LocalCluster, node_ids: list[int]) -> set[tuple[int, str]]:
-    views = set()
-    for node_id in node_ids:
-        answer = await cluster.request(node_id, ApiKey.DESCRIBE_IMAGE, {})
-        views.add((answer["next_offset"], answer["digest"]))
-    return views
-
-
-async def wait_images_agree(cluster: LocalCluster, node_ids: list[int]) -> str:
-    while True:
-        views = await images(cluster, node_ids)
-        if len(views) == 1:
-            return views.pop()[1]
-        await trio.sleep(0.1)
-
-
 async def brokers(cluster: LocalCluster, via: int) -> dict[int, dict[str, Any]]:
     answer = await cluster.request(via, ApiKey.DESCRIBE_CLUSTER, {})
     return {b["broker_id"]: b for b in answer["brokers"]}
@@ -78,10 +62,10 @@ async def test_sigkill_the_active_controller_then_a_broker(tmp_path) -> None:
             assert all(not d["fenced"] for d in after.values())
             assert {b: d["broker_epoch"] for b, d in after.items()} == epochs  # no re-registering
             running = [n for n in everyone if n != active]
-            digest = await wait_images_agree(cluster, running)
+            digest = await cluster.wait_images_agree(running)
 
             cluster.start(active)
-            assert await wait_images_agree(cluster, everyone) == digest
+            assert await cluster.wait_images_agree(everyone) == digest
 
             current = await leaders(cluster, 5, "t")
             victim = next(b for b in (4, 5, 6) if b in current.values())
@@ -98,6 +82,6 @@ async def test_sigkill_the_active_controller_then_a_broker(tmp_path) -> None:
             while (await brokers(cluster, witness))[victim]["fenced"]:
                 await trio.sleep(0.1)
             assert (await brokers(cluster, witness))[victim]["broker_epoch"] > epochs[victim]
-            await wait_images_agree(cluster, everyone)
+            await cluster.wait_images_agree(everyone)
         for node_id in everyone:
             assert cluster.is_running(node_id), f"node {node_id} died; see its log"
