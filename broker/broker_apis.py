@@ -1,5 +1,6 @@
-"""What a broker answers on its PLAINTEXT listener (the data plane joins in issue 5).
+"""What a broker answers on its PLAINTEXT listener.
 
+Produce, Fetch, ListOffsets and DeleteRecords go to the data plane (`DataApis`);
 Metadata, DescribeCluster and DescribeImage come from this node's own image; the
 admin APIs are forwarded to the active controller (KIP-590), so a client may send
 them to any broker.
@@ -7,9 +8,11 @@ them to any broker.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker.controller_channel import ControllerChannel
+from broker.data_apis import DataApis
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
@@ -98,6 +101,7 @@ class BrokerApis:
         loader: MetadataLoader,
         channel: ControllerChannel,
         forward_timeout_ms: int,
+        data: DataApis,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -105,8 +109,17 @@ class BrokerApis:
         self.loader = loader
         self.channel = channel
         self.forward_timeout_s = forward_timeout_ms / 1000
+        self.data_handlers: dict[int, Callable[[Any], Awaitable[Any]]] = {
+            ApiKey.PRODUCE: data.produce,
+            ApiKey.FETCH: data.fetch,
+            ApiKey.LIST_OFFSETS: data.list_offsets,
+            ApiKey.DELETE_RECORDS: data.delete_records,
+        }
 
     async def handle(self, api_key: int, version: int, body: Any) -> Any:
+        data_handler = self.data_handlers.get(api_key)
+        if data_handler is not None:
+            return await data_handler(body)
         if api_key in FORWARDED:
             return await self.channel.request(api_key, body, timeout_s=self.forward_timeout_s)
         controller_id = self.node.leader().leader_id

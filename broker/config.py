@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from broker.replica_manager import RETENTION_CHECK_INTERVAL_MS
+from broker.replica_state import REPLICA_LAG_TIME_MAX_MS
 from kraft.controller.cluster import BROKER_HEARTBEAT_INTERVAL_MS, BROKER_SESSION_TIMEOUT_MS
 from kraft.metadata.loader import SNAPSHOT_MIN_BYTES
 from kraft.raft.core import RaftConfig
@@ -47,6 +49,8 @@ class NodeConfig:
     fetch_timeout_ms: int = _RAFT_DEFAULTS.fetch_timeout_ms
     request_timeout_ms: int = _RAFT_DEFAULTS.request_timeout_ms
     metadata_snapshot_min_bytes: int = SNAPSHOT_MIN_BYTES
+    replica_lag_time_max_ms: int = REPLICA_LAG_TIME_MAX_MS
+    log_retention_check_interval_ms: int = RETENTION_CHECK_INTERVAL_MS
 
     @property
     def is_controller(self) -> bool:
@@ -96,6 +100,8 @@ _INT_SETTINGS = (
     "fetch_timeout_ms",
     "request_timeout_ms",
     "metadata_snapshot_min_bytes",
+    "replica_lag_time_max_ms",
+    "log_retention_check_interval_ms",
 )
 
 

@@ -21,7 +21,9 @@ import trio
 from broker.broker_apis import BrokerApis
 from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, NodeConfig
 from broker.controller_channel import ControllerChannel
+from broker.data_apis import DataApis
 from broker.lifecycle import BrokerLifecycle
+from broker.replica_manager import ReplicaManager
 from client.protocol.rpc import RpcServer
 from kraft.controller.quorum_controller import QuorumController
 from kraft.metadata.loader import MetadataLoader
@@ -43,6 +45,7 @@ class Server:
         self.controller: QuorumController | None = None
         self.lifecycle: BrokerLifecycle | None = None
         self.channel: ControllerChannel | None = None
+        self.replicas: ReplicaManager | None = None
         self._nursery: trio.Nursery | None = None
         self.stopped = trio.Event()
 
@@ -82,6 +85,8 @@ class Server:
                 log.info("node %d: started with roles %s", config.node_id, ",".join(config.roles))
                 task_status.started()
         finally:
+            if self.replicas is not None:
+                self.replicas.close()
             self.stopped.set()
 
     async def _start_broker(
@@ -94,6 +99,21 @@ class Server:
             client_id=f"broker-{config.node_id}",
             rng=random.Random(self.rng.random()),
         )
+        replicas = self.replicas = ReplicaManager(
+            broker_id=config.node_id,
+            data_dir=config.data_dir,
+            channel=channel,
+            broker_epoch=lambda: self.lifecycle.broker_epoch if self.lifecycle else -1,
+            replica_lag_time_max_ms=config.replica_lag_time_max_ms,
+            retention_check_interval_ms=config.log_retention_check_interval_ms,
+        )
+        await nursery.start(replicas.run)
+        loader.subscribe(replicas.on_metadata)
+
+        def is_registered(broker_id: int, broker_epoch: int) -> bool:
+            registration = loader.image.brokers.get(broker_id)
+            return registration is not None and registration.broker_epoch == broker_epoch
+
         apis = BrokerApis(
             node_id=config.node_id,
             cluster_id=self.cluster_id,
@@ -101,6 +121,7 @@ class Server:
             loader=loader,
             channel=channel,
             forward_timeout_ms=config.request_timeout_ms * 5,
+            data=DataApis(replicas, is_registered=is_registered),
         )
         host, port = config.listeners[BROKER_LISTENER]
         server = RpcServer(apis.handle, name=f"broker-{config.node_id}")

@@ -1,0 +1,383 @@
+"""Produce, Fetch, ListOffsets and DeleteRecords: the data plane of one broker.
+
+Record batches cross this layer as opaque bytes: produce validates headers and CRCs
+and patches offsets (SegmentedLog.append), fetch returns whole stored batches. No
+record is decoded on a server path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from broker.partition import Partition
+from broker.replica_manager import ReplicaManager
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.messages import (
+    CONSUMER_REPLICA_ID,
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    DeleteRecordsRequest,
+    DeleteRecordsResponse,
+    EpochEndOffset,
+    FetchRequest,
+    FetchResponse,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    PartitionFetch,
+    PartitionFetchResult,
+    PartitionLowWatermark,
+    PartitionOffset,
+    PartitionProduce,
+    PartitionProduceResult,
+    ProduceRequest,
+    ProduceResponse,
+    TopicFetchResult,
+    TopicLowWatermarks,
+    TopicOffsets,
+    TopicProduceResult,
+)
+from client.protocol.schema import from_body, to_body
+from storage.log import (
+    InvalidLeaderEpochError,
+    LogError,
+    LogStorageError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+)
+from storage.records import RecordBatchError
+
+log = logging.getLogger(__name__)
+
+ACKS_NONE, ACKS_LEADER, ACKS_ALL = 0, 1, -1
+
+
+def _error_of(error: Exception) -> tuple[int, str]:
+    if isinstance(error, KafkaError):
+        return error.code, error.message
+    if isinstance(error, RecordTooLargeError):
+        return ErrorCode.MESSAGE_TOO_LARGE, str(error)
+    if isinstance(error, RecordBatchError):
+        return ErrorCode.CORRUPT_MESSAGE, str(error)
+    if isinstance(error, InvalidLeaderEpochError):
+        return ErrorCode.FENCED_LEADER_EPOCH, str(error)
+    if isinstance(error, LogStorageError):
+        return ErrorCode.KAFKA_STORAGE_ERROR, str(error)
+    if isinstance(error, OffsetOutOfRangeError):
+        return ErrorCode.OFFSET_OUT_OF_RANGE, str(error)
+    if isinstance(error, LogError):
+        return ErrorCode.UNKNOWN_SERVER_ERROR, str(error)
+    raise error
+
+
+class DataApis:
+    def __init__(self, replicas: ReplicaManager, *, is_registered: Callable[[int, int], bool]):
+        self.replicas = replicas
+        # (replica id, broker epoch) -> is that the broker's current incarnation?
+        self.is_registered = is_registered
+
+    # ------------------------------------------------------------------ produce
+
+    async def produce(self, body: Any) -> Any:
+        request = from_body(ProduceRequest, body)
+        if request.acks not in (ACKS_NONE, ACKS_LEADER, ACKS_ALL):
+            raise KafkaError(ErrorCode.INVALID_REQUIRED_ACKS, f"acks={request.acks}")
+        results: dict[tuple[str, int], PartitionProduceResult] = {}
+        waits: list[tuple[str, int, Partition, int, int, int]] = []
+        for topic in request.topics:
+            for item in topic.partitions:
+                outcome = self._append(topic.name, item, request.acks)
+                if isinstance(outcome, PartitionProduceResult):
+                    results[(topic.name, item.partition)] = outcome
+                else:
+                    partition, base, last = outcome
+                    results[(topic.name, item.partition)] = PartitionProduceResult(
+                        partition=item.partition,
+                        error_code=ErrorCode.NONE,
+                        base_offset=base,
+                        log_start_offset=partition.log.log_start_offset,
+                    )
+                    if request.acks == ACKS_ALL:
+                        waits.append(
+                            (
+                                topic.name,
+                                item.partition,
+                                partition,
+                                base,
+                                last,
+                                partition.leader_epoch,
+                            )
+                        )
+        if waits:
+            await self._wait_replicated(waits, results, request.timeout_ms)
+        if request.acks == ACKS_NONE:
+            return None  # the RPC layer still answers; a Kafka client ignores it
+        return to_body(_produce_response(request, results))
+
+    def _append(
+        self, topic: str, item: PartitionProduce, acks: int
+    ) -> PartitionProduceResult | tuple[Partition, int, int]:
+        try:
+            partition = self.replicas.partition(topic, item.partition)
+            partition.require_leader(item.current_leader_epoch)
+            if acks == ACKS_ALL:
+                needed = self.replicas.min_insync_replicas(topic)
+                if len(partition.isr) < needed:
+                    raise KafkaError(
+                        ErrorCode.NOT_ENOUGH_REPLICAS,
+                        f"{partition}: ISR {list(partition.isr)} is smaller than "
+                        f"min.insync.replicas={needed}",
+                    )
+            info = partition.append_as_leader(item.records)
+        except Exception as error:
+            code, message = _error_of(error)
+            return PartitionProduceResult(
+                partition=item.partition, error_code=code, error_message=message
+            )
+        return partition, info.first_offset, info.last_offset
+
+    async def _wait_replicated(
+        self,
+        waits: list[tuple[str, int, Partition, int, int, int]],
+        results: dict[tuple[str, int], PartitionProduceResult],
+        timeout_ms: int,
+    ) -> None:
+        async def wait_one(
+            topic: str, index: int, partition: Partition, last: int, epoch: int
+        ) -> None:
+            key = (topic, index)
+            try:
+                await partition.wait_committed(last, epoch)
+            except KafkaError as error:
+                results[key] = PartitionProduceResult(
+                    partition=index, error_code=error.code, error_message=error.message
+                )
+                return
+            needed = self.replicas.min_insync_replicas(topic)
+            if len(partition.isr) < needed:
+                # Replicated, but by fewer than promised: Kafka says so and the
+                # producer may retry (the write is kept).
+                results[key] = PartitionProduceResult(
+                    partition=index,
+                    error_code=ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                    error_message=f"ISR shrank to {list(partition.isr)} before replication",
+                )
+
+        pending = {(topic, index) for topic, index, *_ in waits}
+        with trio.move_on_after(max(0, timeout_ms) / 1000):
+            async with trio.open_nursery() as nursery:
+                for topic, index, partition, _, last, epoch in waits:
+                    nursery.start_soon(
+                        self._track, wait_one, pending, topic, index, partition, last, epoch
+                    )
+        for topic, index in pending:
+            results[(topic, index)] = PartitionProduceResult(
+                partition=index,
+                error_code=ErrorCode.REQUEST_TIMED_OUT,
+                error_message=f"not replicated to the ISR within {timeout_ms} ms",
+            )
+
+    @staticmethod
+    async def _track(wait_one: Any, pending: set, topic: str, index: int, *args: Any) -> None:
+        await wait_one(topic, index, *args)
+        pending.discard((topic, index))
+
+    # ------------------------------------------------------------------ fetch
+
+    async def fetch(self, body: Any) -> Any:
+        request = from_body(FetchRequest, body)
+        from_follower = request.replica_id != CONSUMER_REPLICA_ID
+        if from_follower and not self.is_registered(request.replica_id, request.broker_epoch):
+            raise KafkaError(
+                ErrorCode.STALE_BROKER_EPOCH,
+                f"replica {request.replica_id} epoch {request.broker_epoch} is not current",
+            )
+        deadline = trio.current_time() + max(0, request.max_wait_ms) / 1000
+        first_pass = True
+        while True:
+            # Take the wake-up before reading, so nothing that lands in between is missed.
+            changed = self.replicas.change_event()
+            response, size = self._read_all(request, from_follower and first_pass)
+            first_pass = False
+            if size >= request.min_bytes or trio.current_time() >= deadline or _has_error(response):
+                return to_body(response)
+            with trio.move_on_at(deadline):
+                await changed.wait()
+
+    def _read_all(self, request: FetchRequest, record_fetch: bool) -> tuple[FetchResponse, int]:
+        """Read every partition; `record_fetch`: count this as the follower's fetch."""
+        now_ms = self.replicas.now_ms()
+        budget = request.max_bytes
+        total = 0
+        topics = []
+        for topic in request.topics:
+            results = []
+            for item in topic.partitions:
+                result = self._read_one(
+                    topic.name, item, request.replica_id, record_fetch, budget, now_ms
+                )
+                size = len(result.records)
+                budget -= size
+                total += size
+                results.append(result)
+            topics.append(TopicFetchResult(name=topic.name, partitions=tuple(results)))
+        return FetchResponse(topics=tuple(topics)), total
+
+    def _read_one(
+        self,
+        topic: str,
+        item: PartitionFetch,
+        replica_id: int,
+        record_fetch: bool,
+        budget: int,
+        now_ms: int,
+    ) -> PartitionFetchResult:
+        from_follower = replica_id != CONSUMER_REPLICA_ID
+        partition: Partition | None = None
+        try:
+            partition = self.replicas.partition(topic, item.partition)
+            partition.require_leader(item.current_leader_epoch)
+            log_ = partition.log
+            if record_fetch:
+                diverging = partition.on_follower_fetch(
+                    replica_id, item.fetch_offset, item.last_fetched_epoch, now_ms
+                )
+                self.replicas.isr_may_change()
+                if diverging is not None:
+                    return PartitionFetchResult(
+                        partition=item.partition,
+                        error_code=ErrorCode.NONE,
+                        high_watermark=partition.high_watermark,
+                        log_start_offset=log_.log_start_offset,
+                        log_end_offset=log_.log_end_offset,
+                        diverging_epoch=EpochEndOffset(
+                            epoch=diverging.epoch, end_offset=diverging.end_offset
+                        ),
+                    )
+            limit = log_.log_end_offset if from_follower else partition.high_watermark
+            if not log_.log_start_offset <= item.fetch_offset <= log_.log_end_offset:
+                raise OffsetOutOfRangeError(
+                    item.fetch_offset, log_.log_start_offset, log_.log_end_offset
+                )
+            data = b""
+            if item.fetch_offset < limit and budget > 0:
+                max_bytes = min(item.partition_max_bytes, budget)
+                data = bytes(log_.read(item.fetch_offset, max_bytes, max_offset=limit))
+            return PartitionFetchResult(
+                partition=item.partition,
+                error_code=ErrorCode.NONE,
+                high_watermark=partition.high_watermark,
+                log_start_offset=log_.log_start_offset,
+                log_end_offset=log_.log_end_offset,
+                records=data,
+            )
+        except Exception as error:
+            code, message = _error_of(error)
+            result = PartitionFetchResult(
+                partition=item.partition, error_code=code, error_message=message
+            )
+            if isinstance(error, OffsetOutOfRangeError):
+                # The valid range, so the consumer can reset its position.
+                result = PartitionFetchResult(
+                    partition=item.partition,
+                    error_code=code,
+                    error_message=message,
+                    log_start_offset=error.log_start_offset,
+                    log_end_offset=error.log_end_offset,
+                    high_watermark=-1 if partition is None else partition.high_watermark,
+                )
+            return result
+
+    # ------------------------------------------------------------------ offsets
+
+    async def list_offsets(self, body: Any) -> Any:
+        request = from_body(ListOffsetsRequest, body)
+        topics = []
+        for topic in request.topics:
+            results = []
+            for item in topic.partitions:
+                try:
+                    partition = self.replicas.partition(topic.name, item.partition)
+                    partition.require_leader(item.current_leader_epoch)
+                    results.append(_offset_of(partition, item.partition, item.timestamp))
+                except Exception as error:
+                    code, _ = _error_of(error)
+                    results.append(PartitionOffset(partition=item.partition, error_code=code))
+            topics.append(TopicOffsets(name=topic.name, partitions=tuple(results)))
+        return to_body(ListOffsetsResponse(topics=tuple(topics)))
+
+    async def delete_records(self, body: Any) -> Any:
+        request = from_body(DeleteRecordsRequest, body)
+        topics = []
+        for topic in request.topics:
+            results = []
+            for item in topic.partitions:
+                try:
+                    partition = self.replicas.partition(topic.name, item.partition)
+                    partition.require_leader(-1)
+                    offset = partition.high_watermark if item.offset == -1 else item.offset
+                    if not 0 <= offset <= partition.high_watermark:
+                        raise KafkaError(
+                            ErrorCode.OFFSET_OUT_OF_RANGE,
+                            f"{offset} is outside [0, {partition.high_watermark}]",
+                        )
+                    if offset > partition.log.log_start_offset:
+                        partition.log.advance_log_start_offset(offset)
+                    results.append(
+                        PartitionLowWatermark(
+                            partition=item.partition,
+                            error_code=ErrorCode.NONE,
+                            low_watermark=partition.log.log_start_offset,
+                        )
+                    )
+                except Exception as error:
+                    code, _ = _error_of(error)
+                    results.append(PartitionLowWatermark(partition=item.partition, error_code=code))
+            topics.append(TopicLowWatermarks(name=topic.name, partitions=tuple(results)))
+        return to_body(DeleteRecordsResponse(topics=tuple(topics)))
+
+
+def _offset_of(partition: Partition, index: int, timestamp: int) -> PartitionOffset:
+    log_ = partition.log
+    if timestamp == EARLIEST_TIMESTAMP:
+        return PartitionOffset(
+            partition=index, error_code=ErrorCode.NONE, offset=log_.log_start_offset
+        )
+    if timestamp == LATEST_TIMESTAMP:
+        return PartitionOffset(
+            partition=index,
+            error_code=ErrorCode.NONE,
+            offset=partition.high_watermark,
+            leader_epoch=partition.leader_epoch,
+        )
+    found = log_.offset_for_timestamp(timestamp)
+    if found is None or found.offset >= partition.high_watermark:
+        return PartitionOffset(partition=index, error_code=ErrorCode.NONE)  # -1: none yet
+    return PartitionOffset(
+        partition=index, error_code=ErrorCode.NONE, offset=found.offset, timestamp=found.timestamp
+    )
+
+
+def _produce_response(
+    request: ProduceRequest, results: dict[tuple[str, int], PartitionProduceResult]
+) -> ProduceResponse:
+    return ProduceResponse(
+        topics=tuple(
+            TopicProduceResult(
+                name=topic.name,
+                partitions=tuple(results[(topic.name, p.partition)] for p in topic.partitions),
+            )
+            for topic in request.topics
+        )
+    )
+
+
+def _has_error(response: FetchResponse) -> bool:
+    return any(
+        result.error_code != ErrorCode.NONE
+        for topic in response.topics
+        for result in topic.partitions
+    )

@@ -1,0 +1,238 @@
+"""One partition replica on this broker: its log, its role, and (as leader) its followers.
+
+The controller decides who leads and who is in sync; a Partition only acts on what
+the metadata image says, plus the ISR change it has asked for and not yet seen
+committed (KIP-497's "maximal ISR": the high-water mark counts the larger set while a
+change is in flight, so a shrink never lets it run ahead of a member that may still
+be needed, and an expansion counts the newcomer at once).
+
+Everything here runs on the trio thread and never awaits except in `wait_*`, so each
+method sees and leaves a consistent state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from broker.replica_state import (
+    FollowerState,
+    high_watermark,
+    lagging,
+    may_join_isr,
+    record_fetch,
+)
+from client.protocol.errors import ErrorCode, KafkaError
+from kraft.metadata.image import PartitionRegistration
+from storage.divergence import EpochEnd, diverging_epoch, truncation_offset
+from storage.log import AppendInfo, SegmentedLog
+
+log = logging.getLogger(__name__)
+
+
+class Partition:
+    def __init__(
+        self, *, topic: str, topic_id: str, index: int, log: SegmentedLog, broker_id: int
+    ) -> None:
+        self.topic = topic
+        self.topic_id = topic_id
+        self.index = index
+        self.log = log
+        self.broker_id = broker_id
+        self.leader_id = -1
+        self.leader_epoch = -1
+        self.partition_epoch = -1
+        self.replicas: tuple[int, ...] = ()
+        self.isr: tuple[int, ...] = ()
+        self.pending_isr: tuple[int, ...] | None = None  # asked of the controller
+        self.high_watermark = 0
+        self.epoch_start_offset = 0
+        self.followers: dict[int, FollowerState] = {}
+        self.offline = False
+        self._changed = trio.Event()
+        # The replica manager's wake-up for fetches long-polling many partitions.
+        self.on_change: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"{self.topic}-{self.index}"
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader_id == self.broker_id and not self.offline
+
+    # ------------------------------------------------------------------ metadata
+
+    def apply(self, registration: PartitionRegistration, now_ms: int) -> str:
+        """Take the image's view; 'leader', 'follower' or 'isr' for what changed."""
+        new_epoch = registration.leader_epoch != self.leader_epoch
+        self.replicas = registration.replicas
+        self.isr = registration.isr
+        self.partition_epoch = registration.partition_epoch
+        if self.pending_isr is not None and (new_epoch or set(self.pending_isr) == set(self.isr)):
+            self.pending_isr = None
+        if not new_epoch:
+            self._notify()  # the ISR may have grown or shrunk: waiters re-check
+            return "isr"
+        self.leader_id = registration.leader
+        self.leader_epoch = registration.leader_epoch
+        if self.leader_id == self.broker_id:
+            self._become_leader(now_ms)
+            return "leader"
+        self.followers = {}
+        self._notify()
+        return "follower"
+
+    def _become_leader(self, now_ms: int) -> None:
+        # New batches carry the new epoch from the current end on; followers that
+        # fetch with an older last epoch learn where theirs diverged from this point.
+        self.epoch_start_offset = self.log.log_end_offset
+        self.log.epoch_cache.assign(self.leader_epoch, self.epoch_start_offset)
+        # Everyone in the ISR starts the epoch caught up; it has lag time to prove it.
+        self.followers = {
+            replica: FollowerState(last_caught_up_ms=now_ms if replica in self.isr else -1)
+            for replica in self.replicas
+            if replica != self.broker_id
+        }
+        self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
+        self._maybe_advance_high_watermark()
+        self._notify()
+
+    def check_leader_epoch(self, current_leader_epoch: int) -> None:
+        """Kafka's rule for a request that names the epoch it thinks is current."""
+        if current_leader_epoch < 0:
+            return
+        if current_leader_epoch < self.leader_epoch:
+            raise KafkaError(
+                ErrorCode.FENCED_LEADER_EPOCH,
+                f"{self}: epoch {current_leader_epoch} < current {self.leader_epoch}",
+            )
+        if current_leader_epoch > self.leader_epoch:
+            raise KafkaError(
+                ErrorCode.UNKNOWN_LEADER_EPOCH,
+                f"{self}: epoch {current_leader_epoch} > known {self.leader_epoch}",
+            )
+
+    def require_leader(self, current_leader_epoch: int) -> None:
+        if self.offline:
+            raise KafkaError(ErrorCode.KAFKA_STORAGE_ERROR, f"{self} is offline")
+        self.check_leader_epoch(current_leader_epoch)
+        if not self.is_leader:
+            raise KafkaError(
+                ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{self}: broker {self.leader_id} leads it"
+            )
+
+    # ------------------------------------------------------------------ leader side
+
+    @property
+    def maximal_isr(self) -> set[int]:
+        return set(self.isr) | set(self.pending_isr or ())
+
+    def append_as_leader(self, records: bytes) -> AppendInfo:
+        info = self.log.append(records, self.leader_epoch)
+        self._maybe_advance_high_watermark()  # a lone ISR commits at once
+        self._notify()
+        return info
+
+    def on_follower_fetch(
+        self, replica: int, fetch_offset: int, last_fetched_epoch: int, now_ms: int
+    ) -> EpochEnd | None:
+        """Record a follower's fetch; its divergence point if its log is not a prefix."""
+        diverging = diverging_epoch(self.log, fetch_offset, last_fetched_epoch)
+        if diverging is not None:
+            return diverging
+        state = self.followers.get(replica)
+        if state is None:
+            state = self.followers[replica] = FollowerState()
+        record_fetch(state, fetch_offset, self.log.log_end_offset, now_ms)
+        if self._maybe_advance_high_watermark():
+            self._notify()
+        return None
+
+    def _maybe_advance_high_watermark(self) -> bool:
+        new = high_watermark(
+            self.high_watermark,
+            self.log.log_end_offset,
+            self.broker_id,
+            self.maximal_isr,
+            self.followers,
+        )
+        # Unlike Raft's majority rule, every ISR member holding an entry commits it,
+        # whatever its epoch; follower ends are unknown (-1) until each has fetched in
+        # this epoch, so nothing commits on a stale view of them.
+        new = min(new, self.log.log_end_offset)
+        if new > self.high_watermark:
+            self.high_watermark = new
+            return True
+        return False
+
+    def isr_shrink(self, now_ms: int, lag_max_ms: int) -> tuple[int, ...] | None:
+        """The ISR without lagging followers, if any lag and no change is in flight."""
+        if not self.is_leader or self.pending_isr is not None:
+            return None
+        out = lagging(self.isr, self.broker_id, self.followers, now_ms, lag_max_ms)
+        if not out:
+            return None
+        return tuple(r for r in self.isr if r not in out)
+
+    def isr_expansion(self) -> tuple[int, ...] | None:
+        """The ISR with every follower that has caught up, if any and none in flight."""
+        if not self.is_leader or self.pending_isr is not None:
+            return None
+        joining = [
+            replica
+            for replica, state in self.followers.items()
+            if replica not in self.isr
+            and may_join_isr(state, self.high_watermark, self.epoch_start_offset)
+        ]
+        if not joining:
+            return None
+        return tuple(r for r in self.replicas if r in self.isr or r in joining)
+
+    # ------------------------------------------------------------------ follower side
+
+    def append_as_follower(self, records: bytes, leader_high_watermark: int) -> None:
+        if records:
+            self.log.append_as_follower(records)
+        self.update_follower_high_watermark(leader_high_watermark)
+        self._notify()
+
+    def update_follower_high_watermark(self, leader_high_watermark: int) -> None:
+        new = min(leader_high_watermark, self.log.log_end_offset)
+        if new > self.high_watermark:
+            self.high_watermark = new
+
+    def truncate_to_divergence(self, diverging: EpochEnd) -> int:
+        target = truncation_offset(self.log, diverging)
+        if target < self.log.log_end_offset:
+            log.info("%s: truncating from %d to %d", self, self.log.log_end_offset, target)
+            self.log.truncate_to(target)
+        self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
+        return target
+
+    def last_fetched_epoch(self) -> int:
+        if self.log.log_end_offset == self.log.log_start_offset:
+            return -1
+        return self.log.latest_epoch()
+
+    # ------------------------------------------------------------------ waiting
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+        if self.on_change is not None:
+            self.on_change()
+
+    async def wait_change(self) -> None:
+        await self._changed.wait()
+
+    async def wait_committed(self, offset: int, leader_epoch: int) -> None:
+        """Until the high-water mark passes `offset`; KafkaError if leadership moves."""
+        while self.high_watermark <= offset:
+            if self.leader_epoch != leader_epoch or not self.is_leader:
+                raise KafkaError(
+                    ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                    f"{self}: leadership moved before offset {offset} was replicated",
+                )
+            await self._changed.wait()

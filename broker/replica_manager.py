@@ -1,0 +1,256 @@
+"""The partitions this broker holds, kept in line with the metadata image.
+
+Applies each published metadata change in log order: creates the log of a partition
+assigned here, becomes its leader or a follower at the new leader epoch, takes ISR
+changes, and deletes the logs of partitions removed or moved away. As leader it asks
+the controller (AlterPartition) to shrink the ISR of followers that lag and to expand
+it with followers that caught up. It also runs retention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import trio
+
+from broker.controller_channel import ControllerChannel
+from broker.partition import Partition
+from broker.replica_fetcher import FetcherManager
+from broker.replica_state import REPLICA_LAG_TIME_MAX_MS
+from client.protocol.apis import ApiKey
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.schema import from_body, to_body
+from kraft.controller.replication import AlterPartition, AlterPartitionOutcome
+from kraft.metadata.image import MetadataDelta, MetadataImage
+from storage.checkpoint import read_file, write_atomically
+from storage.fs import OsFileSystem
+from storage.log import LogConfig, LogError, SegmentedLog
+
+log = logging.getLogger(__name__)
+
+PARTITION_METADATA = "partition.metadata"
+# Kafka's log.retention.check.interval.ms is 5 minutes.
+RETENTION_CHECK_INTERVAL_MS = 300_000
+DEFAULT_MIN_INSYNC_REPLICAS = 1
+
+
+def log_config_for(settings: dict[str, str]) -> LogConfig:
+    defaults = LogConfig()
+    return LogConfig(
+        segment_bytes=int(settings.get("segment.bytes", defaults.segment_bytes)),
+        segment_ms=int(settings.get("segment.ms", defaults.segment_ms)),
+        retention_ms=int(settings.get("retention.ms", defaults.retention_ms)),
+        retention_bytes=int(settings.get("retention.bytes", defaults.retention_bytes)),
+        max_message_bytes=int(settings.get("max.message.bytes", defaults.max_message_bytes)),
+    )
+
+
+class ReplicaManager:
+    def __init__(
+        self,
+        *,
+        broker_id: int,
+        data_dir: str,
+        channel: ControllerChannel,
+        broker_epoch: Any,  # () -> int: the lifecycle's current broker epoch
+        replica_lag_time_max_ms: int = REPLICA_LAG_TIME_MAX_MS,
+        retention_check_interval_ms: int = RETENTION_CHECK_INTERVAL_MS,
+    ) -> None:
+        self.broker_id = broker_id
+        self.data_dir = data_dir
+        self.channel = channel
+        self.broker_epoch = broker_epoch
+        self.replica_lag_time_max_ms = replica_lag_time_max_ms
+        self.retention_check_interval_ms = retention_check_interval_ms
+        self.fs = OsFileSystem()
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self.image = MetadataImage()
+        self.fetchers = FetcherManager(broker_id=broker_id, replica_manager=self)
+        self._changed = trio.Event()
+        self._isr_wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.fetchers.nursery = nursery
+            nursery.start_soon(self._maintain_isr)
+            nursery.start_soon(self._enforce_retention)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def close(self) -> None:
+        for partition in self.partitions.values():
+            with contextlib.suppress(LogError):
+                partition.log.close()
+
+    def now_ms(self) -> int:
+        return int(trio.current_time() * 1000)
+
+    # ------------------------------------------------------------------ metadata
+
+    def on_metadata(self, delta: MetadataDelta | None, image: MetadataImage) -> None:
+        """Loader subscriber: called in log order with each new image."""
+        self.image = image
+        now = self.now_ms()
+        topic_ids = image.topics.keys() if delta is None else delta.changed_topics
+        for topic_id in topic_ids:
+            topic = image.topics.get(topic_id)
+            if topic is None:
+                continue
+            for index, registration in topic.partitions.items():
+                key = (topic.name, index)
+                partition = self.partitions.get(key)
+                if self.broker_id not in registration.replicas:
+                    if partition is not None:
+                        self._remove(key, "moved away")
+                    continue
+                if partition is None or partition.topic_id != topic_id:
+                    if partition is not None:
+                        self._remove(key, "topic re-created")
+                    partition = self._open(topic.name, topic_id, index)
+                    if partition is None:
+                        continue
+                partition.log.config = log_config_for(
+                    dict(image.configs.get(("topic", topic.name), {}))
+                )
+                change = partition.apply(registration, now)
+                if change == "leader":
+                    self.fetchers.remove(partition)
+                    log.info("%s: leader at epoch %d", partition, partition.leader_epoch)
+                elif change == "follower":
+                    self.fetchers.add(partition, registration.leader)
+        # Topics gone from the image: their partitions go too.
+        for key, partition in list(self.partitions.items()):
+            if partition.topic_id not in image.topics:
+                self._remove(key, "topic deleted")
+        self._isr_wake.set()
+
+    def _open(self, topic: str, topic_id: str, index: int) -> Partition | None:
+        directory = os.path.join(self.data_dir, f"{topic}-{index}")
+        marker = os.path.join(directory, PARTITION_METADATA)
+        existing = read_file(self.fs, marker)
+        if existing is not None and existing.decode().strip() != f"topic_id={topic_id}":
+            shutil.rmtree(directory, ignore_errors=True)  # an older topic of the same name
+        try:
+            partition_log = SegmentedLog.open(directory, LogConfig(), fs=self.fs)
+            if read_file(self.fs, marker) is None:
+                write_atomically(self.fs, marker, f"topic_id={topic_id}\n".encode())
+        except (OSError, LogError) as error:
+            log.error("%s-%d: cannot open its log: %s", topic, index, error)
+            return None
+        partition = Partition(
+            topic=topic, topic_id=topic_id, index=index, log=partition_log, broker_id=self.broker_id
+        )
+        partition.on_change = self._wake
+        self.partitions[(topic, index)] = partition
+        return partition
+
+    def _remove(self, key: tuple[str, int], why: str) -> None:
+        partition = self.partitions.pop(key)
+        log.info("%s: removing its log (%s)", partition, why)
+        partition.offline = True
+        self.fetchers.remove(partition)
+        partition._notify()
+        with contextlib.suppress(LogError):
+            partition.log.close()
+        shutil.rmtree(partition.log.directory, ignore_errors=True)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def change_event(self) -> trio.Event:
+        """Set at the next append, high-water mark move or leadership change anywhere."""
+        return self._changed
+
+    def partition(self, topic: str, index: int) -> Partition:
+        partition = self.partitions.get((topic, index))
+        if partition is None:
+            raise KafkaError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                if self.image.topic(topic) is None
+                or index not in self.image.topic(topic).partitions  # type: ignore[union-attr]
+                else ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                f"{topic}-{index} is not on broker {self.broker_id}",
+            )
+        return partition
+
+    def min_insync_replicas(self, topic: str) -> int:
+        settings = self.image.configs.get(("topic", topic), {})
+        return int(settings.get("min.insync.replicas", DEFAULT_MIN_INSYNC_REPLICAS))
+
+    # ------------------------------------------------------------------ ISR
+
+    async def _maintain_isr(self) -> None:
+        """Shrink for lagging followers, expand for caught-up ones, via the controller."""
+        interval_s = self.replica_lag_time_max_ms / 2000
+        while True:
+            with trio.move_on_after(interval_s):
+                await self._isr_wake.wait()
+            self._isr_wake = trio.Event()
+            now = self.now_ms()
+            for partition in list(self.partitions.values()):
+                new_isr = partition.isr_expansion() or partition.isr_shrink(
+                    now, self.replica_lag_time_max_ms
+                )
+                if new_isr is not None:
+                    partition.pending_isr = new_isr
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._alter_partition, partition, new_isr)
+
+    def isr_may_change(self) -> None:
+        """A follower fetched: it may have caught up enough to join the ISR."""
+        self._isr_wake.set()
+
+    async def _alter_partition(self, partition: Partition, new_isr: tuple[int, ...]) -> None:
+        request = AlterPartition(
+            broker_id=self.broker_id,
+            broker_epoch=self.broker_epoch(),
+            topic_id=partition.topic_id,
+            partition=partition.index,
+            leader_epoch=partition.leader_epoch,
+            partition_epoch=partition.partition_epoch,
+            new_isr=new_isr,
+        )
+        log.info("%s: asking for ISR %s (now %s)", partition, new_isr, partition.isr)
+        try:
+            answer = await self.channel.request(
+                ApiKey.ALTER_PARTITION, to_body(request), timeout_s=10
+            )
+            outcome = from_body(AlterPartitionOutcome, answer)
+        except KafkaError as error:
+            outcome = AlterPartitionOutcome(error_code=error.code, message=str(error))
+        if outcome.error_code != ErrorCode.NONE:
+            log.info("%s: ISR change refused: %s", partition, outcome)
+            if partition.pending_isr == new_isr:
+                partition.pending_isr = None  # the metadata will tell us what is current
+                # Retry a little later, not in a hot loop.
+                await trio.sleep(0.5)
+                self._isr_wake.set()
+
+    # ------------------------------------------------------------------ retention
+
+    async def _enforce_retention(self) -> None:
+        while True:
+            await trio.sleep(self.retention_check_interval_ms / 1000)
+            self.enforce_retention_now()
+
+    def enforce_retention_now(self) -> int:
+        deleted = 0
+        now_wall_ms = int(time.time() * 1000)  # segment timestamps are wall clock
+        for partition in list(self.partitions.values()):
+            if partition.offline:
+                continue
+            try:
+                deleted += partition.log.delete_old_segments(
+                    now_wall_ms, max_offset=partition.high_watermark
+                )
+            except LogError as error:
+                log.error("%s: retention failed: %s", partition, error)
+        return deleted
