@@ -73,7 +73,10 @@ class Partition:
         if self.pending_isr is not None and (new_epoch or set(self.pending_isr) == set(self.isr)):
             self.pending_isr = None
         if not new_epoch:
-            self._notify()  # the ISR may have grown or shrunk: waiters re-check
+            # A smaller ISR may let the high-water mark move; waiters re-check.
+            if self.is_leader:
+                self._maybe_advance_high_watermark()
+            self._notify()
             return "isr"
         self.leader_id = registration.leader
         self.leader_epoch = registration.leader_epoch
