@@ -202,7 +202,11 @@ class DataApis:
             changed = self.replicas.change_event()
             response, size = self._read_all(request, from_follower and first_pass)
             first_pass = False
-            if size >= request.min_bytes or trio.current_time() >= deadline or _has_error(response):
+            if (
+                size >= request.min_bytes
+                or trio.current_time() >= deadline
+                or _must_answer_now(response)
+            ):
                 return to_body(response)
             with trio.move_on_at(deadline):
                 await changed.wait()
@@ -375,9 +379,11 @@ def _produce_response(
     )
 
 
-def _has_error(response: FetchResponse) -> bool:
+def _must_answer_now(response: FetchResponse) -> bool:
+    """An error or a divergence is news: holding it would lose it (the next pass of a
+    long poll no longer counts the fetch, so it would not find the divergence again)."""
     return any(
-        result.error_code != ErrorCode.NONE
+        result.error_code != ErrorCode.NONE or result.diverging_epoch is not None
         for topic in response.topics
         for result in topic.partitions
     )

@@ -18,7 +18,9 @@ class EpochEnd(NamedTuple):
     end_offset: int
 
 
-def diverging_epoch(log: SegmentedLog, fetch_offset: int, last_fetched_epoch: int) -> EpochEnd | None:
+def diverging_epoch(
+    log: SegmentedLog, fetch_offset: int, last_fetched_epoch: int
+) -> EpochEnd | None:
     """The leader's answer: None if the fetcher's log is a prefix of ours.
 
     Otherwise the largest epoch we have at or below the fetcher's last one, and where

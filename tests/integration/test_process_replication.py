@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import trio
@@ -80,13 +81,19 @@ class Workload:
 
 
 async def read_partition(cluster: LocalCluster, leader: int, partition: int) -> list[bytes]:
+    return await read_partition_of(cluster, leader, "t", partition)
+
+
+async def read_partition_of(
+    cluster: LocalCluster, leader: int, topic: str, partition: int = 0
+) -> list[bytes]:
     found: list[bytes] = []
     offset = 0
     while True:
         body = {
             "max_wait_ms": 0,
             "topics": [
-                {"name": "t", "partitions": [{"partition": partition, "fetch_offset": offset}]}
+                {"name": topic, "partitions": [{"partition": partition, "fetch_offset": offset}]}
             ],
         }
         part = (await cluster.request(leader, ApiKey.FETCH, body))["topics"][0]["partitions"][0]
@@ -154,3 +161,78 @@ async def test_acked_records_survive_two_leader_kills(tmp_path) -> None:
         for log in logs:
             log.close()
     print(f"retries={workload.retries} duplicates={duplicates}")
+
+
+async def produce_one(cluster: LocalCluster, node: int, value: bytes, acks: int) -> dict[str, Any]:
+    body = {
+        "acks": acks,
+        "timeout_ms": 5_000,
+        "topics": [
+            {
+                "name": "d",
+                "partitions": [
+                    {
+                        "partition": 0,
+                        "records": build_batch([RecordInput(timestamp=1, value=value)]),
+                    }
+                ],
+            }
+        ],
+    }
+    answer = await cluster.request(node, ApiKey.PRODUCE, body, timeout_s=6)
+    return answer["topics"][0]["partitions"][0]
+
+
+@pytest.mark.slow
+async def test_a_returning_leader_truncates_its_unreplicated_tail(tmp_path) -> None:
+    with LocalCluster(str(tmp_path), controllers=1, brokers=3, **SETTINGS) as cluster:
+        cluster.start_all()
+        with trio.fail_after(120):
+            body = {"topics": [{"name": "d", "partitions": 1, "replication_factor": 3}]}
+            assert (await cluster.request(2, ApiKey.CREATE_TOPICS, body))["topics"][0][
+                "error_code"
+            ] == 0
+            while True:
+                meta = await cluster.request(2, ApiKey.METADATA, {"topics": ["d"]})
+                part = meta["topics"][0]["partitions"][0]
+                if len(part["isr"]) == 3:
+                    break
+                await trio.sleep(0.05)
+            old = part["leader"]
+            followers = [b for b in BROKERS if b != old]
+            for n in range(5):
+                assert (await produce_one(cluster, old, b"ok%d" % n, -1))["error_code"] == 0
+            # The followers freeze; the leader takes acks=1 writes only it has; it dies.
+            for b in followers:
+                cluster.pause(b)
+            # Their pending long-poll fetches run out (500 ms) and go unanswered-to:
+            # from now on nothing the leader appends reaches them.
+            await trio.sleep(0.8)
+            for _ in range(3):
+                assert (await produce_one(cluster, old, b"unreplicated", 1))["error_code"] == 0
+            cluster.kill(old)
+            for b in followers:
+                cluster.resume(b)
+            while True:
+                meta = await cluster.request(followers[0], ApiKey.METADATA, {"topics": ["d"]})
+                new = meta["topics"][0]["partitions"][0]["leader"]
+                if new in followers:
+                    break
+                await trio.sleep(0.05)
+            answer = await produce_one(cluster, new, b"new", -1)
+            assert answer["error_code"] == 0 and answer["base_offset"] == 5
+            cluster.start(old)
+            while True:  # the old leader is back in the ISR: it has caught up
+                meta = await cluster.request(new, ApiKey.METADATA, {"topics": ["d"]})
+                if len(meta["topics"][0]["partitions"][0]["isr"]) == 3:
+                    break
+                await trio.sleep(0.05)
+            values = await read_partition_of(cluster, new, "d")
+            assert values == [b"ok0", b"ok1", b"ok2", b"ok3", b"ok4", b"new"]
+        cluster.stop_many(list(BROKERS))
+    logs = [SegmentedLog.open(os.path.join(str(tmp_path), f"node-{b}", "d-0")) for b in BROKERS]
+    contents = {bytes(log.read(0, 1 << 20)) for log in logs}
+    assert len(contents) == 1 and b"unreplicated" not in contents.pop()
+    assert all(log.log_end_offset == 6 for log in logs)
+    for log in logs:
+        log.close()
