@@ -118,8 +118,10 @@ class RpcServer:
                         self.requests += 1
                         nursery.start_soon(self._answer, slot, api_key, version, body)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the peer went away; nothing to answer
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            # The peer went away (a reset arrives wrapped in the nursery's exception
+            # group); nothing to answer, and no reason for the server to stop.
+            pass
 
     async def _answer(self, slot: _Slot, api_key: int, version: int, body: Any) -> None:
         try:

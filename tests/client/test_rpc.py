@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import struct
 
 import pytest
@@ -168,3 +169,18 @@ async def test_client_reconnects_after_the_server_restarts(nursery) -> None:
                 await trio.sleep(0.05)  # reconnect backoff
         else:
             raise AssertionError("never reconnected")
+
+
+async def test_a_peer_resetting_its_connection_does_not_stop_the_server(server) -> None:
+    rpc, port = server
+    good = client(port)
+    with trio.fail_after(10):
+        for _ in range(3):
+            peer = await trio.open_tcp_stream("127.0.0.1", port)
+            await peer.send_all(encode_frame([SLOW, 0, 1, "resetter", 0.05]))
+            # Close with a reset (linger 0) while the server still owes an answer.
+            peer.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.socket.close()
+            await trio.sleep(0.1)
+        assert await good.request(ECHO, 0, "still here", timeout_s=5) == {"echo": "still here"}
+    assert rpc.statistics()["requests"] >= 4

@@ -33,7 +33,8 @@ class Workload:
         self.acked: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
         self.retries = 0
 
-    async def leader_of(self, partition: int) -> int:
+    async def partitions(self) -> list[dict[str, Any]]:
+        """The topic's partitions as some running broker sees them now."""
         while True:
             for via in BROKERS:
                 if not self.cluster.is_running(via):
@@ -44,9 +45,16 @@ class Workload:
                     )
                 except KafkaError:
                     continue
-                leader = meta["topics"][0]["partitions"][partition]["leader"]
-                if leader in BROKERS and self.cluster.is_running(leader):
-                    return leader
+                parts: list[dict[str, Any]] = meta["topics"][0]["partitions"]
+                if len(parts) == PARTITIONS:
+                    return parts
+            await trio.sleep(0.05)
+
+    async def leader_of(self, partition: int) -> int:
+        while True:
+            leader = (await self.partitions())[partition]["leader"]
+            if leader in BROKERS and self.cluster.is_running(leader):
+                return leader
             await trio.sleep(0.05)
 
     async def produce_partition(self, partition: int) -> None:
@@ -110,7 +118,7 @@ async def test_acked_records_survive_two_leader_kills(tmp_path) -> None:
     with LocalCluster(str(tmp_path), controllers=1, brokers=3, **SETTINGS) as cluster:
         cluster.start_all()
         workload = Workload(cluster)
-        with trio.fail_after(240):
+        with trio.fail_after(180):
             body = {"topics": [{"name": "t", "partitions": PARTITIONS, "replication_factor": 3}]}
             created = await cluster.request(2, ApiKey.CREATE_TOPICS, body)
             assert created["topics"][0]["error_code"] == ErrorCode.NONE
@@ -130,8 +138,7 @@ async def test_acked_records_survive_two_leader_kills(tmp_path) -> None:
 
             # Let the restarted brokers catch up and rejoin every ISR.
             while True:
-                meta = await cluster.request(2, ApiKey.METADATA, {"topics": ["t"]})
-                parts = meta["topics"][0]["partitions"]
+                parts = await workload.partitions()
                 if all(len(p["isr"]) == 3 for p in parts):
                     break
                 await trio.sleep(0.1)
