@@ -297,51 +297,63 @@ class DataApis:
 
     # ------------------------------------------------------------------ offsets
 
-    async def list_offsets(self, body: Any) -> Any:
-        request = from_body(ListOffsetsRequest, body)
-        topics = []
-        for topic in request.topics:
+    def _each_partition(
+        self,
+        topics: Any,
+        answer: Callable[[Partition, Any], Any],
+        failed: Callable[[Any, int], Any],
+        *,
+        current_epoch: Callable[[Any], int] = lambda item: -1,
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """Per topic, each partition's answer from this broker as its leader (or error)."""
+        out = []
+        for topic in topics:
             results = []
             for item in topic.partitions:
                 try:
                     partition = self.replicas.partition(topic.name, item.partition)
-                    partition.require_leader(item.current_leader_epoch)
-                    results.append(_offset_of(partition, item.partition, item.timestamp))
+                    partition.require_leader(current_epoch(item))
+                    results.append(answer(partition, item))
                 except Exception as error:
-                    code, _ = _error_of(error)
-                    results.append(PartitionOffset(partition=item.partition, error_code=code))
-            topics.append(TopicOffsets(name=topic.name, partitions=tuple(results)))
-        return to_body(ListOffsetsResponse(topics=tuple(topics)))
+                    results.append(failed(item, _error_of(error)[0]))
+            out.append((topic.name, tuple(results)))
+        return out
+
+    async def list_offsets(self, body: Any) -> Any:
+        request = from_body(ListOffsetsRequest, body)
+        answers = self._each_partition(
+            request.topics,
+            lambda partition, item: _offset_of(partition, item.partition, item.timestamp),
+            lambda item, code: PartitionOffset(partition=item.partition, error_code=code),
+            current_epoch=lambda item: item.current_leader_epoch,
+        )
+        topics = tuple(TopicOffsets(name=name, partitions=parts) for name, parts in answers)
+        return to_body(ListOffsetsResponse(topics=topics))
 
     async def delete_records(self, body: Any) -> Any:
         request = from_body(DeleteRecordsRequest, body)
-        topics = []
-        for topic in request.topics:
-            results = []
-            for item in topic.partitions:
-                try:
-                    partition = self.replicas.partition(topic.name, item.partition)
-                    partition.require_leader(-1)
-                    offset = partition.high_watermark if item.offset == -1 else item.offset
-                    if not 0 <= offset <= partition.high_watermark:
-                        raise KafkaError(
-                            ErrorCode.OFFSET_OUT_OF_RANGE,
-                            f"{offset} is outside [0, {partition.high_watermark}]",
-                        )
-                    if offset > partition.log.log_start_offset:
-                        partition.log.advance_log_start_offset(offset)
-                    results.append(
-                        PartitionLowWatermark(
-                            partition=item.partition,
-                            error_code=ErrorCode.NONE,
-                            low_watermark=partition.log.log_start_offset,
-                        )
-                    )
-                except Exception as error:
-                    code, _ = _error_of(error)
-                    results.append(PartitionLowWatermark(partition=item.partition, error_code=code))
-            topics.append(TopicLowWatermarks(name=topic.name, partitions=tuple(results)))
-        return to_body(DeleteRecordsResponse(topics=tuple(topics)))
+        answers = self._each_partition(
+            request.topics,
+            _delete_before,
+            lambda item, code: PartitionLowWatermark(partition=item.partition, error_code=code),
+        )
+        topics = tuple(TopicLowWatermarks(name=name, partitions=parts) for name, parts in answers)
+        return to_body(DeleteRecordsResponse(topics=topics))
+
+
+def _delete_before(partition: Partition, item: Any) -> PartitionLowWatermark:
+    offset = partition.high_watermark if item.offset == -1 else item.offset
+    if not 0 <= offset <= partition.high_watermark:
+        raise KafkaError(
+            ErrorCode.OFFSET_OUT_OF_RANGE, f"{offset} is outside [0, {partition.high_watermark}]"
+        )
+    if offset > partition.log.log_start_offset:
+        partition.log.advance_log_start_offset(offset)
+    return PartitionLowWatermark(
+        partition=item.partition,
+        error_code=ErrorCode.NONE,
+        low_watermark=partition.log.log_start_offset,
+    )
 
 
 def _offset_of(partition: Partition, index: int, timestamp: int) -> PartitionOffset:
