@@ -1,0 +1,180 @@
+"""The producer's record accumulator: records become batches, per partition, in order.
+
+Pure (no I/O, time passed in): `append` adds a record to its partition's open batch
+(a new one when it would pass `batch_size`); `ready` says which partitions have a
+batch to send (full, lingered `linger_ms`, or a flush asked for); `drain` hands the
+oldest batch of a partition to the sender, and `requeue` puts a failed one back at
+the front, so a retry never overtakes a later batch of the same partition.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+
+import attrs
+import trio
+
+from client.protocol.errors import KafkaError
+from storage.records import BatchBuilder, Compression
+
+TopicPartition = tuple[str, int]
+
+
+@attrs.frozen
+class RecordMetadata:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+class Delivery:
+    """The outcome of one send: `await delivery` gives RecordMetadata or raises."""
+
+    __slots__ = ("_done", "_error", "_metadata", "index", "timestamp", "tp")
+
+    def __init__(self, tp: TopicPartition, index: int, timestamp: int) -> None:
+        self.tp = tp
+        self.index = index  # the record's position in its batch
+        self.timestamp = timestamp
+        self._done = trio.Event()
+        self._metadata: RecordMetadata | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _succeed(self, base_offset: int) -> None:
+        self._metadata = RecordMetadata(
+            self.tp[0], self.tp[1], base_offset + self.index, self.timestamp
+        )
+        self._done.set()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> RecordMetadata:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._metadata is not None
+        return self._metadata
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self.wait().__await__()
+
+
+class ProducerBatch:
+    __slots__ = ("attempts", "builder", "created_s", "data", "deliveries", "retry_at_s", "tp")
+
+    def __init__(self, tp: TopicPartition, compression: Compression, now_s: float) -> None:
+        self.tp = tp
+        self.builder = BatchBuilder(compression)
+        self.deliveries: list[Delivery] = []
+        self.created_s = now_s
+        self.attempts = 0
+        self.retry_at_s = 0.0
+        self.data: bytes | None = None  # built once, on first drain; retries resend it
+
+    @property
+    def record_count(self) -> int:
+        return len(self.deliveries)
+
+    def build(self) -> bytes:
+        if self.data is None:
+            self.data = self.builder.build()
+        return self.data
+
+    def succeed(self, base_offset: int) -> None:
+        for delivery in self.deliveries:
+            delivery._succeed(base_offset)
+
+    def fail(self, error: KafkaError) -> None:
+        for delivery in self.deliveries:
+            delivery._fail(error)
+
+
+class RecordAccumulator:
+    def __init__(
+        self, *, batch_size: int, linger_ms: int, compression: Compression = Compression.NONE
+    ) -> None:
+        self.batch_size = batch_size
+        self.linger_s = linger_ms / 1000
+        self.compression = compression
+        self.batches: dict[TopicPartition, collections.deque[ProducerBatch]] = {}
+        self.flushing = False
+        self.records = 0  # appended and not yet completed (for flush and backpressure)
+
+    def append(
+        self,
+        tp: TopicPartition,
+        timestamp: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes | None]],
+        now_s: float,
+    ) -> Delivery:
+        queue = self.batches.setdefault(tp, collections.deque())
+        batch = queue[-1] if queue and queue[-1].data is None else None
+        estimate = len(key or b"") + len(value or b"") + 16
+        if batch is None or (
+            batch.record_count and batch.builder.size_bytes + estimate > self.batch_size
+        ):
+            batch = ProducerBatch(tp, self.compression, now_s)
+            queue.append(batch)
+        batch.builder.append(timestamp, key, value, tuple(headers))
+        delivery = Delivery(tp, batch.record_count, timestamp)
+        batch.deliveries.append(delivery)
+        self.records += 1
+        return delivery
+
+    def open_batch_is_full(self, tp: TopicPartition) -> bool:
+        queue = self.batches.get(tp)
+        return bool(queue) and queue[-1].builder.size_bytes >= self.batch_size  # type: ignore[index]
+
+    def ready(self, now_s: float, muted: set[TopicPartition]) -> tuple[list[TopicPartition], float]:
+        """Partitions with a batch to send now, and when the next one will be (or inf)."""
+        ready = []
+        next_s = float("inf")
+        for tp, queue in self.batches.items():
+            if not queue or tp in muted:
+                continue
+            head = queue[0]
+            if head.retry_at_s > now_s:
+                next_s = min(next_s, head.retry_at_s)
+                continue
+            due = head.created_s + self.linger_s
+            if (
+                head.data is not None  # a retry
+                or len(queue) > 1
+                or head.builder.size_bytes >= self.batch_size
+                or self.flushing
+                or due <= now_s
+            ):
+                ready.append(tp)
+            else:
+                next_s = min(next_s, due)
+        return ready, next_s
+
+    def drain(self, tp: TopicPartition) -> ProducerBatch:
+        batch = self.batches[tp].popleft()
+        batch.build()
+        batch.attempts += 1
+        return batch
+
+    def requeue(self, batch: ProducerBatch, retry_at_s: float) -> None:
+        batch.retry_at_s = retry_at_s
+        self.batches.setdefault(batch.tp, collections.deque()).appendleft(batch)
+
+    def completed(self, batch: ProducerBatch) -> None:
+        self.records -= batch.record_count
+
+    def expire(self, now_s: float, timeout_s: float) -> list[ProducerBatch]:
+        """Batches waiting longer than the delivery timeout (not in flight)."""
+        expired = []
+        for queue in self.batches.values():
+            while queue and queue[0].created_s + timeout_s <= now_s:
+                expired.append(queue.popleft())
+        return expired

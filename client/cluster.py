@@ -1,0 +1,177 @@
+"""What every client needs: connections to brokers and a cache of cluster metadata.
+
+Bootstrap addresses are only a way in: the first Metadata answer names the brokers,
+and from then on requests go to the broker that leads each partition. Metadata is
+refreshed when a broker says it no longer leads (NOT_LEADER_OR_FOLLOWER,
+FENCED_LEADER_EPOCH, ...), when a topic is unknown, or when it is older than
+`metadata_max_age_ms`, like Kafka's clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from client.protocol.apis import API_VERSION, ApiKey
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.messages import MetadataRequest, MetadataResponse, PartitionMetadata
+from client.protocol.rpc import RpcClient
+from client.protocol.schema import from_body, to_body
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"  # the embedded default server
+METADATA_MAX_AGE_MS = 300_000  # Kafka's metadata.max.age.ms
+REQUEST_TIMEOUT_MS = 30_000  # Kafka's request.timeout.ms
+RETRY_BACKOFF_MS = 100  # Kafka's retry.backoff.ms
+
+
+def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[tuple[str, int]]:
+    items = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
+    addresses = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"bootstrap server {item!r} is not host:port")
+        addresses.append((host, int(port)))
+    if not addresses:
+        raise ValueError("no bootstrap server given")
+    return addresses
+
+
+def check_response(body: Any) -> Any:
+    """A whole-request error (bad body, unknown api, ...) as a KafkaError."""
+    # A whole-request error has error_code, error_message and maybe controller_id only.
+    if isinstance(body, dict) and body.get("error_code", 0) != 0 and len(body) <= 3:
+        raise KafkaError(body["error_code"], body.get("error_message", ""))
+    return body
+
+
+class ClusterClient:
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] = DEFAULT_BOOTSTRAP,
+        *,
+        client_id: str = "pykraft",
+        request_timeout_ms: int = REQUEST_TIMEOUT_MS,
+        metadata_max_age_ms: int = METADATA_MAX_AGE_MS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.bootstrap = parse_bootstrap(bootstrap)
+        self.client_id = client_id
+        self.request_timeout_s = request_timeout_ms / 1000
+        self.metadata_max_age_s = metadata_max_age_ms / 1000
+        self.rng = rng or random.Random()
+        self.brokers: dict[int, tuple[str, int]] = {}
+        self.controller_id = -1
+        self.cluster_id = ""
+        self.partitions: dict[str, dict[int, PartitionMetadata]] = {}
+        self.topic_errors: dict[str, int] = {}
+        self.interest: set[str] = set()
+        self._clients: dict[tuple[str, int], RpcClient] = {}
+        self._refreshed_at = -1e9
+        self._refresh_lock = trio.Lock()
+
+    # ------------------------------------------------------------------ requests
+
+    def _client(self, address: tuple[str, int]) -> RpcClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = RpcClient(*address, client_id=self.client_id, rng=self.rng)
+            self._clients[address] = client
+        return client
+
+    async def request_broker(self, broker_id: int, api_key: ApiKey, body: Any) -> Any:
+        address = self.brokers.get(broker_id)
+        if address is None:
+            raise KafkaError(ErrorCode.BROKER_NOT_AVAILABLE, f"broker {broker_id} is not known")
+        return check_response(
+            await self._client(address).request(
+                api_key, API_VERSION, body, timeout_s=self.request_timeout_s
+            )
+        )
+
+    async def request_any(self, api_key: ApiKey, body: Any) -> Any:
+        """To some broker that answers: known brokers first, then the bootstrap list."""
+        candidates = list(self.brokers.values())
+        self.rng.shuffle(candidates)
+        candidates += [a for a in self.bootstrap if a not in candidates]
+        last: KafkaError | None = None
+        for address in candidates:
+            try:
+                return check_response(
+                    await self._client(address).request(
+                        api_key, API_VERSION, body, timeout_s=self.request_timeout_s
+                    )
+                )
+            except KafkaError as error:
+                if not error.retriable:
+                    raise
+                last = error
+        assert last is not None
+        raise KafkaError(
+            last.code,
+            f"no broker answered ({', '.join(f'{h}:{p}' for h, p in candidates)}): {last.message}",
+        )
+
+    # ------------------------------------------------------------------ metadata
+
+    async def refresh(self, topics: Sequence[str] | None = None) -> MetadataResponse:
+        """Ask for fresh metadata (all known topics plus `topics`, or every topic)."""
+        async with self._refresh_lock:
+            if topics is not None:
+                self.interest.update(topics)
+            # Every topic this client has asked about, not just those it knows now: a
+            # lagging broker may not know a new topic yet, and it must be asked again.
+            wanted = None if topics is None else sorted(self.interest)
+            body = await self.request_any(ApiKey.METADATA, to_body(MetadataRequest(topics=wanted)))
+            response = from_body(MetadataResponse, body)
+            self.cluster_id = response.cluster_id
+            self.controller_id = response.controller_id
+            if response.brokers:
+                self.brokers = {b.broker_id: (b.host, b.port) for b in response.brokers}
+            for topic in response.topics:
+                if topic.error_code == ErrorCode.NONE:
+                    self.partitions[topic.name] = {p.partition: p for p in topic.partitions}
+                    self.topic_errors.pop(topic.name, None)
+                else:
+                    self.partitions.pop(topic.name, None)
+                    self.topic_errors[topic.name] = topic.error_code
+            self._refreshed_at = trio.current_time()
+            return response
+
+    async def partition_count(self, topic: str, *, wait_s: float = 0.0) -> int:
+        """Partitions of `topic`; UNKNOWN_TOPIC_OR_PARTITION if it does not appear in time."""
+        deadline = trio.current_time() + wait_s
+        if topic not in self.partitions or self._stale():
+            await self.refresh([topic])
+        while topic not in self.partitions and trio.current_time() < deadline:
+            await trio.sleep(RETRY_BACKOFF_MS / 1000)
+            await self.refresh([topic])
+        if topic not in self.partitions:
+            raise KafkaError(
+                self.topic_errors.get(topic, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+                f"topic {topic!r} is not in the cluster's metadata",
+            )
+        return len(self.partitions[topic])
+
+    def leader(self, topic: str, partition: int) -> PartitionMetadata | None:
+        """The cached leader of a partition (None if unknown or leaderless)."""
+        found = self.partitions.get(topic, {}).get(partition)
+        if found is None or found.leader < 0 or found.leader not in self.brokers:
+            return None
+        return found
+
+    def _stale(self) -> bool:
+        return trio.current_time() - self._refreshed_at > self.metadata_max_age_s
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()

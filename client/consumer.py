@@ -1,0 +1,291 @@
+"""The trio consumer: assign partitions, seek, poll.
+
+    consumer = Consumer("127.0.0.1:9092", auto_offset_reset="earliest")
+    consumer.assign([("orders", 0), ("orders", 1)])
+    records = await consumer.poll(timeout_s=1.0)
+
+Each `poll` fetches from every assigned partition's leader at once (one Fetch per
+leader, long-polling up to `fetch_max_wait_ms`) and returns the records after each
+partition's position, advancing it. A leader change (NOT_LEADER_OR_FOLLOWER,
+FENCED_LEADER_EPOCH, a broker that does not answer) refreshes metadata and the next
+poll goes to the new leader. A position outside the log is reset by
+`auto_offset_reset` ("earliest", "latest") or raised ("none").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import attrs
+import trio
+
+from client.cluster import DEFAULT_BOOTSTRAP, ClusterClient
+from client.protocol.apis import ApiKey
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.messages import (
+    EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
+    FetchRequest,
+    FetchResponse,
+    ListOffsetsRequest,
+    ListOffsetsResponse,
+    PartitionFetch,
+    PartitionListOffsets,
+    TopicFetch,
+    TopicListOffsets,
+)
+from client.protocol.schema import from_body, to_body
+from storage.records import RecordBatchError, iter_batches, iter_records
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+@attrs.frozen(slots=True)
+class ConsumerRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+class OffsetOutOfRange(KafkaError):
+    def __init__(self, tp: TopicPartition, offset: int) -> None:
+        super().__init__(
+            ErrorCode.OFFSET_OUT_OF_RANGE, f"{tp[0]}-{tp[1]}: offset {offset} is out of range"
+        )
+        self.tp = tp
+
+
+class Consumer:
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] = DEFAULT_BOOTSTRAP,
+        *,
+        auto_offset_reset: str = "latest",
+        fetch_min_bytes: int = 1,
+        fetch_max_wait_ms: int = 500,
+        fetch_max_bytes: int = 50 * 1024 * 1024,
+        max_partition_fetch_bytes: int = 1024 * 1024,
+        request_timeout_ms: int = 30_000,
+        client_id: str = "pykraft-consumer",
+    ) -> None:
+        if auto_offset_reset not in ("earliest", "latest", "none"):
+            raise ValueError("auto_offset_reset must be earliest, latest or none")
+        self.auto_offset_reset = auto_offset_reset
+        self.fetch_min_bytes = fetch_min_bytes
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_max_bytes = fetch_max_bytes
+        self.max_partition_fetch_bytes = max_partition_fetch_bytes
+        self.cluster = ClusterClient(
+            bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms
+        )
+        self._positions: dict[TopicPartition, int | None] = {}  # None: to be reset
+        self._reset_to: dict[TopicPartition, int] = {}  # a pending seek to a timestamp
+
+    async def __aenter__(self) -> Consumer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.cluster.aclose()
+
+    # ------------------------------------------------------------------ positions
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        wanted = [(str(t), int(p)) for t, p in partitions]
+        self._positions = {tp: self._positions.get(tp) for tp in wanted}
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self._positions)
+
+    def _require_assigned(self, tp: TopicPartition) -> None:
+        if tp not in self._positions:
+            raise ValueError(f"{tp} is not assigned to this consumer")
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._require_assigned(tp)
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        self._positions[tp] = offset
+
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        for tp in partitions or tuple(self._positions):
+            self._require_assigned(tp)
+            self._positions[tp] = None
+            self._reset_to[tp] = EARLIEST_TIMESTAMP
+
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        for tp in partitions or tuple(self._positions):
+            self._require_assigned(tp)
+            self._positions[tp] = None
+            self._reset_to[tp] = LATEST_TIMESTAMP
+
+    async def position(self, tp: TopicPartition) -> int:
+        self._require_assigned(tp)
+        if self._positions[tp] is None:
+            await self._reset_positions()
+        position = self._positions[tp]
+        assert position is not None
+        return position
+
+    async def offsets_for_times(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int | None]:
+        """The first offset at or after each timestamp (None if there is none yet)."""
+        found = await self.list_offsets(timestamps)
+        return {tp: (offset if offset >= 0 else None) for tp, offset in found.items()}
+
+    async def list_offsets(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        by_leader = await self._group_by_leader(timestamps)
+        answers: dict[TopicPartition, int] = {}
+        for leader, tps in by_leader.items():
+            topics: dict[str, list[PartitionListOffsets]] = {}
+            for tp in tps:
+                topics.setdefault(tp[0], []).append(
+                    PartitionListOffsets(partition=tp[1], timestamp=timestamps[tp])
+                )
+            request = ListOffsetsRequest(
+                topics=tuple(
+                    TopicListOffsets(name=t, partitions=tuple(p)) for t, p in topics.items()
+                )
+            )
+            body = await self.cluster.request_broker(leader, ApiKey.LIST_OFFSETS, to_body(request))
+            for topic in from_body(ListOffsetsResponse, body).topics:
+                for result in topic.partitions:
+                    if result.error_code != ErrorCode.NONE:
+                        await self.cluster.refresh([topic.name])
+                        raise KafkaError(result.error_code, f"{topic.name}-{result.partition}")
+                    answers[(topic.name, result.partition)] = result.offset
+        return answers
+
+    async def _group_by_leader(
+        self, tps: Iterable[TopicPartition]
+    ) -> dict[int, list[TopicPartition]]:
+        grouped: dict[int, list[TopicPartition]] = {}
+        missing = []
+        for tp in tps:
+            leader = self.cluster.leader(*tp)
+            if leader is None:
+                missing.append(tp)
+            else:
+                grouped.setdefault(leader.leader, []).append(tp)
+        if missing:
+            await self.cluster.refresh(sorted({t for t, _ in missing}))
+            for tp in missing:
+                leader = self.cluster.leader(*tp)
+                if leader is not None:
+                    grouped.setdefault(leader.leader, []).append(tp)
+        return grouped
+
+    async def _reset_positions(self) -> None:
+        pending = [tp for tp, position in self._positions.items() if position is None]
+        if not pending:
+            return
+        default = EARLIEST_TIMESTAMP if self.auto_offset_reset == "earliest" else LATEST_TIMESTAMP
+        wanted = {tp: self._reset_to.get(tp, default) for tp in pending}
+        for tp, offset in (await self.list_offsets(wanted)).items():
+            self._positions[tp] = offset
+            self._reset_to.pop(tp, None)
+
+    # ------------------------------------------------------------------ polling
+
+    async def poll(self, timeout_s: float = 1.0) -> list[ConsumerRecord]:
+        """Records after each assigned partition's position (possibly none by the timeout)."""
+        records: list[ConsumerRecord] = []
+        with trio.move_on_after(timeout_s):
+            while not records:
+                try:
+                    await self._reset_positions()
+                    by_leader = await self._group_by_leader(self._positions)
+                except KafkaError as error:
+                    if not error.retriable:
+                        raise
+                    await trio.sleep(0.1)
+                    continue
+                if not by_leader:
+                    await trio.sleep(0.1)
+                    continue
+                wait_ms = max(0, min(self.fetch_max_wait_ms, int(timeout_s * 1000)))
+                async with trio.open_nursery() as nursery:
+                    for leader, tps in by_leader.items():
+                        nursery.start_soon(self._fetch_from, leader, tps, wait_ms, records)
+        return records
+
+    async def _fetch_from(
+        self, leader: int, tps: list[TopicPartition], wait_ms: int, out: list[ConsumerRecord]
+    ) -> None:
+        topics: dict[str, list[PartitionFetch]] = {}
+        for tp in tps:
+            position = self._positions.get(tp)
+            if position is None:
+                continue
+            topics.setdefault(tp[0], []).append(
+                PartitionFetch(
+                    partition=tp[1],
+                    fetch_offset=position,
+                    partition_max_bytes=self.max_partition_fetch_bytes,
+                )
+            )
+        request = FetchRequest(
+            topics=tuple(TopicFetch(name=t, partitions=tuple(p)) for t, p in topics.items()),
+            max_wait_ms=wait_ms,
+            min_bytes=self.fetch_min_bytes,
+            max_bytes=self.fetch_max_bytes,
+        )
+        try:
+            body = await self.cluster.request_broker(leader, ApiKey.FETCH, to_body(request))
+            response = from_body(FetchResponse, body)
+        except KafkaError as error:
+            log.debug("fetch from broker %d failed: %s", leader, error)
+            await self.cluster.refresh([])
+            return
+        for topic in response.topics:
+            for result in topic.partitions:
+                tp = (topic.name, result.partition)
+                if result.error_code == ErrorCode.OFFSET_OUT_OF_RANGE:
+                    if self.auto_offset_reset == "none":
+                        raise OffsetOutOfRange(tp, self._positions.get(tp) or -1)
+                    self._positions[tp] = None
+                    continue
+                if result.error_code != ErrorCode.NONE:
+                    await self.cluster.refresh([topic.name])
+                    continue
+                if result.records and tp in self._positions:
+                    self._take(tp, result.records, out)
+
+    def _take(self, tp: TopicPartition, data: bytes, out: list[ConsumerRecord]) -> None:
+        position = self._positions[tp]
+        assert position is not None
+        try:
+            for offset_in_data, header in iter_batches(data):
+                if header.next_offset <= position or header.is_control:
+                    position = max(position, header.next_offset)
+                    continue
+                for record in iter_records(data, offset_in_data):
+                    if record.offset >= position:
+                        out.append(
+                            ConsumerRecord(
+                                topic=tp[0],
+                                partition=tp[1],
+                                offset=record.offset,
+                                timestamp=record.timestamp,
+                                key=record.key,
+                                value=record.value,
+                                headers=record.headers,
+                            )
+                        )
+                position = header.next_offset
+        except RecordBatchError as error:
+            # A corrupt batch on the wire: keep what came before, fetch again from there.
+            log.warning("%s-%d: %s", tp[0], tp[1], error)
+        self._positions[tp] = position

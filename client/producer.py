@@ -1,0 +1,269 @@
+"""The trio producer: Kafka's knobs and guarantees.
+
+    async with Producer("127.0.0.1:9092", acks="all") as producer:
+        delivery = await producer.send("orders", b"value", key=b"customer-7")
+        metadata = await delivery        # RecordMetadata(topic, partition, offset, timestamp)
+        await producer.send_and_wait("orders", b"another")
+
+`send` returns as soon as the record is in the accumulator (it waits only for
+metadata of a new topic, or for room when `buffer_memory` records are pending).
+A sender task drains ready batches to each partition's leader, at most
+`max_in_flight` requests per partition, and retries retriable errors after
+refreshing metadata, putting the batch back at the head of its partition's queue, so
+with `max_in_flight=1` the partition's order survives retries. A delivery fails once
+`delivery_timeout_ms` has passed since the record was appended, or at once on a
+non-retriable error. Success is only reported for what the broker acknowledged at
+the requested `acks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import trio
+
+from client.accumulator import Delivery, ProducerBatch, RecordAccumulator, RecordMetadata
+from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
+from client.partitioner import partition_for_key
+from client.protocol.apis import ApiKey
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.messages import (
+    PartitionProduce,
+    ProduceRequest,
+    ProduceResponse,
+    TopicProduce,
+)
+from client.protocol.schema import from_body, to_body
+from storage.records import Compression
+
+log = logging.getLogger(__name__)
+
+ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
+COMPRESSION = {"none": Compression.NONE, "gzip": Compression.GZIP}
+# Errors after which the leader must be looked up again.
+REFRESH_ON = frozenset(
+    {
+        ErrorCode.NOT_LEADER_OR_FOLLOWER,
+        ErrorCode.FENCED_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_LEADER_EPOCH,
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
+        ErrorCode.LEADER_NOT_AVAILABLE,
+        ErrorCode.NETWORK_EXCEPTION,
+        ErrorCode.REQUEST_TIMED_OUT,
+        ErrorCode.BROKER_NOT_AVAILABLE,
+    }
+)
+
+
+class Producer:
+    def __init__(
+        self,
+        bootstrap: str | Sequence[str] = DEFAULT_BOOTSTRAP,
+        *,
+        acks: str | int = "all",
+        linger_ms: int = 5,
+        batch_size: int = 16_384,
+        compression: str = "none",
+        max_in_flight: int = 5,
+        retry_backoff_ms: int = RETRY_BACKOFF_MS,
+        delivery_timeout_ms: int = 120_000,
+        request_timeout_ms: int = 30_000,
+        buffer_records: int = 200_000,
+        client_id: str = "pykraft-producer",
+    ) -> None:
+        if acks not in ACKS:
+            raise ValueError(f"acks must be all, 1 or 0, got {acks!r}")
+        if compression not in COMPRESSION:
+            raise ValueError(f"compression must be none or gzip, got {compression!r}")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.acks = ACKS[acks]
+        self.max_in_flight = max_in_flight
+        self.retry_backoff_s = retry_backoff_ms / 1000
+        self.delivery_timeout_s = delivery_timeout_ms / 1000
+        self.request_timeout_ms = request_timeout_ms
+        self.buffer_records = buffer_records
+        self.cluster = ClusterClient(
+            bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms
+        )
+        self.accumulator = RecordAccumulator(
+            batch_size=batch_size, linger_ms=linger_ms, compression=COMPRESSION[compression]
+        )
+        self._in_flight: dict[tuple[str, int], int] = {}
+        self._sticky: dict[str, int] = {}
+        self._wake = trio.Event()
+        self._progress = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self.retries = 0
+        self.rng = random.Random()
+
+    async def __aenter__(self) -> Producer:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        self._nursery.start_soon(self._sender)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                await self.flush()
+        finally:
+            self._closed = True
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            await self._nursery_manager.__aexit__(None, None, None)
+            await self.cluster.aclose()
+
+    async def close(self) -> None:
+        await self.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Iterable[tuple[str, bytes | None]] = (),
+        timestamp: int | None = None,
+    ) -> Delivery:
+        """Queue one record; the returned Delivery is awaited for its metadata."""
+        if self._nursery is None or self._closed:
+            raise RuntimeError("use the producer inside `async with Producer(...)`")
+        while self.accumulator.records >= self.buffer_records:
+            await self._progress.wait()  # backpressure, like buffer.memory
+        count = await self.cluster.partition_count(topic, wait_s=1.0)
+        if partition is None:
+            partition = self._choose_partition(topic, key, count)
+        elif not 0 <= partition < count:
+            raise KafkaError(
+                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic} has no partition {partition}"
+            )
+        stamp = int(time.time() * 1000) if timestamp is None else timestamp
+        tp = (topic, partition)
+        delivery = self.accumulator.append(tp, stamp, key, value, headers, trio.current_time())
+        if key is None and self.accumulator.open_batch_is_full(tp):
+            self._sticky.pop(topic, None)  # KIP-480: move on once the batch is full
+        self._wake.set()
+        return delivery
+
+    async def send_and_wait(self, topic: str, value: bytes | None, **kwargs: Any) -> RecordMetadata:
+        return await (await self.send(topic, value, **kwargs))
+
+    def _choose_partition(self, topic: str, key: bytes | None, count: int) -> int:
+        if key is not None:
+            return partition_for_key(key, count)
+        sticky = self._sticky.get(topic)
+        if sticky is None or sticky >= count:
+            sticky = self._sticky[topic] = self.rng.randrange(count)
+        return sticky
+
+    async def flush(self) -> None:
+        """Until every record sent so far is acknowledged or failed."""
+        self.accumulator.flushing = True
+        self._wake.set()
+        try:
+            while self.accumulator.records > 0:
+                await self._progress.wait()
+        finally:
+            self.accumulator.flushing = False
+
+    # ------------------------------------------------------------------ the sender task
+
+    async def _sender(self) -> None:
+        assert self._nursery is not None
+        while True:
+            now = trio.current_time()
+            for batch in self.accumulator.expire(now, self.delivery_timeout_s):
+                self._complete(
+                    batch,
+                    KafkaError(
+                        ErrorCode.REQUEST_TIMED_OUT,
+                        f"not delivered within delivery_timeout_ms to {batch.tp}",
+                    ),
+                )
+            muted = {tp for tp, n in self._in_flight.items() if n >= self.max_in_flight}
+            ready, next_s = self.accumulator.ready(now, muted)
+            by_leader: dict[int, list[ProducerBatch]] = {}
+            unknown = False
+            for tp in ready:
+                leader = self.cluster.leader(*tp)
+                if leader is None:
+                    unknown = True
+                    continue
+                by_leader.setdefault(leader.leader, []).append(self.accumulator.drain(tp))
+                self._in_flight[tp] = self._in_flight.get(tp, 0) + 1
+            for leader_id, batches in by_leader.items():
+                self._nursery.start_soon(self._send_request, leader_id, batches)
+            if unknown:
+                self._nursery.start_soon(self._refresh_quietly)
+                next_s = min(next_s, now + self.retry_backoff_s)
+            with trio.move_on_at(next_s if math.isfinite(next_s) else now + 1.0):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.cluster.refresh([])
+        except KafkaError as error:
+            log.debug("metadata refresh failed: %s", error)
+
+    async def _send_request(self, leader_id: int, batches: list[ProducerBatch]) -> None:
+        by_topic: dict[str, list[PartitionProduce]] = {}
+        for batch in batches:
+            by_topic.setdefault(batch.tp[0], []).append(
+                PartitionProduce(partition=batch.tp[1], records=batch.build())
+            )
+        request = ProduceRequest(
+            acks=self.acks,
+            timeout_ms=self.request_timeout_ms,
+            topics=tuple(TopicProduce(name=t, partitions=tuple(p)) for t, p in by_topic.items()),
+        )
+        try:
+            body = await self.cluster.request_broker(leader_id, ApiKey.PRODUCE, to_body(request))
+            if self.acks == 0:
+                codes = {batch.tp: (ErrorCode.NONE, -1) for batch in batches}
+            else:
+                response = from_body(ProduceResponse, body)
+                codes = {
+                    (topic.name, result.partition): (result.error_code, result.base_offset)
+                    for topic in response.topics
+                    for result in topic.partitions
+                }
+        except KafkaError as error:
+            codes = {batch.tp: (error.code, -1) for batch in batches}
+        refresh = False
+        for batch in batches:
+            self._in_flight[batch.tp] -= 1
+            code, base_offset = codes.get(batch.tp, (ErrorCode.UNKNOWN_SERVER_ERROR, -1))
+            if code == ErrorCode.NONE:
+                batch.succeed(base_offset)
+                self.accumulator.completed(batch)
+                continue
+            error = KafkaError(code, f"producing to {batch.tp[0]}-{batch.tp[1]}")
+            expired = trio.current_time() - batch.created_s >= self.delivery_timeout_s
+            if error.retriable and not expired:
+                self.retries += 1
+                refresh |= code in REFRESH_ON
+                self.accumulator.requeue(batch, trio.current_time() + self.retry_backoff_s)
+            else:
+                self._complete(batch, error)
+        if refresh:
+            await self._refresh_quietly()
+        self._progress.set()
+        self._progress = trio.Event()
+        self._wake.set()
+
+    def _complete(self, batch: ProducerBatch, error: KafkaError) -> None:
+        batch.fail(error)
+        self.accumulator.completed(batch)
+        self._progress.set()
+        self._progress = trio.Event()
