@@ -161,6 +161,9 @@ class ClusterClient:
             )
         return len(self.partitions[topic])
 
+    def bootstrap_string(self) -> str:
+        return ",".join(f"{host}:{port}" for host, port in self.bootstrap)
+
     def leader(self, topic: str, partition: int) -> PartitionMetadata | None:
         """The cached leader of a partition (None if unknown or leaderless)."""
         found = self.partitions.get(topic, {}).get(partition)
