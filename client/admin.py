@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import trio
 
 from client.cluster import DEFAULT_BOOTSTRAP, ClusterClient
 from client.consumer import Consumer
@@ -119,7 +120,32 @@ class Admin:
         )["topics"]
         if raise_errors:
             _raise_first(outcomes, "topic")
+        created = [o["name"] for o in outcomes if o.get("error_code") == ErrorCode.NONE]
+        if created and not validate_only:
+            await self._wait_visible(created)
         return outcomes
+
+    async def _wait_visible(self, names: list[str], timeout_s: float = 10.0) -> None:
+        """Until every broker's metadata shows the new topics with leaders (brokers
+        replay the controller's records a moment after it answers), so that the next
+        request, to whichever broker, finds them."""
+        await self.cluster.refresh(names)
+        body = {"topics": names}
+        with trio.move_on_after(timeout_s):
+            for broker_id in sorted(self.cluster.brokers):
+                while True:
+                    try:
+                        answer = await self.cluster.request_broker(broker_id, ApiKey.METADATA, body)
+                    except KafkaError:
+                        break  # a broker that does not answer cannot be waited for
+                    if all(
+                        t["error_code"] == ErrorCode.NONE
+                        and t["partitions"]
+                        and all(p["leader"] >= 0 for p in t["partitions"])
+                        for t in answer["topics"]
+                    ):
+                        break
+                    await trio.sleep(0.02)
 
     async def delete_topics(
         self, names: Sequence[str], *, raise_errors: bool = True

@@ -48,6 +48,36 @@ class _Loop:
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return trio.from_thread.run(fn, *args, trio_token=self._token)
 
+    def enter(self, manager: Any) -> Callable[[], None]:
+        """`async with manager` in a task of the loop; returns the function that exits it.
+
+        An async context (the producer's nursery) must be entered and left by one
+        task, so a long-lived task holds it, not the short calls from this thread.
+        """
+        release = trio.Event()
+        finished = trio.Event()
+
+        async def hold(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                async with manager:
+                    task_status.started()
+                    await release.wait()
+            finally:
+                finished.set()
+
+        assert self.nursery is not None
+        nursery = self.nursery
+        self.run(nursery.start, hold)
+
+        def leave() -> None:
+            async def wait() -> None:
+                release.set()
+                await finished.wait()
+
+            self.run(wait)
+
+        return leave
+
     def close(self) -> None:
         if self._thread.is_alive():
             assert self._stop is not None
@@ -79,7 +109,7 @@ class Producer:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._loop = _Loop()
         self._producer = async_producer.Producer(*args, **kwargs)
-        self._loop.run(self._producer.__aenter__)
+        self._leave = self._loop.enter(self._producer)
 
     def send(self, topic: str, value: bytes | None, **kwargs: Any) -> Future:
         delivery = self._loop.run(lambda: self._producer.send(topic, value, **kwargs))
@@ -98,7 +128,7 @@ class Producer:
 
     def close(self) -> None:
         try:
-            self._loop.run(self._producer.close)
+            self._leave()  # flushes, then stops the sender
         finally:
             self._loop.close()
 
