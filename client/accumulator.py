@@ -30,57 +30,69 @@ class RecordMetadata:
 
 
 class Delivery:
-    """The outcome of one send: `await delivery` gives RecordMetadata or raises."""
+    """The outcome of one send: `await delivery` gives RecordMetadata or raises.
 
-    __slots__ = ("_done", "_error", "_metadata", "index", "timestamp", "tp")
+    Light on purpose (one per record): the batch carries the event and the outcome.
+    """
 
-    def __init__(self, tp: TopicPartition, index: int, timestamp: int) -> None:
-        self.tp = tp
+    __slots__ = ("batch", "index", "timestamp")
+
+    def __init__(self, batch: ProducerBatch, index: int, timestamp: int) -> None:
+        self.batch = batch
         self.index = index  # the record's position in its batch
         self.timestamp = timestamp
-        self._done = trio.Event()
-        self._metadata: RecordMetadata | None = None
-        self._error: BaseException | None = None
+
+    @property
+    def tp(self) -> TopicPartition:
+        return self.batch.tp
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return self.batch.done.is_set()
 
-    def _succeed(self, base_offset: int) -> None:
-        self._metadata = RecordMetadata(
-            self.tp[0], self.tp[1], base_offset + self.index, self.timestamp
-        )
-        self._done.set()
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._done.set()
+    def metadata(self) -> RecordMetadata:
+        batch = self.batch
+        if batch.error is not None:
+            raise batch.error
+        tp = batch.tp
+        return RecordMetadata(tp[0], tp[1], batch.base_offset + self.index, self.timestamp)
 
     async def wait(self) -> RecordMetadata:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._metadata is not None
-        return self._metadata
+        await self.batch.done.wait()
+        return self.metadata()
 
     def __await__(self):  # type: ignore[no-untyped-def]
         return self.wait().__await__()
 
 
 class ProducerBatch:
-    __slots__ = ("attempts", "builder", "created_s", "data", "deliveries", "retry_at_s", "tp")
+    __slots__ = (
+        "attempts",
+        "base_offset",
+        "builder",
+        "created_s",
+        "data",
+        "done",
+        "error",
+        "records",
+        "retry_at_s",
+        "tp",
+    )
 
     def __init__(self, tp: TopicPartition, compression: Compression, now_s: float) -> None:
         self.tp = tp
         self.builder = BatchBuilder(compression)
-        self.deliveries: list[Delivery] = []
+        self.records = 0
         self.created_s = now_s
         self.attempts = 0
         self.retry_at_s = 0.0
         self.data: bytes | None = None  # built once, on first drain; retries resend it
+        self.done = trio.Event()
+        self.base_offset = -1
+        self.error: KafkaError | None = None
 
     @property
     def record_count(self) -> int:
-        return len(self.deliveries)
+        return self.records
 
     def build(self) -> bytes:
         if self.data is None:
@@ -88,12 +100,12 @@ class ProducerBatch:
         return self.data
 
     def succeed(self, base_offset: int) -> None:
-        for delivery in self.deliveries:
-            delivery._succeed(base_offset)
+        self.base_offset = base_offset
+        self.done.set()
 
     def fail(self, error: KafkaError) -> None:
-        for delivery in self.deliveries:
-            delivery._fail(error)
+        self.error = error
+        self.done.set()
 
 
 class RecordAccumulator:
@@ -120,13 +132,13 @@ class RecordAccumulator:
         batch = queue[-1] if queue and queue[-1].data is None else None
         estimate = len(key or b"") + len(value or b"") + 16
         if batch is None or (
-            batch.record_count and batch.builder.size_bytes + estimate > self.batch_size
+            batch.records and batch.builder.size_bytes + estimate > self.batch_size
         ):
             batch = ProducerBatch(tp, self.compression, now_s)
             queue.append(batch)
-        batch.builder.append(timestamp, key, value, tuple(headers))
-        delivery = Delivery(tp, batch.record_count, timestamp)
-        batch.deliveries.append(delivery)
+        batch.builder.append(timestamp, key, value, headers)
+        delivery = Delivery(batch, batch.records, timestamp)
+        batch.records += 1
         self.records += 1
         return delivery
 

@@ -29,7 +29,7 @@ import trio
 
 from client.accumulator import Delivery, ProducerBatch, RecordAccumulator, RecordMetadata
 from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
-from client.partitioner import partition_for_key
+from client.partitioner import murmur2, to_positive
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
 COMPRESSION = {"none": Compression.NONE, "gzip": Compression.GZIP}
+KEY_HASH_CACHE_SIZE = 100_000
 # Errors after which the leader must be looked up again.
 REFRESH_ON = frozenset(
     {
@@ -96,6 +97,8 @@ class Producer:
         )
         self._in_flight: dict[tuple[str, int], int] = {}
         self._sticky: dict[str, int] = {}
+        # murmur2 in Python costs ~1.5 us; keys repeat in most workloads.
+        self._key_hashes: dict[bytes, int] = {}
         self._wake = trio.Event()
         self._progress = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -140,7 +143,8 @@ class Producer:
             raise RuntimeError("use the producer inside `async with Producer(...)`")
         while self.accumulator.records >= self.buffer_records:
             await self._progress.wait()  # backpressure, like buffer.memory
-        count = await self.cluster.partition_count(topic, wait_s=1.0)
+        known = self.cluster.partitions.get(topic)
+        count = len(known) if known else await self.cluster.partition_count(topic, wait_s=1.0)
         if partition is None:
             partition = self._choose_partition(topic, key, count)
         elif not 0 <= partition < count:
@@ -152,7 +156,8 @@ class Producer:
         delivery = self.accumulator.append(tp, stamp, key, value, headers, trio.current_time())
         if key is None and self.accumulator.open_batch_is_full(tp):
             self._sticky.pop(topic, None)  # KIP-480: move on once the batch is full
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
         return delivery
 
     async def send_and_wait(self, topic: str, value: bytes | None, **kwargs: Any) -> RecordMetadata:
@@ -160,7 +165,12 @@ class Producer:
 
     def _choose_partition(self, topic: str, key: bytes | None, count: int) -> int:
         if key is not None:
-            return partition_for_key(key, count)
+            hashed = self._key_hashes.get(key)
+            if hashed is None:
+                if len(self._key_hashes) >= KEY_HASH_CACHE_SIZE:
+                    self._key_hashes.clear()
+                hashed = self._key_hashes[key] = to_positive(murmur2(key))
+            return hashed % count
         sticky = self._sticky.get(topic)
         if sticky is None or sticky >= count:
             sticky = self._sticky[topic] = self.rng.randrange(count)

@@ -75,6 +75,7 @@ class ScriptedCluster:
         self.refreshes = 0
         self.log: list[bytes] = []
         self.leader_id = 1
+        self.partitions: dict[str, Any] = {}
 
     async def partition_count(self, topic: str, *, wait_s: float = 0.0) -> int:
         return 1
