@@ -104,8 +104,16 @@ def test_the_blocking_facade_produces_and_consumes(tmp_path) -> None:
             futures = []
             for start in range(0, RECORDS, 5_000):
                 futures += producer.send_many("blocking", items[start : start + 5_000])
+                if start == RECORDS // 2:
+                    # Wait for what was sent, then kill partition 0's leader mid-run.
+                    futures[-1].result(timeout=30)
+                    with sync.Admin(bootstrap) as admin:
+                        topic = admin.describe_topics(["blocking"])[0]
+                    victim = topic.partitions[0].leader
+                    cluster.kill(victim)
             producer.flush()
-            metadata = [f.result(timeout=30) for f in futures]
+            metadata = [f.result(timeout=60) for f in futures]
+            cluster.start(victim)
         assert len({(m.partition, m.offset) for m in metadata}) == RECORDS
         found: list[bytes] = []
         with sync.Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
