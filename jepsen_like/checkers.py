@@ -1,0 +1,228 @@
+"""Checkers over a history: what went wrong, counted, with examples.
+
+Pure functions of the operations (see history.py). Values are unique per send, so a
+value names a write. Reads are `poll` operations (consumers) and the `final-read`
+at the end; both carry {partition: [[offset, value], ...]}.
+
+| anomaly | definition |
+|---|---|
+| lost | acknowledged (ok) but absent from every read, though the final read covered the partition |
+| duplicated | one value at two or more offsets (expected only where a send was retried) |
+| inconsistent-offsets | one (partition, offset) with two values, across acks and reads |
+| nonmonotonic-poll | one consumer's successive reads of a partition go back in offset |
+| reordered | one producer's acknowledged sends to a partition go back in offset |
+| unexpected | read but never sent |
+| split-brain | two nodes claim to be the active controller in one epoch |
+| leader-epoch-regression | a partition's leader epoch goes back in the cluster's events |
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from jepsen_like.history import FAIL, INFO, INVOKE, OK, Op
+
+EXAMPLES = 5
+ANOMALIES = (
+    "lost",
+    "inconsistent-offsets",
+    "nonmonotonic-poll",
+    "reordered",
+    "unexpected",
+    "split-brain",
+    "leader-epoch-regression",
+)
+
+
+@attrs.define
+class Finding:
+    name: str
+    count: int = 0
+    examples: list[Any] = attrs.field(factory=list)
+
+    def add(self, example: Any) -> None:
+        self.count += 1
+        if len(self.examples) < EXAMPLES:
+            self.examples.append(example)
+
+
+@attrs.define
+class Verdict:
+    findings: dict[str, Finding]
+    stats: dict[str, Any]
+
+    @property
+    def valid(self) -> bool:
+        return all(self.findings[name].count == 0 for name in ANOMALIES if name in self.findings)
+
+    def summary(self) -> str:
+        lines = [f"valid: {self.valid}"]
+        for key, value in self.stats.items():
+            lines.append(f"{key}: {value}")
+        for finding in self.findings.values():
+            tag = "" if finding.name in ANOMALIES else " (not an anomaly)"
+            lines.append(f"{finding.name}{tag}: {finding.count}")
+            for example in finding.examples:
+                lines.append(f"    e.g. {example}")
+        return "\n".join(lines)
+
+
+def _reads(ops: Iterable[Op]) -> Iterable[tuple[Op, int, int, Any]]:
+    for op in ops:
+        if op["type"] == OK and op["f"] in ("poll", "final-read"):
+            for partition, pairs in op["value"].items():
+                for offset, value in pairs:
+                    yield op, int(partition), int(offset), value
+
+
+def check_queue(ops: list[Op]) -> Verdict:
+    lost = Finding("lost")
+    duplicated = Finding("duplicated")
+    inconsistent = Finding("inconsistent-offsets")
+    nonmonotonic = Finding("nonmonotonic-poll")
+    reordered = Finding("reordered")
+    unexpected = Finding("unexpected")
+
+    sent: set[Any] = set()
+    acked: dict[Any, tuple[int, int]] = {}  # value -> (partition, offset)
+    counts = defaultdict(int)
+    retried_values: set[Any] = set()
+    for op in ops:
+        if op["f"] != "send":
+            continue
+        counts[op["type"]] += 1
+        if op["type"] == INVOKE:
+            value = op["value"][1]
+            if value in sent:
+                retried_values.add(value)
+            sent.add(value)
+        elif op["type"] == OK:
+            partition, offset, value = op["value"]
+            acked[value] = (partition, offset)
+        elif op.get("retried"):
+            retried_values.add(op["value"][-1])
+
+    at: dict[tuple[int, int], Any] = {}  # (partition, offset) -> value
+    offsets_of: dict[Any, set[tuple[int, int]]] = defaultdict(set)
+    for value, (partition, offset) in acked.items():
+        at[(partition, offset)] = value
+        offsets_of[value].add((partition, offset))
+    seen: set[Any] = set()
+    final_partitions: set[int] = set()
+    last_by_consumer: dict[tuple[Any, int], int] = {}
+    for op, partition, offset, value in _reads(ops):
+        seen.add(value)
+        if op["f"] == "final-read":
+            final_partitions.add(partition)
+        known = at.setdefault((partition, offset), value)
+        if known != value:
+            inconsistent.add({"partition": partition, "offset": offset, "values": [known, value]})
+        offsets_of[value].add((partition, offset))
+        if value not in sent:
+            unexpected.add({"partition": partition, "offset": offset, "value": value})
+        if op["f"] == "poll":
+            key = (op["process"], partition)
+            previous = last_by_consumer.get(key)
+            if previous is not None and offset <= previous:
+                nonmonotonic.add(
+                    {
+                        "process": op["process"],
+                        "partition": partition,
+                        "after": previous,
+                        "got": offset,
+                    }
+                )
+            last_by_consumer[key] = offset
+    for value, places in offsets_of.items():
+        if len(places) > 1:
+            duplicated.add({"value": value, "at": sorted(places)})
+    for value, (partition, offset) in acked.items():
+        if value not in seen and partition in final_partitions:
+            lost.add({"partition": partition, "offset": offset, "value": value})
+
+    last_ack: dict[tuple[Any, int], int] = {}
+    for op in ops:
+        if op["f"] == "send" and op["type"] == OK:
+            partition, offset, value = op["value"]
+            key = (op["process"], partition)
+            if key in last_ack and offset < last_ack[key]:
+                reordered.add(
+                    {
+                        "process": op["process"],
+                        "partition": partition,
+                        "after": last_ack[key],
+                        "got": offset,
+                    }
+                )
+            last_ack[key] = offset
+
+    unexplained = sum(1 for v in offsets_of if len(offsets_of[v]) > 1 and v not in retried_values)
+    findings = {
+        f.name: f for f in (lost, inconsistent, nonmonotonic, reordered, unexpected, duplicated)
+    }
+    stats = {
+        "sends": counts[INVOKE],
+        "ok": counts[OK],
+        "fail": counts[FAIL],
+        "info": counts[INFO],
+        "acknowledged": len(acked),
+        "read": len(seen),
+        "duplicates-without-a-retry": unexplained,
+    }
+    return Verdict(findings=findings, stats=stats)
+
+
+def check_cluster(ops: list[Op]) -> Verdict:
+    """Controllers and partition leaders, from the events scraped from the nodes."""
+    split_brain = Finding("split-brain")
+    regression = Finding("leader-epoch-regression")
+    active: dict[int, set[Any]] = defaultdict(set)
+    last_epoch: dict[Any, int] = {}
+    for op in ops:
+        if op["f"] == "controller" and op["type"] == OK:
+            epoch, node = op["value"]["epoch"], op["value"]["node"]
+            active[epoch].add(node)
+        elif op["f"] == "partition-leader" and op["type"] == OK:
+            key = (op["value"]["topic"], op["value"]["partition"])
+            epoch = op["value"]["leader_epoch"]
+            if key in last_epoch and epoch < last_epoch[key]:
+                regression.add({"partition": key, "after": last_epoch[key], "got": epoch})
+            last_epoch[key] = max(epoch, last_epoch.get(key, epoch))
+    for epoch, nodes in sorted(active.items()):
+        if len(nodes) > 1:
+            split_brain.add({"epoch": epoch, "nodes": sorted(nodes)})
+    return Verdict(
+        findings={f.name: f for f in (split_brain, regression)},
+        stats={"controller-epochs": len(active)},
+    )
+
+
+def availability(ops: list[Op], faults: list[tuple[int, str]]) -> dict[str, Any]:
+    """ok/fail per second, and after each fault: the time to the next ok send."""
+    per_second: dict[int, dict[str, int]] = defaultdict(lambda: {OK: 0, FAIL: 0, INFO: 0})
+    oks = []
+    for op in ops:
+        if op["f"] == "send" and op["type"] in (OK, FAIL, INFO):
+            per_second[op["time"] // 1_000_000_000][op["type"]] += 1
+            if op["type"] == OK:
+                oks.append(op["time"])
+    windows = []
+    for at, name in faults:
+        # Unavailability: from the fault to the first ok whose send began after it.
+        after = [
+            op["time"] - at
+            for op in ops
+            if op["f"] == "send" and op["type"] == OK and op.get("invoked", 0) >= at
+        ]
+        windows.append(
+            {
+                "fault": name,
+                "at_s": round(at / 1e9, 2),
+                "window_ms": round(min(after) / 1e6) if after else None,
+            }
+        )
+    return {"per_second": dict(sorted(per_second.items())), "windows": windows}
