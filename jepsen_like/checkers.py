@@ -187,7 +187,7 @@ def check_cluster(ops: list[Op]) -> Verdict:
             epoch, node = op["value"]["epoch"], op["value"]["node"]
             active[epoch].add(node)
         elif op["f"] == "partition-leader" and op["type"] == OK:
-            key = (op["value"]["topic"], op["value"]["partition"])
+            key = (op["value"].get("observer"), op["value"]["topic"], op["value"]["partition"])
             epoch = op["value"]["leader_epoch"]
             if key in last_epoch and epoch < last_epoch[key]:
                 regression.add({"partition": key, "after": last_epoch[key], "got": epoch})

@@ -1,0 +1,139 @@
+"""Faults against a LocalCluster of real processes, on a schedule, recorded in the history.
+
+Each fault has a start and a heal: kill (SIGKILL, then restart on the same data
+directory), pause (SIGSTOP, then SIGCONT), and targeted kills of the active controller
+or of a partition's leader. Targets are chosen with a seeded random generator, so a
+schedule is repeatable. Optionally a killed node's newest segment gets its tail
+truncated or a byte flipped before restart (a recovery test: the CRC must catch it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from broker.local_cluster import LocalCluster
+from client.protocol.apis import ApiKey
+from client.protocol.errors import KafkaError
+from jepsen_like.history import INFO, History
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("kill", "pause", "kill-controller", "kill-leader")
+
+
+class Nemesis:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        history: History,
+        *,
+        faults: Sequence[str],
+        rng: random.Random,
+        topic: str,
+        corrupt_on_restart: bool = False,
+    ) -> None:
+        unknown = set(faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
+        self.cluster = cluster
+        self.history = history
+        self.faults = list(faults)
+        self.rng = rng
+        self.topic = topic
+        self.corrupt_on_restart = corrupt_on_restart
+        self.windows: list[tuple[int, str]] = []  # (start time ns, fault) for the checkers
+        self.intervals: list[tuple[int, int, str]] = []  # (start, end, fault) for the plots
+
+    async def run(self, *, interval_s: float, duration_s: float, until_s: float) -> None:
+        """Alternate: quiet for `interval_s`, a fault for `duration_s`, heal; until `until_s`."""
+        deadline = trio.current_time() + until_s
+        while trio.current_time() + interval_s + duration_s < deadline:
+            await trio.sleep(interval_s)
+            fault = self.rng.choice(self.faults)
+            await self.inject(fault, duration_s)
+
+    async def inject(self, fault: str, duration_s: float) -> None:
+        node = await self._target(fault)
+        if node is None:
+            return
+        start = self.history.now()
+        self.history.add("nemesis", INFO, fault, {"node": node, "phase": "start"})
+        self.windows.append((start, f"{fault} {node}"))
+        if fault == "pause":
+            self.cluster.pause(node)
+        else:
+            self.cluster.kill(node)
+        await trio.sleep(duration_s)
+        if fault == "pause":
+            self.cluster.resume(node)
+        else:
+            if self.corrupt_on_restart:
+                self._damage_a_segment(node)
+            await trio.to_thread.run_sync(self.cluster.start, node)
+        self.history.add("nemesis", INFO, fault, {"node": node, "phase": "heal"})
+        self.intervals.append((start, self.history.now(), f"{fault} {node}"))
+
+    async def _target(self, fault: str) -> int | None:
+        running = [n for n in sorted(self.cluster.configs) if self.cluster.is_running(n)]
+        if fault == "kill-controller":
+            return await self._active_controller()
+        if fault == "kill-leader":
+            return await self._leader_of(0)
+        # Never take down the last controller majority: a kill or pause of one node.
+        return self.rng.choice(running) if running else None
+
+    async def _ask_any(self, api_key: ApiKey, body: Any) -> Any:
+        for node in self.cluster.broker_ids:
+            if self.cluster.is_running(node):
+                try:
+                    return await self.cluster.request(node, api_key, body, timeout_s=2)
+                except KafkaError:
+                    continue
+        return None
+
+    async def _active_controller(self) -> int | None:
+        answer = await self._ask_any(ApiKey.DESCRIBE_QUORUM, {})
+        leader = answer.get("leader_id", -1) if answer else -1
+        return leader if leader in self.cluster.configs else None
+
+    async def _leader_of(self, partition: int) -> int | None:
+        answer = await self._ask_any(ApiKey.METADATA, {"topics": [self.topic]})
+        if not answer:
+            return None
+        for part in answer["topics"][0]["partitions"]:
+            if part["partition"] == partition and part["leader"] in self.cluster.configs:
+                return int(part["leader"])
+        return None
+
+    def _damage_a_segment(self, node: int) -> None:
+        """Flip a byte or cut the tail of the newest segment of one of its partitions."""
+        data_dir = self.cluster.configs[node].data_dir
+        partitions = sorted(d for d in os.listdir(data_dir) if d.startswith(f"{self.topic}-"))
+        if not partitions:
+            return
+        directory = os.path.join(data_dir, self.rng.choice(partitions))
+        segments = sorted(f for f in os.listdir(directory) if f.endswith(".log"))
+        if not segments:
+            return
+        path = os.path.join(directory, segments[-1])
+        size = os.path.getsize(path)
+        if size < 100:
+            return
+        with open(path, "r+b") as file:
+            if self.rng.random() < 0.5:
+                file.truncate(size - self.rng.randrange(1, 60))
+                what = "truncated"
+            else:
+                position = size - self.rng.randrange(1, 60)
+                file.seek(position)
+                byte = file.read(1)
+                file.seek(position)
+                file.write(bytes([byte[0] ^ 0xFF]))
+                what = "flipped a byte of"
+        self.history.add("nemesis", INFO, "corrupt", {"node": node, "file": path, "what": what})

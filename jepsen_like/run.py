@@ -1,0 +1,197 @@
+"""One run: cluster up, workload + nemesis + observer for a while, heal, final read, check.
+
+Everything a person needs to study the run lands in its directory:
+
+    <out>/history.jsonl   every operation and cluster event
+    <out>/summary.txt     the verdict, counts, examples, unavailability windows
+    <out>/timeline.png    throughput, latency and the controller timeline (with matplotlib)
+    <out>/cluster/        each node's data directory, config and log (node-N.log)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Any
+
+import attrs
+import trio
+
+from broker.local_cluster import LocalCluster
+from client.admin import Admin, NewTopic
+from client.protocol.errors import KafkaError
+from jepsen_like.checkers import availability, check_cluster, check_queue
+from jepsen_like.history import History
+from jepsen_like.nemesis import Nemesis
+from jepsen_like.report import write_report
+from jepsen_like.workload import ClusterObserver, QueueWorkload
+
+log = logging.getLogger(__name__)
+
+TOPIC = "jepsen"
+# Faster than Kafka's defaults so a short run sees several faults heal.
+CLUSTER_SETTINGS = {
+    "election_timeout_ms": 500,
+    "fetch_timeout_ms": 1000,
+    "request_timeout_ms": 1000,
+    "broker_session_timeout_ms": 2000,
+    "broker_heartbeat_interval_ms": 250,
+    "replica_lag_time_max_ms": 5000,
+}
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    out: str
+    nodes: int = 3
+    faults: tuple[str, ...] = ("kill",)
+    time_s: float = 20.0
+    rate: float = 200.0
+    producers: int = 4
+    partitions: int = 3
+    seed: int = 0
+    interval_s: float = 3.0
+    fault_duration_s: float = 3.0
+    acks: int = -1
+    min_insync_replicas: int = 2
+    unclean_leader_election: bool = False
+    corrupt_on_restart: bool = False
+    scripted: tuple[str, ...] = ()  # run these faults in order instead of a random schedule
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    valid: bool
+    summary: str
+    stats: dict[str, Any]
+    windows: list[dict[str, Any]]
+    out: str
+
+
+async def run(config: RunConfig) -> RunResult:
+    os.makedirs(config.out, exist_ok=True)
+    rng = random.Random(config.seed)
+    with open(os.path.join(config.out, "history.jsonl"), "w", encoding="utf-8") as sink:
+        history = History(sink)
+        with LocalCluster(
+            os.path.join(config.out, "cluster"), combined=config.nodes, **CLUSTER_SETTINGS
+        ) as cluster:
+            await trio.to_thread.run_sync(cluster.start_all)
+            bootstrap = cluster.bootstrap_servers()
+            settings = {"min.insync.replicas": str(config.min_insync_replicas)}
+            if config.unclean_leader_election:
+                settings["unclean.leader.election.enable"] = "true"
+            async with Admin(bootstrap) as admin:
+                await admin.create_topics(
+                    [NewTopic(TOPIC, config.partitions, min(3, config.nodes), settings)]
+                )
+            workload = QueueWorkload(
+                bootstrap,
+                history,
+                topic=TOPIC,
+                partitions=config.partitions,
+                producers=config.producers,
+                rate=config.rate,
+                rng=random.Random(rng.random()),
+                acks=config.acks,
+            )
+            nemesis = Nemesis(
+                cluster,
+                history,
+                faults=config.faults or ("kill",),
+                rng=random.Random(rng.random()),
+                topic=TOPIC,
+                corrupt_on_restart=config.corrupt_on_restart,
+            )
+            observer = ClusterObserver(cluster, history, topic=TOPIC)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(observer.run)
+                async with trio.open_nursery() as active:
+                    active.start_soon(workload.run, config.time_s)
+                    if config.scripted:
+                        active.start_soon(_scripted, nemesis, config)
+                    elif config.faults:
+                        active.start_soon(
+                            lambda: nemesis.run(
+                                interval_s=config.interval_s,
+                                duration_s=config.fault_duration_s,
+                                until_s=config.time_s,
+                            )
+                        )
+                await _heal_and_settle(cluster, bootstrap, config)
+                await workload.final_read()
+                await observer.observe()
+                nursery.cancel_scope.cancel()
+    ops = history.ops
+    queue = check_queue(ops)
+    cluster_verdict = check_cluster(ops)
+    avail = availability(ops, nemesis.windows)
+    valid = queue.valid and cluster_verdict.valid
+    summary = "\n".join(
+        [
+            f"verdict: {'VALID' if valid else 'INVALID'}",
+            f"faults: {', '.join(config.scripted or config.faults) or 'none'}; seed {config.seed}",
+            "",
+            "queue:",
+            queue.summary(),
+            "",
+            "cluster:",
+            cluster_verdict.summary(),
+            "",
+            "unavailability after each fault (fault start to the first acknowledged send begun after it):",
+            *[
+                f"  {w['at_s']:>6.1f}s  {w['fault']:<22} "
+                + (f"{w['window_ms']} ms" if w["window_ms"] is not None else "no send after it")
+                for w in avail["windows"]
+            ],
+        ]
+    )
+    write_report(config.out, ops, nemesis.intervals, summary, avail)
+    with open(os.path.join(config.out, "stats.json"), "w", encoding="utf-8") as file:
+        json.dump(
+            {
+                "valid": valid,
+                **queue.stats,
+                "windows": avail["windows"],
+                **{
+                    name: f.count
+                    for name, f in {**queue.findings, **cluster_verdict.findings}.items()
+                },
+            },
+            file,
+            indent=2,
+        )
+    return RunResult(
+        valid=valid,
+        summary=summary,
+        stats={**queue.stats, **{n: f.count for n, f in queue.findings.items()}},
+        windows=avail["windows"],
+        out=config.out,
+    )
+
+
+async def _scripted(nemesis: Nemesis, config: RunConfig) -> None:
+    for fault in config.scripted:
+        await trio.sleep(config.interval_s)
+        await nemesis.inject(fault, config.fault_duration_s)
+
+
+async def _heal_and_settle(cluster: LocalCluster, bootstrap: str, config: RunConfig) -> None:
+    """Every node back, every partition's ISR full again (bounded)."""
+    for node in sorted(cluster.configs):
+        if not cluster.is_running(node):
+            await trio.to_thread.run_sync(cluster.start, node)
+    with trio.move_on_after(30):
+        async with Admin(bootstrap) as admin:
+            while True:
+                try:
+                    topic = (await admin.describe_topics([TOPIC]))[0]
+                    if all(
+                        len(p.isr) == len(p.replicas) and p.leader >= 0 for p in topic.partitions
+                    ):
+                        return
+                except KafkaError:
+                    pass
+                await trio.sleep(0.2)
