@@ -1,0 +1,54 @@
+"""Short bounded runs against real clusters: safe settings pass, an unsafe one is caught."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from jepsen_like.run import RunConfig, run
+
+
+async def short_run(tmp_path, **settings) -> dict:
+    chosen = {
+        "time_s": 14.0,
+        "rate": 150.0,
+        "producers": 3,
+        "interval_s": 2.5,
+        "fault_duration_s": 3.0,
+        **settings,
+    }
+    config = RunConfig(out=str(tmp_path / "run"), **chosen)
+    result = await run(config)
+    with open(os.path.join(config.out, "stats.json"), encoding="utf-8") as file:
+        stats = json.load(file)
+    assert os.path.exists(os.path.join(config.out, "summary.txt"))
+    assert os.path.exists(os.path.join(config.out, "history.jsonl"))
+    stats["summary"] = result.summary
+    return stats
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["kill", "pause", "kill-controller", "kill-leader"])
+async def test_acks_all_loses_nothing_under(tmp_path, fault: str) -> None:
+    stats = await short_run(tmp_path, scripted=(fault, fault))
+    assert stats["valid"], stats["summary"]
+    assert stats["lost"] == 0 and stats["inconsistent-offsets"] == 0
+    assert stats["acknowledged"] > 500, stats["summary"]
+    assert stats["duplicates-without-a-retry"] == 0
+
+
+@pytest.mark.slow
+async def test_acks_1_with_unclean_election_is_caught_losing_writes(tmp_path) -> None:
+    stats = await short_run(
+        tmp_path,
+        scripted=("kill-leader", "kill-leader", "kill-leader"),
+        acks=1,
+        min_insync_replicas=1,
+        unclean_leader_election=True,
+        rate=400.0,
+        partitions=1,
+    )
+    assert not stats["valid"], stats["summary"]
+    assert stats["lost"] > 0, stats["summary"]
