@@ -43,6 +43,9 @@ class NodeConfig:
     controller_quorum_voters: dict[int, tuple[str, int]]
     listeners: dict[str, tuple[str, int]]
     rack: str | None = None
+    # Where this node reaches other brokers, when not at their registered listener
+    # (the fault lab routes every link through a proxy of its own).
+    broker_address_overrides: dict[int, tuple[str, int]] = attrs.field(factory=dict)
     broker_session_timeout_ms: int = BROKER_SESSION_TIMEOUT_MS
     broker_heartbeat_interval_ms: int = BROKER_HEARTBEAT_INTERVAL_MS
     election_timeout_ms: int = _RAFT_DEFAULTS.election_timeout_ms
@@ -88,6 +91,12 @@ class NodeConfig:
         ]
         if self.rack is not None:
             lines.append(f"rack = {_quote(self.rack)}")
+        if self.broker_address_overrides:
+            overrides = ",".join(
+                f"{node}@{host}:{port}"
+                for node, (host, port) in sorted(self.broker_address_overrides.items())
+            )
+            lines.append(f'broker_address_overrides = "{overrides}"')
         for name in _INT_SETTINGS:
             lines.append(f"{name} = {getattr(self, name)}")
         return "\n".join(lines) + "\n"
@@ -163,6 +172,8 @@ def node_config_from(settings: dict[str, Any]) -> NodeConfig:
     voters = parse_voters(take("controller_quorum_voters", str))
     listeners = parse_listeners(take("listeners", str))
     rack = take("rack", str, None)
+    overrides_text = take("broker_address_overrides", str, "")
+    overrides = parse_voters(overrides_text) if overrides_text else {}
     numbers = {name: take(name, int, None) for name in _INT_SETTINGS}
     if settings:
         raise ConfigError(f"unknown settings: {', '.join(sorted(settings))}")
@@ -173,6 +184,7 @@ def node_config_from(settings: dict[str, Any]) -> NodeConfig:
         controller_quorum_voters=voters,
         listeners=listeners,
         rack=rack,
+        broker_address_overrides=overrides,
         **{name: value for name, value in numbers.items() if value is not None},
     )
     _check(config)

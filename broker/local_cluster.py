@@ -22,7 +22,7 @@ import trio
 
 from broker import meta_properties
 from broker.cluster_plan import plan_cluster
-from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER
+from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, NodeConfig
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.rpc import RpcClient
 
@@ -43,17 +43,16 @@ class LocalCluster:
         brokers: int = 0,
         combined: int = 0,
         cluster_id: str | None = None,
+        configs: list[NodeConfig] | None = None,
         **settings: Any,
     ) -> None:
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
         self.cluster_id = cluster_id or meta_properties.new_cluster_id()
-        self.configs = {
-            config.node_id: config
-            for config in plan_cluster(
-                self.root, controllers=controllers, brokers=brokers, combined=combined, **settings
-            )
-        }
+        planned = configs or plan_cluster(
+            self.root, controllers=controllers, brokers=brokers, combined=combined, **settings
+        )
+        self.configs = {config.node_id: config for config in planned}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         for node_id, config in self.configs.items():
             with open(self.config_path(node_id), "w", encoding="utf-8") as file:

@@ -82,6 +82,9 @@ class ReplicaFetcher:
         self._wake.set()
 
     def _address(self) -> tuple[str, int] | None:
+        override = self.manager.replica_manager.broker_address_overrides.get(self.leader_id)
+        if override is not None:
+            return override
         registration = self.manager.replica_manager.image.brokers.get(self.leader_id)
         if registration is None or not registration.listeners:
             return None

@@ -60,6 +60,7 @@ class ReplicaManager:
         broker_epoch: Any,  # () -> int: the lifecycle's current broker epoch
         replica_lag_time_max_ms: int = REPLICA_LAG_TIME_MAX_MS,
         retention_check_interval_ms: int = RETENTION_CHECK_INTERVAL_MS,
+        broker_address_overrides: dict[int, tuple[str, int]] | None = None,
     ) -> None:
         self.broker_id = broker_id
         self.data_dir = data_dir
@@ -68,6 +69,7 @@ class ReplicaManager:
         self.replica_lag_time_max_ms = replica_lag_time_max_ms
         self.retention_check_interval_ms = retention_check_interval_ms
         self.fs = OsFileSystem()
+        self.broker_address_overrides = broker_address_overrides or {}
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.image = MetadataImage()
         self.fetchers = FetcherManager(broker_id=broker_id, replica_manager=self)

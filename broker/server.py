@@ -106,6 +106,7 @@ class Server:
             broker_epoch=lambda: self.lifecycle.broker_epoch if self.lifecycle else -1,
             replica_lag_time_max_ms=config.replica_lag_time_max_ms,
             retention_check_interval_ms=config.log_retention_check_interval_ms,
+            broker_address_overrides=config.broker_address_overrides,
         )
         await nursery.start(replicas.run)
         loader.subscribe(replicas.on_metadata)

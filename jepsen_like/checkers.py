@@ -183,10 +183,10 @@ def check_cluster(ops: list[Op]) -> Verdict:
     active: dict[int, set[Any]] = defaultdict(set)
     last_epoch: dict[Any, int] = {}
     for op in ops:
-        if op["f"] == "controller" and op["type"] == OK:
+        if op["f"] == "controller" and op["type"] == OK and op["process"] == "cluster":
             epoch, node = op["value"]["epoch"], op["value"]["node"]
             active[epoch].add(node)
-        elif op["f"] == "partition-leader" and op["type"] == OK:
+        elif op["f"] == "partition-leader" and op["type"] == OK and op["process"] == "cluster":
             key = (op["value"].get("observer"), op["value"]["topic"], op["value"]["partition"])
             epoch = op["value"]["leader_epoch"]
             if key in last_epoch and epoch < last_epoch[key]:

@@ -21,10 +21,13 @@ from broker.local_cluster import LocalCluster
 from client.protocol.apis import ApiKey
 from client.protocol.errors import KafkaError
 from jepsen_like.history import INFO, History
+from jepsen_like.proxy import Network
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("kill", "pause", "kill-controller", "kill-leader")
+KILLS = ("kill", "pause", "kill-controller", "kill-leader")
+PARTITIONS = ("isolate", "halves", "isolate-controller", "isolate-leader")
+FAULTS = KILLS + PARTITIONS
 
 
 class Nemesis:
@@ -37,6 +40,7 @@ class Nemesis:
         rng: random.Random,
         topic: str,
         corrupt_on_restart: bool = False,
+        network: Network | None = None,
     ) -> None:
         unknown = set(faults) - set(FAULTS)
         if unknown:
@@ -47,6 +51,9 @@ class Nemesis:
         self.rng = rng
         self.topic = topic
         self.corrupt_on_restart = corrupt_on_restart
+        self.network = network
+        if network is None and set(faults) & set(PARTITIONS):
+            raise ValueError("partition faults need the cluster routed through proxies")
         self.windows: list[tuple[int, str]] = []  # (start time ns, fault) for the checkers
         self.intervals: list[tuple[int, int, str]] = []  # (start, end, fault) for the plots
 
@@ -65,12 +72,16 @@ class Nemesis:
         start = self.history.now()
         self.history.add("nemesis", INFO, fault, {"node": node, "phase": "start"})
         self.windows.append((start, f"{fault} {node}"))
-        if fault == "pause":
+        if fault in PARTITIONS:
+            await self._partition(fault, node, duration_s)
+        elif fault == "pause":
             self.cluster.pause(node)
         else:
             self.cluster.kill(node)
         await trio.sleep(duration_s)
-        if fault == "pause":
+        if fault in PARTITIONS:
+            pass
+        elif fault == "pause":
             self.cluster.resume(node)
         else:
             if self.corrupt_on_restart:
@@ -79,11 +90,29 @@ class Nemesis:
         self.history.add("nemesis", INFO, fault, {"node": node, "phase": "heal"})
         self.intervals.append((start, self.history.now(), f"{fault} {node}"))
 
+    async def _partition(self, fault: str, node: int, duration_s: float) -> None:
+        assert self.network is not None
+        nodes = sorted(self.cluster.configs)
+        others = [n for n in nodes if n != node]
+        if fault == "halves":
+            shuffled = list(nodes)
+            self.rng.shuffle(shuffled)
+            half = shuffled[: len(shuffled) // 2]
+            rest = [n for n in nodes if n not in half]
+            self.network.split(half, rest)
+            detail = {"sides": [sorted(half), sorted(rest)]}
+        else:
+            self.network.isolate(node, others)
+            detail = {"isolated": node}
+        self.history.add("nemesis", INFO, "partition", detail)
+        await trio.sleep(duration_s)
+        self.network.heal()
+
     async def _target(self, fault: str) -> int | None:
         running = [n for n in sorted(self.cluster.configs) if self.cluster.is_running(n)]
-        if fault == "kill-controller":
+        if fault in ("kill-controller", "isolate-controller"):
             return await self._active_controller()
-        if fault == "kill-leader":
+        if fault in ("kill-leader", "isolate-leader"):
             return await self._leader_of(0)
         # Never take down the last controller majority: a kill or pause of one node.
         return self.rng.choice(running) if running else None

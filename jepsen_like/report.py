@@ -79,7 +79,13 @@ def _plot(
             textcoords="offset points",
             fontsize=7,
         )
-    moves = [op for op in ops if op["f"] == "partition-leader" and op["value"]["partition"] == 0]
+    moves = [
+        op
+        for op in ops
+        if op["f"] == "partition-leader"
+        and op["process"] == "cluster"
+        and op["value"]["partition"] == 0
+    ]
     for op in moves:
         ctrl_ax.plot(op["time"] / 1e9, op["value"]["leader"], "k|", ms=10)
     ctrl_ax.set_ylabel("active controller\n(| : leader of p0)")

@@ -14,17 +14,20 @@ import json
 import logging
 import os
 import random
+import shutil
 from typing import Any
 
 import attrs
 import trio
 
+from broker.cluster_plan import plan_cluster
 from broker.local_cluster import LocalCluster
 from client.admin import Admin, NewTopic
 from client.protocol.errors import KafkaError
 from jepsen_like.checkers import availability, check_cluster, check_queue
 from jepsen_like.history import History
 from jepsen_like.nemesis import Nemesis
+from jepsen_like.proxy import Network, route_through_proxies
 from jepsen_like.report import write_report
 from jepsen_like.workload import ClusterObserver, QueueWorkload
 
@@ -75,55 +78,72 @@ async def run(config: RunConfig) -> RunResult:
     rng = random.Random(config.seed)
     with open(os.path.join(config.out, "history.jsonl"), "w", encoding="utf-8") as sink:
         history = History(sink)
-        with LocalCluster(
-            os.path.join(config.out, "cluster"), combined=config.nodes, **CLUSTER_SETTINGS
-        ) as cluster:
-            await trio.to_thread.run_sync(cluster.start_all)
-            bootstrap = cluster.bootstrap_servers()
-            settings = {"min.insync.replicas": str(config.min_insync_replicas)}
-            if config.unclean_leader_election:
-                settings["unclean.leader.election.enable"] = "true"
-            async with Admin(bootstrap) as admin:
-                await admin.create_topics(
-                    [NewTopic(TOPIC, config.partitions, min(3, config.nodes), settings)]
-                )
-            workload = QueueWorkload(
-                bootstrap,
-                history,
-                topic=TOPIC,
-                partitions=config.partitions,
-                producers=config.producers,
-                rate=config.rate,
-                rng=random.Random(rng.random()),
-                acks=config.acks,
+        root = os.path.join(config.out, "cluster")
+        shutil.rmtree(root, ignore_errors=True)  # a run always starts from empty disks
+        configs, links = route_through_proxies(
+            plan_cluster(root, combined=config.nodes, **CLUSTER_SETTINGS)
+        )
+        network = Network(links)
+        async with trio.open_nursery() as proxies:
+            await network.start(proxies)
+            result = await _run_on(
+                config, rng, history, LocalCluster(root, configs=configs), network
             )
-            nemesis = Nemesis(
-                cluster,
-                history,
-                faults=config.faults or ("kill",),
-                rng=random.Random(rng.random()),
-                topic=TOPIC,
-                corrupt_on_restart=config.corrupt_on_restart,
+            proxies.cancel_scope.cancel()
+    return result
+
+
+async def _run_on(
+    config: RunConfig, rng: random.Random, history: History, cluster: LocalCluster, network: Network
+) -> RunResult:
+    with cluster:
+        await trio.to_thread.run_sync(cluster.start_all)
+        bootstrap = cluster.bootstrap_servers()
+        settings = {"min.insync.replicas": str(config.min_insync_replicas)}
+        if config.unclean_leader_election:
+            settings["unclean.leader.election.enable"] = "true"
+        async with Admin(bootstrap) as admin:
+            await admin.create_topics(
+                [NewTopic(TOPIC, config.partitions, min(3, config.nodes), settings)]
             )
-            observer = ClusterObserver(cluster, history, topic=TOPIC)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(observer.run)
-                async with trio.open_nursery() as active:
-                    active.start_soon(workload.run, config.time_s)
-                    if config.scripted:
-                        active.start_soon(_scripted, nemesis, config)
-                    elif config.faults:
-                        active.start_soon(
-                            lambda: nemesis.run(
-                                interval_s=config.interval_s,
-                                duration_s=config.fault_duration_s,
-                                until_s=config.time_s,
-                            )
+        workload = QueueWorkload(
+            bootstrap,
+            history,
+            topic=TOPIC,
+            partitions=config.partitions,
+            producers=config.producers,
+            rate=config.rate,
+            rng=random.Random(rng.random()),
+            acks=config.acks,
+        )
+        nemesis = Nemesis(
+            cluster,
+            history,
+            faults=config.faults or ("kill",),
+            rng=random.Random(rng.random()),
+            topic=TOPIC,
+            corrupt_on_restart=config.corrupt_on_restart,
+            network=network,
+        )
+        observer = ClusterObserver(cluster, history, topic=TOPIC)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(observer.run)
+            async with trio.open_nursery() as active:
+                active.start_soon(workload.run, config.time_s)
+                if config.scripted:
+                    active.start_soon(_scripted, nemesis, config)
+                elif config.faults:
+                    active.start_soon(
+                        lambda: nemesis.run(
+                            interval_s=config.interval_s,
+                            duration_s=config.fault_duration_s,
+                            until_s=config.time_s,
                         )
-                await _heal_and_settle(cluster, bootstrap, config)
-                await workload.final_read()
-                await observer.observe()
-                nursery.cancel_scope.cancel()
+                    )
+            await _heal_and_settle(cluster, bootstrap, config)
+            await workload.final_read()
+            await observer.observe()
+            nursery.cancel_scope.cancel()
     ops = history.ops
     queue = check_queue(ops)
     cluster_verdict = check_cluster(ops)

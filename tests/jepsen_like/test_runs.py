@@ -30,7 +30,9 @@ async def short_run(tmp_path, **settings) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["kill", "pause", "kill-controller", "kill-leader"])
+@pytest.mark.parametrize(
+    "fault", ["kill", "pause", "kill-controller", "kill-leader", "isolate", "isolate-controller"]
+)
 async def test_acks_all_loses_nothing_under(tmp_path, fault: str) -> None:
     stats = await short_run(tmp_path, scripted=(fault, fault))
     assert stats["valid"], stats["summary"]

@@ -1,0 +1,168 @@
+"""A TCP proxy per directed link between nodes, to cut, slow or reset the network.
+
+Every node reaches every other node (its quorum voters and the brokers it fetches
+from) through a proxy of its own for that destination, so a fault can be one-way.
+A link passes traffic, drops it (a blackhole: connections open but nothing arrives,
+as with a firewall dropping packets, so peers see timeouts, not errors), delays it,
+or resets it (connections are closed at once). Healing a link closes the connections
+that lost data while it was down: their byte streams are no longer whole.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+
+from broker.cluster_plan import free_ports
+from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, NodeConfig
+
+log = logging.getLogger(__name__)
+
+PASS, DROP, RESET = "pass", "drop", "reset"
+CHUNK = 256 * 1024
+
+
+@attrs.define
+class Link:
+    source: int
+    destination: int
+    listener: str
+    port: int  # where the source connects
+    target: tuple[str, int]  # the destination's real listener
+
+
+class FaultProxy:
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.mode = PASS
+        self.delay_s = 0.0
+        self._connections: set[trio.CancelScope] = set()
+        self.bytes_forwarded = 0
+        self.bytes_dropped = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.link.port, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    def set(self, mode: str, delay_s: float = 0.0) -> None:
+        was = self.mode
+        self.mode = mode
+        self.delay_s = delay_s
+        if mode == RESET or (mode == PASS and was != PASS):
+            for scope in list(self._connections):
+                scope.cancel()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        if self.mode == RESET:
+            await client.aclose()
+            return
+        try:
+            upstream = await trio.open_tcp_stream(*self.link.target)
+        except OSError:
+            await client.aclose()
+            return
+        with trio.CancelScope() as scope:
+            self._connections.add(scope)
+            try:
+                async with client, upstream, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope)
+                    nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope)
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                self._connections.discard(scope)
+
+    async def _pump(
+        self, source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope
+    ) -> None:
+        while True:
+            data = await source.receive_some(CHUNK)
+            if not data:
+                done.cancel()
+                return
+            if self.mode == DROP:
+                self.bytes_dropped += len(data)
+                continue
+            if self.delay_s:
+                await trio.sleep(self.delay_s)
+            await sink.send_all(data)
+            self.bytes_forwarded += len(data)
+
+
+def route_through_proxies(configs: list[NodeConfig]) -> tuple[list[NodeConfig], list[Link]]:
+    """The same cluster, with every node-to-node connection going through a proxy."""
+    links: list[Link] = []
+    wanted = []
+    for source in configs:
+        for destination in configs:
+            if destination.node_id == source.node_id:
+                continue
+            for listener in (CONTROLLER_LISTENER, BROKER_LISTENER):
+                if listener == BROKER_LISTENER and not (source.is_broker and destination.is_broker):
+                    continue
+                if listener in destination.listeners:
+                    wanted.append((source.node_id, destination.node_id, listener))
+    ports = iter(free_ports(len(wanted)))
+    by_id = {c.node_id: c for c in configs}
+    for source, destination, listener in wanted:
+        links.append(
+            Link(
+                source=source,
+                destination=destination,
+                listener=listener,
+                port=next(ports),
+                target=by_id[destination].listeners[listener],
+            )
+        )
+    rewritten = []
+    for config in configs:
+        voters = dict(config.controller_quorum_voters)
+        overrides = {}
+        for link in links:
+            if link.source != config.node_id:
+                continue
+            if link.listener == CONTROLLER_LISTENER:
+                voters[link.destination] = ("127.0.0.1", link.port)
+            else:
+                overrides[link.destination] = ("127.0.0.1", link.port)
+        rewritten.append(
+            attrs.evolve(
+                config, controller_quorum_voters=voters, broker_address_overrides=overrides
+            )
+        )
+    return rewritten, links
+
+
+class Network:
+    """All the proxies of a cluster, and the partitions built from them."""
+
+    def __init__(self, links: list[Link]) -> None:
+        self.proxies = [FaultProxy(link) for link in links]
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        for proxy in self.proxies:
+            await nursery.start(proxy.serve)
+
+    def cut(self, pairs: set[tuple[int, int]]) -> None:
+        """Drop traffic on each directed (source, destination) link named."""
+        for proxy in self.proxies:
+            if (proxy.link.source, proxy.link.destination) in pairs:
+                proxy.set(DROP)
+
+    def isolate(self, node: int, others: list[int]) -> set[tuple[int, int]]:
+        pairs = {(node, o) for o in others} | {(o, node) for o in others}
+        self.cut(pairs)
+        return pairs
+
+    def split(self, side: list[int], other: list[int]) -> set[tuple[int, int]]:
+        pairs = {(a, b) for a in side for b in other} | {(b, a) for a in side for b in other}
+        self.cut(pairs)
+        return pairs
+
+    def heal(self) -> None:
+        for proxy in self.proxies:
+            proxy.set(PASS)
