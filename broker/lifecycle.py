@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from broker.controller_channel import ControllerChannel
+from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.schema import from_body, to_body
@@ -63,7 +64,7 @@ class BrokerLifecycle:
         self.loader = loader
         self.heartbeat_interval_s = heartbeat_interval_ms / 1000
         self.request_timeout_s = request_timeout_ms / 1000
-        self.incarnation_id = uuid.uuid4().hex
+        self.incarnation_id = uuid.UUID(int=environment.current().new_rng().getrandbits(128)).hex
         self.state = BrokerState.STARTING
         self.broker_epoch = -1
         self.registrations = 0

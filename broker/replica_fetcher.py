@@ -11,11 +11,11 @@ retried after a backoff; the metadata will move the partition to another fetcher
 from __future__ import annotations
 
 import logging
-import random
 from typing import TYPE_CHECKING
 
 import trio
 
+from client.protocol import environment
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
@@ -113,7 +113,9 @@ class ReplicaFetcher:
             if self._client is not None:
                 await self._client.aclose()
             self._client = RpcClient(
-                *address, client_id=f"replica-{self.manager.broker_id}", rng=random.Random()
+                *address,
+                client_id=f"replica-{self.manager.broker_id}",
+                rng=environment.current().new_rng(),
             )
         partitions = {(p.topic, p.index): p for p in self.partitions}
         by_topic: dict[str, list[PartitionFetch]] = {}

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import time
 from typing import Any
 
 import trio
@@ -22,13 +20,14 @@ from broker.controller_channel import ControllerChannel
 from broker.partition import Partition
 from broker.replica_fetcher import FetcherManager
 from broker.replica_state import REPLICA_LAG_TIME_MAX_MS
+from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.schema import from_body, to_body
 from kraft.controller.replication import AlterPartition, AlterPartitionOutcome
 from kraft.metadata.image import MetadataDelta, MetadataImage
 from storage.checkpoint import read_file, write_atomically
-from storage.fs import OsFileSystem
+from storage.fs import FileSystem, OsFileSystem
 from storage.log import LogConfig, LogError, SegmentedLog
 
 log = logging.getLogger(__name__)
@@ -61,6 +60,7 @@ class ReplicaManager:
         replica_lag_time_max_ms: int = REPLICA_LAG_TIME_MAX_MS,
         retention_check_interval_ms: int = RETENTION_CHECK_INTERVAL_MS,
         broker_address_overrides: dict[int, tuple[str, int]] | None = None,
+        fs: FileSystem | None = None,
     ) -> None:
         self.broker_id = broker_id
         self.data_dir = data_dir
@@ -68,7 +68,7 @@ class ReplicaManager:
         self.broker_epoch = broker_epoch
         self.replica_lag_time_max_ms = replica_lag_time_max_ms
         self.retention_check_interval_ms = retention_check_interval_ms
-        self.fs = OsFileSystem()
+        self.fs = fs if fs is not None else OsFileSystem()
         self.broker_address_overrides = broker_address_overrides or {}
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.image = MetadataImage()
@@ -138,7 +138,7 @@ class ReplicaManager:
         marker = os.path.join(directory, PARTITION_METADATA)
         existing = read_file(self.fs, marker)
         if existing is not None and existing.decode().strip() != f"topic_id={topic_id}":
-            shutil.rmtree(directory, ignore_errors=True)  # an older topic of the same name
+            self._remove_directory(directory)  # an older topic of the same name
         try:
             partition_log = SegmentedLog.open(directory, LogConfig(), fs=self.fs)
             if read_file(self.fs, marker) is None:
@@ -161,7 +161,13 @@ class ReplicaManager:
         partition._notify()
         with contextlib.suppress(LogError):
             partition.log.close()
-        shutil.rmtree(partition.log.directory, ignore_errors=True)
+        self._remove_directory(partition.log.directory)
+
+    def _remove_directory(self, directory: str) -> None:
+        with contextlib.suppress(OSError):
+            if self.fs.exists(directory):
+                self.fs.rmtree(directory)
+                self.fs.sync_dir(os.path.dirname(directory) or ".")
 
     def _wake(self) -> None:
         self._changed.set()
@@ -245,7 +251,7 @@ class ReplicaManager:
 
     def enforce_retention_now(self) -> int:
         deleted = 0
-        now_wall_ms = int(time.time() * 1000)  # segment timestamps are wall clock
+        now_wall_ms = environment.current().wall_ms()  # segment timestamps are wall clock
         for partition in list(self.partitions.values()):
             if partition.offline:
                 continue

@@ -29,6 +29,7 @@ from kraft.controller.quorum_controller import QuorumController
 from kraft.metadata.loader import MetadataLoader
 from kraft.metadata.records import Listener
 from kraft.runtime import RaftNode
+from storage.fs import FileSystem, OsFileSystem
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,16 @@ CONTROLLED_SHUTDOWN_TIMEOUT_S = 10.0
 
 
 class Server:
-    def __init__(self, config: NodeConfig, *, cluster_id: str, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        cluster_id: str,
+        seed: int | None = None,
+        fs: FileSystem | None = None,
+    ) -> None:
         self.config = config
+        self.fs = fs if fs is not None else OsFileSystem()
         self.cluster_id = cluster_id
         self.rng = random.Random(seed)
         self.node: RaftNode | None = None
@@ -60,6 +69,7 @@ class Server:
             host=host,
             port=port,
             listen=config.is_controller,
+            fs=self.fs,
         )
         loader = self.loader = MetadataLoader(
             node, snapshot_min_bytes=config.metadata_snapshot_min_bytes
@@ -107,6 +117,7 @@ class Server:
             replica_lag_time_max_ms=config.replica_lag_time_max_ms,
             retention_check_interval_ms=config.log_retention_check_interval_ms,
             broker_address_overrides=config.broker_address_overrides,
+            fs=self.fs,
         )
         await nursery.start(replicas.run)
         loader.subscribe(replicas.on_metadata)

@@ -7,7 +7,6 @@ naming the topic, unless `raise_errors=False` asks for the outcomes instead.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ import trio
 
 from client.cluster import DEFAULT_BOOTSTRAP, ClusterClient
 from client.consumer import Consumer
+from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import PartitionMetadata
@@ -200,7 +200,7 @@ class Admin:
 
     async def describe_quorum(self) -> QuorumDescription:
         answer = await self.cluster.request_any(ApiKey.DESCRIBE_QUORUM, {})
-        now_ms = int(time.time() * 1000)
+        now_ms = environment.current().wall_ms()
         high_watermark = answer["high_watermark"]
 
         def lag(replica: dict[str, Any]) -> ReplicaLag:

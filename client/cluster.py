@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from client.protocol import environment
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import MetadataRequest, MetadataResponse, PartitionMetadata
@@ -67,7 +68,7 @@ class ClusterClient:
         self.client_id = client_id
         self.request_timeout_s = request_timeout_ms / 1000
         self.metadata_max_age_s = metadata_max_age_ms / 1000
-        self.rng = rng or random.Random()
+        self.rng = rng or environment.current().new_rng()
         self.brokers: dict[int, tuple[str, int]] = {}
         self.controller_id = -1
         self.cluster_id = ""

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,6 +28,7 @@ import trio
 from client.accumulator import Delivery, ProducerBatch, RecordAccumulator, RecordMetadata
 from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
 from client.partitioner import murmur2, to_positive
+from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
@@ -104,7 +103,7 @@ class Producer:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self.retries = 0
-        self.rng = random.Random()
+        self.rng = environment.current().new_rng()
 
     async def __aenter__(self) -> Producer:
         self._nursery_manager = trio.open_nursery()
@@ -151,7 +150,7 @@ class Producer:
             raise KafkaError(
                 ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic} has no partition {partition}"
             )
-        stamp = int(time.time() * 1000) if timestamp is None else timestamp
+        stamp = environment.current().wall_ms() if timestamp is None else timestamp
         tp = (topic, partition)
         delivery = self.accumulator.append(tp, stamp, key, value, headers, trio.current_time())
         if key is None and self.accumulator.open_batch_is_full(tp):

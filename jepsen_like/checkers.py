@@ -14,10 +14,17 @@ at the end; both carry {partition: [[offset, value], ...]}.
 | unexpected | read but never sent |
 | split-brain | two nodes claim to be the active controller in one epoch |
 | leader-epoch-regression | a partition's leader epoch goes back in the cluster's events |
+| metadata-divergence | after healing, brokers still show different topics or partition counts |
+| lost-topic | a create was acknowledged, no delete was tried, yet the topic is gone |
+| resurrected-topic | a delete was acknowledged, yet the topic is there |
+| phantom-topic | a topic is there though every create of it was refused (or none was sent) |
+| lost-partitions | fewer partitions than an acknowledged create or add-partitions gave |
+| phantom-partitions | more partitions than any change not refused asked for |
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -35,7 +42,14 @@ ANOMALIES = (
     "unexpected",
     "split-brain",
     "leader-epoch-regression",
+    "metadata-divergence",
+    "lost-topic",
+    "resurrected-topic",
+    "phantom-topic",
+    "lost-partitions",
+    "phantom-partitions",
 )
+METADATA_CHANGES = ("create", "add-partitions", "delete")
 
 
 @attrs.define
@@ -201,28 +215,112 @@ def check_cluster(ops: list[Op]) -> Verdict:
     )
 
 
-def availability(ops: list[Op], faults: list[tuple[int, str]]) -> dict[str, Any]:
-    """ok/fail per second, and after each fault: the time to the next ok send."""
-    per_second: dict[int, dict[str, int]] = defaultdict(lambda: {OK: 0, FAIL: 0, INFO: 0})
-    oks = []
+def check_metadata(ops: list[Op]) -> Verdict:
+    """Topic changes (create, add-partitions, delete) against every broker's final view."""
+    divergence = Finding("metadata-divergence")
+    lost = Finding("lost-topic")
+    resurrected = Finding("resurrected-topic")
+    phantom = Finding("phantom-topic")
+    lost_partitions = Finding("lost-partitions")
+    phantom_partitions = Finding("phantom-partitions")
+    counts: dict[str, int] = defaultdict(int)
+    # topic -> change -> outcomes; and partition counts acknowledged / maybe applied
+    outcomes: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    acked_partitions: dict[str, int] = defaultdict(int)
+    maybe_partitions: dict[str, int] = defaultdict(int)
+    views: dict[str, dict[str, int]] = {}
     for op in ops:
-        if op["f"] == "send" and op["type"] in (OK, FAIL, INFO):
-            per_second[op["time"] // 1_000_000_000][op["type"]] += 1
+        if op["f"] == "final-topics" and op["type"] == OK:
+            views = op["value"]
+        if op["f"] not in METADATA_CHANGES or op["type"] == INVOKE:
+            continue
+        counts[op["type"]] += 1
+        topic, count = op["value"]
+        outcomes[topic][op["f"]].add(op["type"])
+        if op["f"] != "delete" and op["type"] != FAIL:
+            maybe_partitions[topic] = max(maybe_partitions[topic], count)
             if op["type"] == OK:
-                oks.append(op["time"])
+                acked_partitions[topic] = max(acked_partitions[topic], count)
+
+    distinct = {json_key(view) for view in views.values()}
+    if not views and outcomes:
+        divergence.add({"problem": "no broker answered the final read"})
+    if len(distinct) > 1:
+        topics = set().union(*views.values())
+        differing = sorted(t for t in topics if len({v.get(t) for v in views.values()}) > 1)
+        divergence.add({"topics": differing[:10], "brokers": sorted(views)})
+    checked: set[str] = set()
+    for broker, view in sorted(views.items()):
+        for topic in sorted(set(view) | set(outcomes)):
+            if topic in checked:
+                continue
+            changes = outcomes.get(topic, {})
+            present = topic in view
+            created = OK in changes.get("create", ())
+            maybe_created = bool(changes.get("create", set()) - {FAIL})
+            maybe_deleted = bool(changes.get("delete", set()) - {FAIL})
+            example = {"topic": topic, "broker": broker, "partitions": view.get(topic)}
+            if created and not maybe_deleted and not present:
+                lost.add(example)
+            elif OK in changes.get("delete", ()) and present:
+                resurrected.add(example)
+            elif present and not maybe_created:
+                phantom.add(example)
+            elif present and view[topic] < acked_partitions.get(topic, 0):
+                lost_partitions.add({**example, "acknowledged": acked_partitions[topic]})
+            elif present and view[topic] > maybe_partitions.get(topic, 0):
+                phantom_partitions.add({**example, "most-asked": maybe_partitions[topic]})
+            else:
+                continue
+            checked.add(topic)  # one finding per topic, whichever broker showed it first
+    findings = {
+        f.name: f
+        for f in (divergence, lost, resurrected, phantom, lost_partitions, phantom_partitions)
+    }
+    stats = {
+        "changes-ok": counts[OK],
+        "changes-fail": counts[FAIL],
+        "changes-info": counts[INFO],
+        "topics-at-end": len(next(iter(views.values()), {})),
+        "brokers-read": len(views),
+    }
+    return Verdict(findings=findings, stats=stats)
+
+
+def json_key(view: dict[str, int]) -> str:
+    return json.dumps(view, sort_keys=True)
+
+
+WRITES = ("send", *METADATA_CHANGES)
+
+
+def availability(ops: list[Op], faults: list[tuple[int, str]]) -> dict[str, Any]:
+    """ok/fail per second, and after each fault: the time to the next ok send, overall
+    and per partition."""
+    per_second: dict[int, dict[str, int]] = defaultdict(lambda: {OK: 0, FAIL: 0, INFO: 0})
+    for op in ops:
+        if op["f"] in WRITES and op["type"] in (OK, FAIL, INFO):
+            per_second[op["time"] // 1_000_000_000][op["type"]] += 1
+    acked = [op for op in ops if op["f"] in WRITES and op["type"] == OK]
     windows = []
     for at, name in faults:
-        # Unavailability: from the fault to the first ok whose send began after it.
-        after = [
-            op["time"] - at
-            for op in ops
-            if op["f"] == "send" and op["type"] == OK and op.get("invoked", 0) >= at
-        ]
+        # Unavailability: from the fault to the first ok whose send began after it, for
+        # the workload as a whole and for each partition (one leader's failover stalls
+        # only its own partitions).
+        first: dict[int, int] = {}
+        for op in acked:
+            if op.get("invoked", 0) >= at:
+                # A send's partition; a metadata change counts as "partition" -1.
+                partition = int(op["value"][0]) if op["f"] == "send" else -1
+                waited = op["time"] - at
+                if partition not in first or waited < first[partition]:
+                    first[partition] = waited
         windows.append(
             {
                 "fault": name,
                 "at_s": round(at / 1e9, 2),
-                "window_ms": round(min(after) / 1e6) if after else None,
+                "window_ms": round(min(first.values()) / 1e6) if first else None,
+                "per_partition_ms": {p: round(w / 1e6) for p, w in sorted(first.items())},
             }
         )
     return {"per_second": dict(sorted(per_second.items())), "windows": windows}

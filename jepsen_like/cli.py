@@ -2,6 +2,8 @@
 
     jepsen-like demo
     jepsen-like run --nodes 3 --workload queue --nemesis kill,pause,kill-controller --time 60 --rate 500 --seed 7
+    jepsen-like run --nodes 5 --nemesis ring,bridge,rolling-restart
+    jepsen-like run --controllers 3 --brokers 3 --workload metadata --nemesis kill-controller
 
 Exit code 0 when every checker passes, 1 when one finds an anomaly, 2 on bad usage.
 """
@@ -28,6 +30,12 @@ def _out_dir(given: str | None, name: str) -> str:
     )
 
 
+def _shape(config: RunConfig) -> str:
+    if config.controllers and config.brokers:
+        return f"{config.controllers} controllers + {config.brokers} brokers"
+    return f"{config.nodes} combined nodes"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jepsen-like", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--out")
     runner = commands.add_parser("run", help="a run with a random fault schedule")
-    runner.add_argument("--nodes", type=int, default=3)
-    runner.add_argument("--workload", default="queue", choices=["queue"])
+    runner.add_argument("--nodes", type=int, default=3, help="combined controller+broker nodes")
+    runner.add_argument("--controllers", type=int, default=0, help="separate roles, with --brokers")
+    runner.add_argument("--brokers", type=int, default=0)
+    runner.add_argument("--workload", default="queue", choices=["queue", "metadata"])
     runner.add_argument("--nemesis", default="kill", help=f"comma-separated: {', '.join(FAULTS)}")
     runner.add_argument("--time", type=float, default=60.0, help="seconds of workload")
     runner.add_argument("--rate", type=float, default=500.0, help="sends per second, all producers")
@@ -68,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"unknown nemesis {', '.join(sorted(bad))}; choose from {', '.join(FAULTS)}"
             )
+        if bool(args.controllers) != bool(args.brokers):
+            parser.error("--controllers and --brokers go together")
         config = RunConfig(
             out=_out_dir(args.out, "run"),
             nodes=args.nodes,
+            controllers=args.controllers,
+            brokers=args.brokers,
+            workload=args.workload,
             faults=faults,
             time_s=args.time,
             rate=args.rate,
@@ -83,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             corrupt_on_restart=args.corrupt_on_restart,
         )
     print(
-        f"jepsen-like: {config.nodes} nodes, faults {', '.join(config.scripted or config.faults) or 'none'}, "
+        f"jepsen-like: {_shape(config)}, {config.workload} workload, faults {', '.join(config.scripted or config.faults) or 'none'}, "
         f"{config.time_s:.0f} s of workload; report in {config.out}",
         flush=True,
     )

@@ -1,8 +1,10 @@
 """Faults against a LocalCluster of real processes, on a schedule, recorded in the history.
 
 Each fault has a start and a heal: kill (SIGKILL, then restart on the same data
-directory), pause (SIGSTOP, then SIGCONT), and targeted kills of the active controller
-or of a partition's leader. Targets are chosen with a seeded random generator, so a
+directory), pause (SIGSTOP, then SIGCONT), targeted kills of the active controller
+or of a partition's leader, a rolling restart of every node, and network partitions
+through the fault proxies (one node isolated, halves, a majorities ring, a bridge, the
+active controller or a partition leader isolated). Targets are chosen with a seeded random generator, so a
 schedule is repeatable. Optionally a killed node's newest segment gets its tail
 truncated or a byte flipped before restart (a recovery test: the CRC must catch it).
 """
@@ -25,8 +27,8 @@ from jepsen_like.proxy import Network
 
 log = logging.getLogger(__name__)
 
-KILLS = ("kill", "pause", "kill-controller", "kill-leader")
-PARTITIONS = ("isolate", "halves", "isolate-controller", "isolate-leader")
+KILLS = ("kill", "pause", "kill-controller", "kill-leader", "rolling-restart")
+PARTITIONS = ("isolate", "halves", "ring", "bridge", "isolate-controller", "isolate-leader")
 FAULTS = KILLS + PARTITIONS
 
 
@@ -54,6 +56,8 @@ class Nemesis:
         self.network = network
         if network is None and set(faults) & set(PARTITIONS):
             raise ValueError("partition faults need the cluster routed through proxies")
+        if "ring" in faults and len(cluster.configs) < 4:
+            raise ValueError("the ring partition needs at least 4 nodes (use --nodes 5)")
         self.windows: list[tuple[int, str]] = []  # (start time ns, fault) for the checkers
         self.intervals: list[tuple[int, int, str]] = []  # (start, end, fault) for the plots
 
@@ -71,24 +75,24 @@ class Nemesis:
             return
         start = self.history.now()
         self.history.add("nemesis", INFO, fault, {"node": node, "phase": "start"})
-        self.windows.append((start, f"{fault} {node}"))
+        label = fault if fault == "rolling-restart" else f"{fault} {node}"
+        self.windows.append((start, label))
         if fault in PARTITIONS:
             await self._partition(fault, node, duration_s)
+        elif fault == "rolling-restart":
+            await self._rolling_restart(duration_s)
         elif fault == "pause":
             self.cluster.pause(node)
-        else:
-            self.cluster.kill(node)
-        await trio.sleep(duration_s)
-        if fault in PARTITIONS:
-            pass
-        elif fault == "pause":
+            await trio.sleep(duration_s)
             self.cluster.resume(node)
         else:
+            self.cluster.kill(node)
+            await trio.sleep(duration_s)
             if self.corrupt_on_restart:
                 self._damage_a_segment(node)
             await trio.to_thread.run_sync(self.cluster.start, node)
         self.history.add("nemesis", INFO, fault, {"node": node, "phase": "heal"})
-        self.intervals.append((start, self.history.now(), f"{fault} {node}"))
+        self.intervals.append((start, self.history.now(), label))
 
     async def _partition(self, fault: str, node: int, duration_s: float) -> None:
         assert self.network is not None
@@ -101,12 +105,34 @@ class Nemesis:
             rest = [n for n in nodes if n not in half]
             self.network.split(half, rest)
             detail = {"sides": [sorted(half), sorted(rest)]}
+        elif fault == "ring":
+            self.network.ring(nodes)
+            detail = {"ring": nodes}
+        elif fault == "bridge":
+            shuffled = list(nodes)
+            self.rng.shuffle(shuffled)
+            self.network.bridge(shuffled)
+            middle = len(shuffled) // 2
+            detail = {
+                "sides": [sorted(shuffled[:middle]), sorted(shuffled[middle + 1 :])],
+                "bridge": shuffled[middle],
+            }
         else:
             self.network.isolate(node, others)
             detail = {"isolated": node}
         self.history.add("nemesis", INFO, "partition", detail)
         await trio.sleep(duration_s)
         self.network.heal()
+
+    async def _rolling_restart(self, pause_s: float) -> None:
+        """Each node in turn: a graceful stop (SIGTERM), a restart, ready again; as an
+        operator upgrading the cluster would, with `pause_s` spread between nodes."""
+        nodes = sorted(self.cluster.configs)
+        for node in nodes:
+            self.history.add("nemesis", INFO, "restart", {"node": node})
+            await trio.to_thread.run_sync(self.cluster.stop, node)
+            await trio.to_thread.run_sync(self.cluster.start, node)
+            await trio.sleep(pause_s / len(nodes))
 
     async def _target(self, fault: str) -> int | None:
         running = [n for n in sorted(self.cluster.configs) if self.cluster.is_running(n)]

@@ -163,6 +163,47 @@ class Network:
         self.cut(pairs)
         return pairs
 
+    def ring(self, nodes: list[int]) -> set[tuple[int, int]]:
+        pairs = ring_cuts(nodes)
+        self.cut(pairs)
+        return pairs
+
+    def bridge(self, nodes: list[int]) -> set[tuple[int, int]]:
+        pairs = bridge_cuts(nodes)
+        self.cut(pairs)
+        return pairs
+
     def heal(self) -> None:
         for proxy in self.proxies:
             proxy.set(PASS)
+
+
+def _both_ways(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    return pairs | {(b, a) for a, b in pairs}
+
+
+def ring_cuts(nodes: list[int]) -> set[tuple[int, int]]:
+    """Jepsen's majorities ring: nodes in a circle, each seeing only its nearest
+    neighbours, so every node sees a majority (itself included) but no two nodes see the
+    same one. It needs at least 4 nodes: with 3, any node's majority is a neighbour."""
+    count = len(nodes)
+    if count < 4:
+        raise ValueError(f"a majorities ring needs at least 4 nodes, not {count}")
+    others_needed = count // 2  # a majority, less the node itself
+    reach = -(-others_needed // 2)  # neighbours on each side
+    kept = set()
+    for i, node in enumerate(nodes):
+        for step in range(1, reach + 1):
+            kept.add((node, nodes[(i + step) % count]))
+            kept.add((node, nodes[(i - step) % count]))
+    every = {(a, b) for a in nodes for b in nodes if a != b}
+    return every - _both_ways(kept)
+
+
+def bridge_cuts(nodes: list[int]) -> set[tuple[int, int]]:
+    """Two halves that cannot see each other, and one node in the middle that sees both."""
+    if len(nodes) < 3:
+        raise ValueError(f"a bridge needs at least 3 nodes, not {len(nodes)}")
+    middle = len(nodes) // 2
+    left, right = nodes[:middle], nodes[middle + 1 :]
+    return _both_ways({(a, b) for a in left for b in right})

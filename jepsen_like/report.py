@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from jepsen_like.checkers import WRITES
 from jepsen_like.history import FAIL, INFO, OK, Op
 
 
@@ -53,12 +54,12 @@ def _plot(
             label=kind,
             lw=1.4,
         )
-    rate_ax.set_ylabel("sends / s")
+    rate_ax.set_ylabel("writes / s")
     rate_ax.legend(loc="upper right", fontsize=8)
 
     ok_times, latencies = [], []
     for op in ops:
-        if op["f"] == "send" and op["type"] == OK and "invoked" in op:
+        if op["f"] in WRITES and op["type"] == OK and "invoked" in op:
             ok_times.append(op["time"] / 1e9)
             latencies.append((op["time"] - op["invoked"]) / 1e6)
     latency_ax.scatter(ok_times, latencies, s=2, color="tab:blue")

@@ -24,8 +24,9 @@ from broker.cluster_plan import plan_cluster
 from broker.local_cluster import LocalCluster
 from client.admin import Admin, NewTopic
 from client.protocol.errors import KafkaError
-from jepsen_like.checkers import availability, check_cluster, check_queue
+from jepsen_like.checkers import availability, check_cluster, check_metadata, check_queue
 from jepsen_like.history import History
+from jepsen_like.metadata_workload import MetadataWorkload
 from jepsen_like.nemesis import Nemesis
 from jepsen_like.proxy import Network, route_through_proxies
 from jepsen_like.report import write_report
@@ -48,7 +49,10 @@ CLUSTER_SETTINGS = {
 @attrs.frozen(kw_only=True)
 class RunConfig:
     out: str
-    nodes: int = 3
+    nodes: int = 3  # combined controller+broker nodes
+    controllers: int = 0  # or, with brokers, separate roles
+    brokers: int = 0
+    workload: str = "queue"  # or "metadata"
     faults: tuple[str, ...] = ("kill",)
     time_s: float = 20.0
     rate: float = 200.0
@@ -80,9 +84,13 @@ async def run(config: RunConfig) -> RunResult:
         history = History(sink)
         root = os.path.join(config.out, "cluster")
         shutil.rmtree(root, ignore_errors=True)  # a run always starts from empty disks
-        configs, links = route_through_proxies(
-            plan_cluster(root, combined=config.nodes, **CLUSTER_SETTINGS)
-        )
+        if config.controllers and config.brokers:
+            plan = plan_cluster(
+                root, controllers=config.controllers, brokers=config.brokers, **CLUSTER_SETTINGS
+            )
+        else:
+            plan = plan_cluster(root, combined=config.nodes, **CLUSTER_SETTINGS)
+        configs, links = route_through_proxies(plan)
         network = Network(links)
         async with trio.open_nursery() as proxies:
             await network.start(proxies)
@@ -102,20 +110,32 @@ async def _run_on(
         settings = {"min.insync.replicas": str(config.min_insync_replicas)}
         if config.unclean_leader_election:
             settings["unclean.leader.election.enable"] = "true"
+        replication_factor = min(3, len(cluster.broker_ids))
         async with Admin(bootstrap) as admin:
             await admin.create_topics(
-                [NewTopic(TOPIC, config.partitions, min(3, config.nodes), settings)]
+                [NewTopic(TOPIC, config.partitions, replication_factor, settings)]
             )
-        workload = QueueWorkload(
-            bootstrap,
-            history,
-            topic=TOPIC,
-            partitions=config.partitions,
-            producers=config.producers,
-            rate=config.rate,
-            rng=random.Random(rng.random()),
-            acks=config.acks,
-        )
+        workload: QueueWorkload | MetadataWorkload
+        if config.workload == "metadata":
+            workload = MetadataWorkload(
+                cluster,
+                history,
+                processes=2,
+                rate=min(config.rate, 10.0),
+                rng=random.Random(rng.random()),
+                replication_factor=replication_factor,
+            )
+        else:
+            workload = QueueWorkload(
+                bootstrap,
+                history,
+                topic=TOPIC,
+                partitions=config.partitions,
+                producers=config.producers,
+                rate=config.rate,
+                rng=random.Random(rng.random()),
+                acks=config.acks,
+            )
         nemesis = Nemesis(
             cluster,
             history,
@@ -145,7 +165,7 @@ async def _run_on(
             await observer.observe()
             nursery.cancel_scope.cancel()
     ops = history.ops
-    queue = check_queue(ops)
+    queue = check_metadata(ops) if config.workload == "metadata" else check_queue(ops)
     cluster_verdict = check_cluster(ops)
     avail = availability(ops, nemesis.windows)
     valid = queue.valid and cluster_verdict.valid
@@ -154,18 +174,14 @@ async def _run_on(
             f"verdict: {'VALID' if valid else 'INVALID'}",
             f"faults: {', '.join(config.scripted or config.faults) or 'none'}; seed {config.seed}",
             "",
-            "queue:",
+            f"{config.workload}:",
             queue.summary(),
             "",
             "cluster:",
             cluster_verdict.summary(),
             "",
             "unavailability after each fault (fault start to the first acknowledged send begun after it):",
-            *[
-                f"  {w['at_s']:>6.1f}s  {w['fault']:<22} "
-                + (f"{w['window_ms']} ms" if w["window_ms"] is not None else "no send after it")
-                for w in avail["windows"]
-            ],
+            *[_window_line(w) for w in avail["windows"]],
         ]
     )
     write_report(config.out, ops, nemesis.intervals, summary, avail)
@@ -190,6 +206,14 @@ async def _run_on(
         windows=avail["windows"],
         out=config.out,
     )
+
+
+def _window_line(window: dict[str, Any]) -> str:
+    head = f"  {window['at_s']:>6.1f}s  {window['fault']:<22} "
+    if window["window_ms"] is None:
+        return head + "no send after it"
+    partitions = ", ".join(f"p{p} {ms}" for p, ms in window["per_partition_ms"].items())
+    return head + f"{window['window_ms']} ms (per partition, ms: {partitions})"
 
 
 async def _scripted(nemesis: Nemesis, config: RunConfig) -> None:

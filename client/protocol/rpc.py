@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from client.protocol import environment
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.framing import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, FrameError, encode_frame
 
@@ -87,13 +88,12 @@ class RpcServer:
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        bound = listeners[0].socket.getsockname()[1]
+        listeners, bound = await environment.current().listen(host, port)
         async with trio.open_nursery() as nursery:
             task_status.started(bound)
             await trio.serve_listeners(self._serve_connection, listeners, handler_nursery=nursery)
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         peer = _peer_name(stream)
         decoder = FrameDecoder(self.frame_bytes_max)
@@ -138,7 +138,7 @@ class RpcServer:
 
     @staticmethod
     async def _write_in_order(
-        stream: trio.SocketStream, slots: trio.MemoryReceiveChannel[_Slot]
+        stream: trio.abc.Stream, slots: trio.MemoryReceiveChannel[_Slot]
     ) -> None:
         chunks: list[bytes] = []
         async for slot in slots:
@@ -172,12 +172,8 @@ def _parse_request(frame: Any) -> tuple[int, int, int, Any]:
     return api_key, version, correlation_id, body
 
 
-def _peer_name(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
+def _peer_name(stream: trio.abc.Stream) -> str:
+    return environment.current().peer_name(stream)
 
 
 class RpcClient:
@@ -197,7 +193,7 @@ class RpcClient:
         self.client_id = client_id
         self.rng = rng
         self.frame_bytes_max = frame_bytes_max
-        self._stream: trio.SocketStream | None = None
+        self._stream: trio.abc.Stream | None = None
         self._waiting: dict[int, _Slot] = {}
         self._next_correlation_id = 0
         self._connect_lock = trio.Lock()
@@ -231,7 +227,7 @@ class RpcClient:
         assert scope.cancelled_caught
         raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, f"{self.host}:{self.port} after {timeout_s}s")
 
-    async def _connected(self) -> trio.SocketStream:
+    async def _connected(self) -> trio.abc.Stream:
         async with self._connect_lock:
             if self._stream is not None:
                 return self._stream
@@ -241,7 +237,7 @@ class RpcClient:
             if delay > 0:
                 await trio.sleep(delay)
             try:
-                stream = await trio.open_tcp_stream(self.host, self.port)
+                stream = await environment.current().connect(self.host, self.port)
             except OSError as error:
                 self._failures += 1
                 backoff_ms = min(
@@ -255,7 +251,7 @@ class RpcClient:
             trio.lowlevel.spawn_system_task(self._read, stream)
             return stream
 
-    async def _read(self, stream: trio.SocketStream) -> None:
+    async def _read(self, stream: trio.abc.Stream) -> None:
         decoder = FrameDecoder(self.frame_bytes_max)
         reason = "connection closed"
         try:
@@ -283,7 +279,7 @@ class RpcClient:
         stream, self._stream = self._stream, None
         if stream is not None:
             with trio.CancelScope(shield=True):
-                stream.socket.close()
+                environment.close_now(stream)
         waiting, self._waiting = self._waiting, {}
         for slot in waiting.values():
             slot.lost = True

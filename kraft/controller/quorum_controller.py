@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.rpc import error_body
@@ -343,7 +343,7 @@ class QuorumController:
 
     async def _describe_quorum(self, body: Any) -> Any:
         self._require_active()
-        now_ms, wall_ms = self.now_ms(), int(time.time() * 1000)
+        now_ms, wall_ms = self.now_ms(), environment.current().wall_ms()
         voters = self.node.config.voters
 
         def state(progress: ReplicaProgress) -> ReplicaState:

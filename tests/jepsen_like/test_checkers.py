@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from jepsen_like.checkers import availability, check_cluster, check_queue
+from typing import Any
+
+import pytest
+
+from jepsen_like.checkers import availability, check_cluster, check_metadata, check_queue
 
 T = 0
 
@@ -136,7 +140,88 @@ def test_unavailability_window_after_a_fault() -> None:
             "time": 12_500_000_000,
             "invoked": 12_000_000_000,
         },
+        # Partition 1 was led elsewhere and stalled longer.
+        {
+            "process": 2,
+            "type": "ok",
+            "f": "send",
+            "value": [1, 7, "d"],
+            "time": 14_000_000_000,
+            "invoked": 13_900_000_000,
+        },
     ]
     found = availability(ops, [(fault_at, "kill")])
-    assert found["windows"] == [{"fault": "kill", "at_s": 10.0, "window_ms": 2500}]
+    assert found["windows"] == [
+        {
+            "fault": "kill",
+            "at_s": 10.0,
+            "window_ms": 2500,
+            "per_partition_ms": {0: 2500, 1: 4000},
+        }
+    ]
     assert found["per_second"][11]["info"] == 1
+
+
+def _change(f: str, type_: str, topic: str, count: int | None) -> dict[str, Any]:
+    return {"process": "meta-0", "type": type_, "f": f, "value": [topic, count], "time": 0}
+
+
+def _final(views: dict[str, dict[str, int]]) -> dict[str, Any]:
+    return {"process": "final", "type": "ok", "f": "final-topics", "value": views, "time": 1}
+
+
+def test_metadata_checker_passes_a_consistent_history() -> None:
+    ops = [
+        _change("create", "ok", "m0-0", 2),
+        _change("add-partitions", "ok", "m0-0", 3),
+        _change("create", "info", "m0-1", 1),  # maybe: either way is fine
+        _change("create", "fail", "m0-2", 1),
+        _change("create", "ok", "m0-3", 1),
+        _change("delete", "info", "m0-3", None),  # maybe deleted: either way
+        _change("create", "ok", "m0-4", 1),
+        _change("delete", "ok", "m0-4", None),
+        _change("add-partitions", "info", "m0-0", 4),
+    ]
+    views = {"1": {"m0-0": 4, "m0-1": 1}, "2": {"m0-0": 4, "m0-1": 1}}
+    verdict = check_metadata([*ops, _final(views)])
+    assert verdict.valid, verdict.summary()
+    assert verdict.stats["changes-ok"] == 5
+
+
+@pytest.mark.parametrize(
+    ("ops", "views", "anomaly"),
+    [
+        ([_change("create", "ok", "m0-0", 1)], {"1": {}}, "lost-topic"),
+        (
+            [_change("create", "ok", "m0-0", 1), _change("delete", "ok", "m0-0", None)],
+            {"1": {"m0-0": 1}},
+            "resurrected-topic",
+        ),
+        ([_change("create", "fail", "m0-0", 1)], {"1": {"m0-0": 1}}, "phantom-topic"),
+        ([], {"1": {"m7-0": 1}}, "phantom-topic"),
+        (
+            [_change("create", "ok", "m0-0", 1), _change("add-partitions", "ok", "m0-0", 2)],
+            {"1": {"m0-0": 1}},
+            "lost-partitions",
+        ),
+        (
+            [_change("create", "ok", "m0-0", 1), _change("add-partitions", "fail", "m0-0", 2)],
+            {"1": {"m0-0": 2}},
+            "phantom-partitions",
+        ),
+        (
+            [_change("create", "ok", "m0-0", 1), _change("add-partitions", "info", "m0-0", 2)],
+            {"1": {"m0-0": 1}, "2": {"m0-0": 2}},
+            "metadata-divergence",
+        ),
+        ([_change("create", "ok", "m0-0", 1)], {}, "metadata-divergence"),
+    ],
+)
+def test_metadata_checker_finds_each_anomaly(
+    ops: list[dict[str, Any]], views: dict[str, dict[str, int]], anomaly: str
+) -> None:
+    verdict = check_metadata([*ops, _final(views)])
+    assert not verdict.valid
+    assert verdict.findings[anomaly].count == 1, verdict.summary()
+    others = [n for n, f in verdict.findings.items() if f.count and n != anomaly]
+    assert others == [], verdict.summary()

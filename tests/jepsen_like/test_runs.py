@@ -60,3 +60,32 @@ async def test_acks_1_with_unclean_election_is_caught_losing_writes(tmp_path) ->
     )
     assert not stats["valid"], stats["summary"]
     assert stats["lost"] > 0, stats["summary"]
+
+
+@pytest.mark.slow
+async def test_metadata_changes_survive_controller_failovers(tmp_path) -> None:
+    stats = await short_run(
+        tmp_path,
+        controllers=3,
+        brokers=3,
+        workload="metadata",
+        scripted=("kill-controller", "kill-controller", "kill"),
+        time_s=16.0,
+        interval_s=2.0,
+        rate=10.0,
+    )
+    assert stats["valid"], stats["summary"]
+    assert stats["changes-ok"] > 50, stats["summary"]
+    for anomaly in ("lost-topic", "resurrected-topic", "phantom-topic", "metadata-divergence"):
+        assert stats[anomaly] == 0, stats["summary"]
+    assert stats["split-brain"] == 0
+
+
+@pytest.mark.slow
+async def test_five_nodes_under_ring_bridge_and_rolling_restart(tmp_path) -> None:
+    stats = await short_run(
+        tmp_path, nodes=5, scripted=("ring", "bridge", "rolling-restart"), time_s=20.0
+    )
+    assert stats["valid"], stats["summary"]
+    assert stats["lost"] == 0 and stats["inconsistent-offsets"] == 0
+    assert stats["acknowledged"] > 500, stats["summary"]
