@@ -35,17 +35,21 @@ def plan_cluster(
     controllers: int = 0,
     brokers: int = 0,
     combined: int = 0,
+    first_port: int | None = None,
     **settings: Any,
 ) -> list[NodeConfig]:
     """Combined nodes first (ids 1..), then controllers, then brokers.
 
     `settings` override NodeConfig's timeouts (e.g. broker_session_timeout_ms).
+    `first_port` numbers the ports from there instead of asking the OS for free ones
+    (the simulator's network has no OS behind it, and its runs must not vary).
     """
     if combined + controllers == 0:
         raise ValueError("a cluster needs at least one controller or combined node")
     both: tuple[str, ...] = (CONTROLLER, BROKER)
     roles = [both] * combined + [(CONTROLLER,)] * controllers + [(BROKER,)] * brokers
-    ports = iter(free_ports(2 * len(roles)))
+    count = 2 * len(roles)
+    ports = iter(free_ports(count) if first_port is None else range(first_port, first_port + count))
     voters: dict[int, tuple[str, int]] = {}
     listeners: dict[int, dict[str, tuple[str, int]]] = {}
     for node_id, node_roles in enumerate(roles, start=1):

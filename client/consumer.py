@@ -14,6 +14,7 @@ poll goes to the new leader. A position outside the log is reset by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -247,7 +248,10 @@ class Consumer:
             response = from_body(FetchResponse, body)
         except KafkaError as error:
             log.debug("fetch from broker %d failed: %s", leader, error)
-            await self.cluster.refresh([])
+            # The refresh may fail too (every broker down); the next poll tries again.
+            # Raised here, it would leave poll() wrapped in the nursery's group.
+            with contextlib.suppress(KafkaError):
+                await self.cluster.refresh([])
             return
         for topic in response.topics:
             for result in topic.partitions:

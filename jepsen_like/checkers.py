@@ -48,6 +48,12 @@ ANOMALIES = (
     "phantom-topic",
     "lost-partitions",
     "phantom-partitions",
+    # checked from inside the simulator (jepsen_like/sim/invariants.py)
+    "two-leaders-in-an-epoch",
+    "metadata-divergence",
+    "hwm-regression",
+    "node-died",
+    "run-failed",
 )
 METADATA_CHANGES = ("create", "add-partitions", "delete")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 Op = dict[str, Any]
@@ -26,13 +26,18 @@ INVOKE, OK, FAIL, INFO = "invoke", "ok", "fail", "info"
 
 
 class History:
-    def __init__(self, sink: IO[str] | None = None) -> None:
+    def __init__(
+        self, sink: IO[str] | None = None, *, clock: Callable[[], int] | None = None
+    ) -> None:
+        """`clock`: nanoseconds (the machine's monotonic clock unless given: the
+        simulator gives trio's mock clock, so that a seed replays the same times)."""
         self.ops: list[Op] = []
         self.sink = sink
-        self._began = time.monotonic_ns()
+        self.clock = clock or time.monotonic_ns
+        self._began = self.clock()
 
     def now(self) -> int:
-        return time.monotonic_ns() - self._began
+        return self.clock() - self._began
 
     def add(self, process: Any, type_: str, f: str, value: Any = None, **extra: Any) -> Op:
         op: Op = {"process": process, "type": type_, "f": f, "value": value, "time": self.now()}

@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from broker.local_cluster import LocalCluster
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
+from jepsen_like.cluster_control import ClusterControl
 from jepsen_like.history import FAIL, INFO, INVOKE, OK, History
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def is_workload_topic(name: str) -> bool:
 class MetadataWorkload:
     def __init__(
         self,
-        cluster: LocalCluster,
+        cluster: ClusterControl,
         history: History,
         *,
         processes: int,

@@ -12,39 +12,43 @@ truncated or a byte flipped before restart (a recovery test: the CRC must catch 
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Sequence
 from typing import Any
 
 import trio
 
-from broker.local_cluster import LocalCluster
 from client.protocol.apis import ApiKey
 from client.protocol.errors import KafkaError
+from jepsen_like.cluster_control import ClusterControl
 from jepsen_like.history import INFO, History
-from jepsen_like.proxy import Network
+from jepsen_like.proxy import LinkFaults
 
 log = logging.getLogger(__name__)
 
 KILLS = ("kill", "pause", "kill-controller", "kill-leader", "rolling-restart")
 PARTITIONS = ("isolate", "halves", "ring", "bridge", "isolate-controller", "isolate-leader")
+# Only the simulator can lose unsynced writes: one node's machine ("crash") or
+# every node's at once ("power-loss").
+SIMULATED = ("crash", "power-loss")
 FAULTS = KILLS + PARTITIONS
 
 
 class Nemesis:
     def __init__(
         self,
-        cluster: LocalCluster,
+        cluster: ClusterControl,
         history: History,
         *,
         faults: Sequence[str],
         rng: random.Random,
         topic: str,
         corrupt_on_restart: bool = False,
-        network: Network | None = None,
+        network: LinkFaults | None = None,
     ) -> None:
-        unknown = set(faults) - set(FAULTS)
+        unknown = (
+            set(faults) - set(FAULTS) - set(SIMULATED if hasattr(cluster, "power_loss") else ())
+        )
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
         self.cluster = cluster
@@ -81,6 +85,14 @@ class Nemesis:
             await self._partition(fault, node, duration_s)
         elif fault == "rolling-restart":
             await self._rolling_restart(duration_s)
+        elif fault == "crash":
+            self.cluster.crash(node)  # type: ignore[attr-defined]
+            await trio.sleep(duration_s)
+            await self.cluster.start(node)
+        elif fault == "power-loss":
+            self.cluster.power_loss()  # type: ignore[attr-defined]
+            await trio.sleep(duration_s)
+            await self.cluster.start_all()
         elif fault == "pause":
             self.cluster.pause(node)
             await trio.sleep(duration_s)
@@ -89,8 +101,10 @@ class Nemesis:
             self.cluster.kill(node)
             await trio.sleep(duration_s)
             if self.corrupt_on_restart:
-                self._damage_a_segment(node)
-            await trio.to_thread.run_sync(self.cluster.start, node)
+                damage = self.cluster.damage_segment(node, self.rng, self.topic)
+                if damage is not None:
+                    self.history.add("nemesis", INFO, "corrupt", damage)
+            await self.cluster.start(node)
         self.history.add("nemesis", INFO, fault, {"node": node, "phase": "heal"})
         self.intervals.append((start, self.history.now(), label))
 
@@ -130,8 +144,8 @@ class Nemesis:
         nodes = sorted(self.cluster.configs)
         for node in nodes:
             self.history.add("nemesis", INFO, "restart", {"node": node})
-            await trio.to_thread.run_sync(self.cluster.stop, node)
-            await trio.to_thread.run_sync(self.cluster.start, node)
+            await self.cluster.stop(node)
+            await self.cluster.start(node)
             await trio.sleep(pause_s / len(nodes))
 
     async def _target(self, fault: str) -> int | None:
@@ -165,30 +179,3 @@ class Nemesis:
             if part["partition"] == partition and part["leader"] in self.cluster.configs:
                 return int(part["leader"])
         return None
-
-    def _damage_a_segment(self, node: int) -> None:
-        """Flip a byte or cut the tail of the newest segment of one of its partitions."""
-        data_dir = self.cluster.configs[node].data_dir
-        partitions = sorted(d for d in os.listdir(data_dir) if d.startswith(f"{self.topic}-"))
-        if not partitions:
-            return
-        directory = os.path.join(data_dir, self.rng.choice(partitions))
-        segments = sorted(f for f in os.listdir(directory) if f.endswith(".log"))
-        if not segments:
-            return
-        path = os.path.join(directory, segments[-1])
-        size = os.path.getsize(path)
-        if size < 100:
-            return
-        with open(path, "r+b") as file:
-            if self.rng.random() < 0.5:
-                file.truncate(size - self.rng.randrange(1, 60))
-                what = "truncated"
-            else:
-                position = size - self.rng.randrange(1, 60)
-                file.seek(position)
-                byte = file.read(1)
-                file.seek(position)
-                file.write(bytes([byte[0] ^ 0xFF]))
-                what = "flipped a byte of"
-        self.history.add("nemesis", INFO, "corrupt", {"node": node, "file": path, "what": what})

@@ -137,7 +137,37 @@ def route_through_proxies(configs: list[NodeConfig]) -> tuple[list[NodeConfig], 
     return rewritten, links
 
 
-class Network:
+class LinkFaults:
+    """Partitions as sets of cut directed links; subclasses say how a link is cut."""
+
+    def cut_links(self, pairs: set[tuple[int, int]]) -> None:
+        raise NotImplementedError
+
+    def heal(self) -> None:
+        raise NotImplementedError
+
+    def isolate(self, node: int, others: list[int]) -> set[tuple[int, int]]:
+        pairs = {(node, o) for o in others} | {(o, node) for o in others}
+        self.cut_links(pairs)
+        return pairs
+
+    def split(self, side: list[int], other: list[int]) -> set[tuple[int, int]]:
+        pairs = {(a, b) for a in side for b in other} | {(b, a) for a in side for b in other}
+        self.cut_links(pairs)
+        return pairs
+
+    def ring(self, nodes: list[int]) -> set[tuple[int, int]]:
+        pairs = ring_cuts(nodes)
+        self.cut_links(pairs)
+        return pairs
+
+    def bridge(self, nodes: list[int]) -> set[tuple[int, int]]:
+        pairs = bridge_cuts(nodes)
+        self.cut_links(pairs)
+        return pairs
+
+
+class Network(LinkFaults):
     """All the proxies of a cluster, and the partitions built from them."""
 
     def __init__(self, links: list[Link]) -> None:
@@ -147,31 +177,11 @@ class Network:
         for proxy in self.proxies:
             await nursery.start(proxy.serve)
 
-    def cut(self, pairs: set[tuple[int, int]]) -> None:
+    def cut_links(self, pairs: set[tuple[int, int]]) -> None:
         """Drop traffic on each directed (source, destination) link named."""
         for proxy in self.proxies:
             if (proxy.link.source, proxy.link.destination) in pairs:
                 proxy.set(DROP)
-
-    def isolate(self, node: int, others: list[int]) -> set[tuple[int, int]]:
-        pairs = {(node, o) for o in others} | {(o, node) for o in others}
-        self.cut(pairs)
-        return pairs
-
-    def split(self, side: list[int], other: list[int]) -> set[tuple[int, int]]:
-        pairs = {(a, b) for a in side for b in other} | {(b, a) for a in side for b in other}
-        self.cut(pairs)
-        return pairs
-
-    def ring(self, nodes: list[int]) -> set[tuple[int, int]]:
-        pairs = ring_cuts(nodes)
-        self.cut(pairs)
-        return pairs
-
-    def bridge(self, nodes: list[int]) -> set[tuple[int, int]]:
-        pairs = bridge_cuts(nodes)
-        self.cut(pairs)
-        return pairs
 
     def heal(self) -> None:
         for proxy in self.proxies:

@@ -15,20 +15,29 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
 
 from broker.cluster_plan import plan_cluster
-from broker.local_cluster import LocalCluster
 from client.admin import Admin, NewTopic
 from client.protocol.errors import KafkaError
-from jepsen_like.checkers import availability, check_cluster, check_metadata, check_queue
+from jepsen_like.checkers import (
+    ANOMALIES,
+    Verdict,
+    availability,
+    check_cluster,
+    check_metadata,
+    check_queue,
+)
+from jepsen_like.cluster_control import ClusterControl
 from jepsen_like.history import History
 from jepsen_like.metadata_workload import MetadataWorkload
 from jepsen_like.nemesis import Nemesis
-from jepsen_like.proxy import Network, route_through_proxies
+from jepsen_like.processes import ProcessCluster
+from jepsen_like.proxy import LinkFaults, Network, route_through_proxies
 from jepsen_like.report import write_report
 from jepsen_like.workload import ClusterObserver, QueueWorkload
 
@@ -66,6 +75,7 @@ class RunConfig:
     unclean_leader_election: bool = False
     corrupt_on_restart: bool = False
     scripted: tuple[str, ...] = ()  # run these faults in order instead of a random schedule
+    report: bool = True  # summary.txt, stats.json and the plot in `out`
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +85,7 @@ class RunResult:
     stats: dict[str, Any]
     windows: list[dict[str, Any]]
     out: str
+    first_violation: str | None = None  # "<anomaly>: <an example>"
 
 
 async def run(config: RunConfig) -> RunResult:
@@ -94,117 +105,129 @@ async def run(config: RunConfig) -> RunResult:
         network = Network(links)
         async with trio.open_nursery() as proxies:
             await network.start(proxies)
-            result = await _run_on(
-                config, rng, history, LocalCluster(root, configs=configs), network
-            )
+            with ProcessCluster(root, configs) as cluster:
+                result = await drive(config, rng, history, cluster, network)
             proxies.cancel_scope.cancel()
     return result
 
 
-async def _run_on(
-    config: RunConfig, rng: random.Random, history: History, cluster: LocalCluster, network: Network
+async def drive(
+    config: RunConfig,
+    rng: random.Random,
+    history: History,
+    cluster: ClusterControl,
+    network: LinkFaults,
+    *,
+    more_checks: Callable[[], Verdict] | None = None,
 ) -> RunResult:
-    with cluster:
-        await trio.to_thread.run_sync(cluster.start_all)
-        bootstrap = cluster.bootstrap_servers()
-        settings = {"min.insync.replicas": str(config.min_insync_replicas)}
-        if config.unclean_leader_election:
-            settings["unclean.leader.election.enable"] = "true"
-        replication_factor = min(3, len(cluster.broker_ids))
-        async with Admin(bootstrap) as admin:
-            await admin.create_topics(
-                [NewTopic(TOPIC, config.partitions, replication_factor, settings)]
-            )
-        workload: QueueWorkload | MetadataWorkload
-        if config.workload == "metadata":
-            workload = MetadataWorkload(
-                cluster,
-                history,
-                processes=2,
-                rate=min(config.rate, 10.0),
-                rng=random.Random(rng.random()),
-                replication_factor=replication_factor,
-            )
-        else:
-            workload = QueueWorkload(
-                bootstrap,
-                history,
-                topic=TOPIC,
-                partitions=config.partitions,
-                producers=config.producers,
-                rate=config.rate,
-                rng=random.Random(rng.random()),
-                acks=config.acks,
-            )
-        nemesis = Nemesis(
+    """Start the cluster; workload, nemesis and observer; heal; final read; check; report.
+    Shared by real runs and the simulator."""
+    await cluster.start_all()
+    bootstrap = cluster.bootstrap_servers()
+    settings = {"min.insync.replicas": str(config.min_insync_replicas)}
+    if config.unclean_leader_election:
+        settings["unclean.leader.election.enable"] = "true"
+    replication_factor = min(3, len(cluster.broker_ids))
+    async with Admin(bootstrap) as admin:
+        await admin.create_topics(
+            [NewTopic(TOPIC, config.partitions, replication_factor, settings)]
+        )
+    workload: QueueWorkload | MetadataWorkload
+    if config.workload == "metadata":
+        workload = MetadataWorkload(
             cluster,
             history,
-            faults=config.faults or ("kill",),
+            processes=2,
+            rate=min(config.rate, 10.0),
             rng=random.Random(rng.random()),
-            topic=TOPIC,
-            corrupt_on_restart=config.corrupt_on_restart,
-            network=network,
+            replication_factor=replication_factor,
         )
-        observer = ClusterObserver(cluster, history, topic=TOPIC)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(observer.run)
-            async with trio.open_nursery() as active:
-                active.start_soon(workload.run, config.time_s)
-                if config.scripted:
-                    active.start_soon(_scripted, nemesis, config)
-                elif config.faults:
-                    active.start_soon(
-                        lambda: nemesis.run(
-                            interval_s=config.interval_s,
-                            duration_s=config.fault_duration_s,
-                            until_s=config.time_s,
-                        )
+    else:
+        workload = QueueWorkload(
+            bootstrap,
+            history,
+            topic=TOPIC,
+            partitions=config.partitions,
+            producers=config.producers,
+            rate=config.rate,
+            rng=random.Random(rng.random()),
+            acks=config.acks,
+        )
+    nemesis = Nemesis(
+        cluster,
+        history,
+        faults=config.faults or ("kill",),
+        rng=random.Random(rng.random()),
+        topic=TOPIC,
+        corrupt_on_restart=config.corrupt_on_restart,
+        network=network,
+    )
+    observer = ClusterObserver(cluster, history, topic=TOPIC)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(observer.run)
+        async with trio.open_nursery() as active:
+            active.start_soon(workload.run, config.time_s)
+            if config.scripted:
+                active.start_soon(_scripted, nemesis, config)
+            elif config.faults:
+                active.start_soon(
+                    lambda: nemesis.run(
+                        interval_s=config.interval_s,
+                        duration_s=config.fault_duration_s,
+                        until_s=config.time_s,
                     )
-            await _heal_and_settle(cluster, bootstrap, config)
-            await workload.final_read()
-            await observer.observe()
-            nursery.cancel_scope.cancel()
+                )
+        await _heal_and_settle(cluster, bootstrap, config)
+        await workload.final_read()
+        await observer.observe()
+        nursery.cancel_scope.cancel()
     ops = history.ops
     queue = check_metadata(ops) if config.workload == "metadata" else check_queue(ops)
     cluster_verdict = check_cluster(ops)
+    verdicts = {config.workload: queue, "cluster": cluster_verdict}
+    if more_checks is not None:
+        verdicts["invariants"] = more_checks()
     avail = availability(ops, nemesis.windows)
-    valid = queue.valid and cluster_verdict.valid
+    valid = all(v.valid for v in verdicts.values())
     summary = "\n".join(
         [
             f"verdict: {'VALID' if valid else 'INVALID'}",
             f"faults: {', '.join(config.scripted or config.faults) or 'none'}; seed {config.seed}",
             "",
-            f"{config.workload}:",
-            queue.summary(),
-            "",
-            "cluster:",
-            cluster_verdict.summary(),
-            "",
+            *[f"{name}:\n{verdict.summary()}\n" for name, verdict in verdicts.items()],
             "unavailability after each fault (fault start to the first acknowledged send begun after it):",
             *[_window_line(w) for w in avail["windows"]],
         ]
     )
-    write_report(config.out, ops, nemesis.intervals, summary, avail)
-    with open(os.path.join(config.out, "stats.json"), "w", encoding="utf-8") as file:
-        json.dump(
-            {
-                "valid": valid,
-                **queue.stats,
-                "windows": avail["windows"],
-                **{
-                    name: f.count
-                    for name, f in {**queue.findings, **cluster_verdict.findings}.items()
+    findings = {name: f for verdict in verdicts.values() for name, f in verdict.findings.items()}
+    if config.report:
+        write_report(config.out, ops, nemesis.intervals, summary, avail)
+        with open(os.path.join(config.out, "stats.json"), "w", encoding="utf-8") as file:
+            json.dump(
+                {
+                    "valid": valid,
+                    **queue.stats,
+                    "windows": avail["windows"],
+                    **{name: f.count for name, f in findings.items()},
                 },
-            },
-            file,
-            indent=2,
-        )
+                file,
+                indent=2,
+            )
+    first = next(
+        (
+            f"{name}: {f.examples[0] if f.examples else ''}"
+            for name, f in findings.items()
+            if f.count and name in ANOMALIES
+        ),
+        None,
+    )
     return RunResult(
         valid=valid,
         summary=summary,
-        stats={**queue.stats, **{n: f.count for n, f in queue.findings.items()}},
+        stats={**queue.stats, **{n: f.count for n, f in findings.items()}},
         windows=avail["windows"],
         out=config.out,
+        first_violation=first,
     )
 
 
@@ -222,11 +245,11 @@ async def _scripted(nemesis: Nemesis, config: RunConfig) -> None:
         await nemesis.inject(fault, config.fault_duration_s)
 
 
-async def _heal_and_settle(cluster: LocalCluster, bootstrap: str, config: RunConfig) -> None:
+async def _heal_and_settle(cluster: ClusterControl, bootstrap: str, config: RunConfig) -> None:
     """Every node back, every partition's ISR full again (bounded)."""
     for node in sorted(cluster.configs):
         if not cluster.is_running(node):
-            await trio.to_thread.run_sync(cluster.start, node)
+            await cluster.start(node)
     with trio.move_on_after(30):
         async with Admin(bootstrap) as admin:
             while True:

@@ -20,11 +20,11 @@ from typing import Any
 
 import trio
 
-from broker.local_cluster import LocalCluster
 from client.cluster import ClusterClient
 from client.consumer import Consumer
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
+from jepsen_like.cluster_control import ClusterControl
 from jepsen_like.history import FAIL, INFO, INVOKE, OK, History
 from storage.records import RecordInput, build_batch
 
@@ -197,7 +197,7 @@ class QueueWorkload:
 class ClusterObserver:
     """Records controller and partition-leader changes as the nodes report them."""
 
-    def __init__(self, cluster: LocalCluster, history: History, *, topic: str) -> None:
+    def __init__(self, cluster: ClusterControl, history: History, *, topic: str) -> None:
         self.cluster = cluster
         self.history = history
         self.topic = topic

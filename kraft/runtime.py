@@ -165,7 +165,10 @@ class RaftNode:
             # end this wait. Without this reset the loop spins (it cost 39% of a
             # broker's CPU under load).
             self._wakeup = trio.Event()
-            deadline_s = core.next_deadline_ms() / 1000
+            # Half a millisecond past the deadline: `now_ms` rounds down, and a wake-up
+            # a float's rounding short of the deadline would find nothing due and wait
+            # for the same instant again (forever, under a mock clock).
+            deadline_s = (core.next_deadline_ms() + 0.5) / 1000
             with trio.move_on_at(deadline_s):
                 await self._wakeup.wait()
 

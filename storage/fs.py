@@ -434,6 +434,11 @@ class MemoryFileSystem:
             inode.synced_before_truncate = None
         self.stats.crashes += 1
 
+    def close_handles(self) -> None:
+        """A process died (not the machine): its open handles are gone, its data stays.
+        Later I/O through an old handle fails, as it would for a dead process."""
+        self.generation += 1
+
     def corrupt(self, path: str, position: int, *, xor_mask: int = 0x01) -> None:
         """Flip bits of one byte in place, durably (bit rot found on restart)."""
         parent, name = self._split(path)

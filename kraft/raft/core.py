@@ -134,6 +134,7 @@ class RaftCore:
         self._inflight: dict[int, _InFlight] = {}
         self._next_request_id = 0
         self._fetch_backoff_until_ms = 0
+        self._last_tick_ms = -1
         self._begin_quorum_resend_ms = 0
         self.progress: LeaderProgress | None = None
         # Set while this follower copies the leader's snapshot (its log start passed us).
@@ -218,11 +219,16 @@ class RaftCore:
         deadlines = [self._oldest_inflight_expiry()]
         if isinstance(state, (Unattached, Voted, Prospective, Candidate, Resigned)):
             deadlines.append(state.election_deadline_ms)
-        if isinstance(state, Unattached) and not self.quorum.is_voter:
+        # A backoff only matters while it lasts: once over, the tick that saw it over
+        # sent the fetch. A passed one would make this deadline always due: the driver
+        # would spin (forever under a mock clock, which never moves while it does).
+        backing_off = self._fetch_backoff_until_ms > self._last_tick_ms
+        if isinstance(state, Unattached) and not self.quorum.is_voter and backing_off:
             deadlines.append(self._fetch_backoff_until_ms)
         if isinstance(state, Follower):
             deadlines.append(state.fetch_deadline_ms)
-            deadlines.append(self._fetch_backoff_until_ms)
+            if backing_off:
+                deadlines.append(self._fetch_backoff_until_ms)
         if isinstance(state, Leader):
             deadlines.append(self._begin_quorum_resend_ms)
             deadlines.append(self._next_check_quorum_ms())
@@ -236,6 +242,7 @@ class RaftCore:
     # ------------------------------------------------------------------ timers
 
     def tick(self, now_ms: int) -> None:
+        self._last_tick_ms = now_ms
         self._expire_requests(now_ms)
         state = self.quorum.state
         if isinstance(state, Leader):

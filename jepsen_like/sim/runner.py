@@ -1,0 +1,189 @@
+"""One simulated run: a seed in, a history and a verdict out.
+
+The whole cluster (`SimCluster`), the workload, the nemesis and the checkers of a
+real run (`jepsen_like.run.drive`, the same code) run in one trio run under
+`trio.testing.MockClock` with autojump: simulated time passes only when every task
+waits, so a minute of cluster time takes a few seconds. Every random choice comes
+from generators seeded from the one seed: the network's latencies, each node's
+timeouts and ids, the workload, the fault schedule. trio's own scheduler shuffles
+runnable tasks with a module-level generator; the runner seeds it and turns on its
+deterministic mode (the one its Hypothesis integration uses), so a seed replays
+the same history, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import traceback
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+from broker.cluster_plan import plan_cluster
+from client.protocol import environment
+from jepsen_like.checkers import Finding, Verdict
+from jepsen_like.history import History
+from jepsen_like.run import CLUSTER_SETTINGS, RunConfig, RunResult, drive
+from jepsen_like.sim.cluster import HARNESS, SimCluster
+from jepsen_like.sim.invariants import InvariantChecker
+from jepsen_like.sim.network import SimNetwork
+
+FIRST_PORT = 19_000
+SIM_FAULTS = (
+    "kill",
+    "pause",
+    "kill-controller",
+    "kill-leader",
+    "isolate",
+    "halves",
+    "isolate-controller",
+    "isolate-leader",
+)
+# Faults that lose unsynced writes: pykraft, like Kafka by default, does not fsync data
+# batches (durability comes from replication), so these may lose acknowledged writes.
+# They show that risk; they are not in the default mix.
+LOSSY_FAULTS = ("crash", "power-loss")
+
+
+@attrs.frozen(kw_only=True)
+class SimConfig:
+    seed: int
+    nodes: int = 3
+    faults: tuple[str, ...] = SIM_FAULTS
+    time_s: float = 20.0  # simulated seconds of workload
+    rate: float = 100.0
+    producers: int = 3
+    partitions: int = 2
+    interval_s: float = 2.0
+    fault_duration_s: float = 2.0
+    workload: str = "queue"
+    scripted: tuple[str, ...] = ()
+    out: str | None = None  # a directory: the history and the full report go there
+
+
+@attrs.frozen(kw_only=True)
+class SimResult:
+    seed: int
+    valid: bool
+    first_violation: str | None
+    digest: str  # of the history: equal seeds, equal digests
+    simulated_s: float
+    ops: int
+    summary: str
+
+
+def simulate(config: SimConfig) -> SimResult:
+    """Run one seed (synchronously: it owns its trio run)."""
+    scheduler: Any = trio._core._run  # the hook its Hypothesis plugin uses
+    scheduler._ALLOW_DETERMINISTIC_SCHEDULING = True
+    scheduler._r.seed(config.seed)
+    clock = trio.testing.MockClock(autojump_threshold=0)  # its offset comes from _r too
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return trio.run(_simulate, config, clock=clock)
+    finally:
+        quiet.setLevel(level)
+
+
+async def _simulate(config: SimConfig) -> SimResult:
+    rng = random.Random(config.seed)
+    started = trio.current_time()
+    sink = None
+    if config.out:
+        os.makedirs(config.out, exist_ok=True)
+        sink = open(os.path.join(config.out, "history.jsonl"), "w", encoding="utf-8")  # noqa: SIM115
+    history = History(sink, clock=lambda: int(trio.current_time() * 1e9))
+    network = SimNetwork(random.Random(rng.getrandbits(64)))
+    configs = plan_cluster("/sim", combined=config.nodes, first_port=FIRST_PORT, **CLUSTER_SETTINGS)
+    run_config = RunConfig(
+        out=config.out or "",
+        nodes=config.nodes,
+        faults=config.faults,
+        time_s=config.time_s,
+        rate=config.rate,
+        producers=config.producers,
+        partitions=config.partitions,
+        seed=config.seed,
+        interval_s=config.interval_s,
+        fault_duration_s=config.fault_duration_s,
+        workload=config.workload,
+        scripted=config.scripted,
+        report=config.out is not None,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            harness = network.environment(HARNESS, random.Random(rng.getrandbits(64)))
+            cluster = SimCluster(
+                configs,
+                network=network,
+                rng=random.Random(rng.getrandbits(64)),
+                cluster_id=f"sim{config.seed:019d}"[-22:],
+                nursery=nursery,
+                harness=harness,
+            )
+            checker = InvariantChecker(cluster)
+            nursery.start_soon(checker.run)
+            with environment.using(harness):
+                try:
+                    result = await drive(
+                        run_config,
+                        random.Random(rng.getrandbits(64)),
+                        history,
+                        cluster,
+                        network,
+                        more_checks=checker.verdict,
+                    )
+                except Exception as error:  # the run could not finish: that is a finding
+                    result = _failed_run(error, checker, config)
+            nursery.cancel_scope.cancel()
+    finally:
+        if sink is not None:
+            sink.close()
+    encoded = "\n".join(json.dumps(op, sort_keys=True) for op in history.ops)
+    return SimResult(
+        seed=config.seed,
+        valid=result.valid,
+        first_violation=result.first_violation,
+        digest=hashlib.sha256(encoded.encode()).hexdigest(),
+        simulated_s=trio.current_time() - started,
+        ops=len(history.ops),
+        summary=result.summary,
+    )
+
+
+def _failed_run(error: Exception, checker: InvariantChecker, config: SimConfig) -> RunResult:
+    failed = Finding("run-failed")
+    for leaf in _leaves(error):
+        failed.add(f"{type(leaf).__name__}: {leaf} ({_where(leaf)})")
+    invariants = checker.verdict()
+    verdict = Verdict(findings={**invariants.findings, "run-failed": failed}, stats={})
+    first = next(
+        (f"{name}: {f.examples[0]}" for name, f in verdict.findings.items() if f.count), None
+    )
+    return RunResult(
+        valid=False,
+        summary=f"verdict: INVALID (the run did not finish)\n{verdict.summary()}",
+        stats={},
+        windows=[],
+        out=config.out or "",
+        first_violation=first,
+    )
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _where(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    return " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno}" for f in frames[-3:][::-1])
