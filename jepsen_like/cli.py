@@ -1,6 +1,8 @@
 """`jepsen-like`: fault injection runs against a real pykraft cluster.
 
     jepsen-like demo
+    jepsen-like sim --seeds 200
+    jepsen-like sim --replay 17 --out /tmp/seed-17
     jepsen-like run --nodes 3 --workload queue --nemesis kill,pause,kill-controller --time 60 --rate 500 --seed 7
     jepsen-like run --nodes 5 --nemesis ring,bridge,rolling-restart
     jepsen-like run --controllers 3 --brokers 3 --workload metadata --nemesis kill-controller
@@ -20,6 +22,7 @@ import trio
 
 from jepsen_like.nemesis import FAULTS
 from jepsen_like.run import RunConfig, run
+from jepsen_like.sim import cli as sim_cli
 
 
 def _out_dir(given: str | None, name: str) -> str:
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="~30 s: kill the active controller, then a partition leader"
     )
     demo.add_argument("--out")
+    sim = commands.add_parser(
+        "sim", help="the deterministic simulation: many seeds, or --replay one"
+    )
+    sim_cli.add_arguments(sim)
     runner = commands.add_parser("run", help="a run with a random fault schedule")
     runner.add_argument("--nodes", type=int, default=3, help="combined controller+broker nodes")
     runner.add_argument("--controllers", type=int, default=0, help="separate roles, with --brokers")
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument("--corrupt-on-restart", action="store_true")
     runner.add_argument("--out")
     args = parser.parse_args(argv)
+    if args.command == "sim":
+        return sim_cli.main(args)
     if args.command == "demo":
         config = RunConfig(
             out=_out_dir(args.out, "demo"),

@@ -33,6 +33,7 @@ from jepsen_like.run import CLUSTER_SETTINGS, RunConfig, RunResult, drive
 from jepsen_like.sim.cluster import HARNESS, SimCluster
 from jepsen_like.sim.invariants import InvariantChecker
 from jepsen_like.sim.network import SimNetwork
+from jepsen_like.sim.planted import planted
 
 FIRST_PORT = 19_000
 SIM_FAULTS = (
@@ -65,6 +66,7 @@ class SimConfig:
     workload: str = "queue"
     scripted: tuple[str, ...] = ()
     out: str | None = None  # a directory: the history and the full report go there
+    planted_bug: str | None = None  # see jepsen_like/sim/planted.py
 
 
 @attrs.frozen(kw_only=True)
@@ -88,7 +90,8 @@ def simulate(config: SimConfig) -> SimResult:
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        return trio.run(_simulate, config, clock=clock)
+        with planted(config.planted_bug):
+            return trio.run(_simulate, config, clock=clock)
     finally:
         quiet.setLevel(level)
 
