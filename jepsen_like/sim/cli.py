@@ -90,5 +90,7 @@ def main(args: argparse.Namespace) -> int:
         f"{60 * len(configs) / wall:.0f} seeds per minute with {args.jobs} jobs)"
     )
     if failures:
-        print(f"replay one: jepsen-like sim --replay {failures[0].seed} --out DIR")
+        extra = f" --planted {args.planted}" if args.planted else ""
+        extra += f" --faults {args.faults} --time {args.time:g} --nodes {args.nodes}"
+        print(f"replay one: jepsen-like sim --replay {failures[0].seed}{extra} --out DIR")
     return 1 if failures else 0
