@@ -7,6 +7,7 @@ clusters and jepsen_like.
 from __future__ import annotations
 
 import os
+import random
 import socket
 from typing import Any
 
@@ -16,17 +17,51 @@ HOST = "127.0.0.1"
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports free right now on loopback (held together so that they differ)."""
-    sockets = []
+    """Ports free right now on loopback, below the OS's ephemeral range.
+
+    A port the OS hands out for bind(0) comes from the ephemeral range, which is also
+    where outgoing connections get their local ports: while a node is down, a client's
+    connection may take its port, and the node cannot listen again when it restarts
+    (EADDRINUSE, seen in a rolling restart). Ports below the range are never taken
+    that way. Held together while chosen, so that they differ.
+    """
+    low = _ephemeral_range()[0]
+    rng = random.Random()
+    sockets: list[socket.socket] = []
+    chosen: list[int] = []
     try:
-        for _ in range(count):
+        attempts = 0
+        while len(chosen) < count and attempts < 50 * count and low > 10_000:
+            attempts += 1
+            port = rng.randrange(10_000, low)
+            if port in chosen:
+                continue
+            sock = socket.socket()
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+            chosen.append(port)
+        while len(chosen) < count:  # no room below the range: let the OS choose
             sock = socket.socket()
             sock.bind((HOST, 0))
             sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
+            chosen.append(sock.getsockname()[1])
+        return chosen
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as file:
+            low, high = (int(part) for part in file.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 49152, 65535  # IANA's dynamic range: the default elsewhere
 
 
 def plan_cluster(
