@@ -54,6 +54,9 @@ class NodeConfig:
     metadata_snapshot_min_bytes: int = SNAPSHOT_MIN_BYTES
     replica_lag_time_max_ms: int = REPLICA_LAG_TIME_MAX_MS
     log_retention_check_interval_ms: int = RETENTION_CHECK_INTERVAL_MS
+    # KIP-966 (eligible leader replicas, unclean-shutdown detection); a controller
+    # setting, written into the metadata as a feature level when it becomes active.
+    eligible_leader_replicas_enable: bool = True
 
     @property
     def is_controller(self) -> bool:
@@ -99,6 +102,8 @@ class NodeConfig:
             lines.append(f'broker_address_overrides = "{overrides}"')
         for name in _INT_SETTINGS:
             lines.append(f"{name} = {getattr(self, name)}")
+        for name in _BOOL_SETTINGS:
+            lines.append(f"{name} = {str(getattr(self, name)).lower()}")
         return "\n".join(lines) + "\n"
 
 
@@ -112,6 +117,7 @@ _INT_SETTINGS = (
     "replica_lag_time_max_ms",
     "log_retention_check_interval_ms",
 )
+_BOOL_SETTINGS = ("eligible_leader_replicas_enable",)
 
 
 def _quote(text: str) -> str:
@@ -175,6 +181,7 @@ def node_config_from(settings: dict[str, Any]) -> NodeConfig:
     overrides_text = take("broker_address_overrides", str, "")
     overrides = parse_voters(overrides_text) if overrides_text else {}
     numbers = {name: take(name, int, None) for name in _INT_SETTINGS}
+    numbers.update({name: take(name, bool, None) for name in _BOOL_SETTINGS})
     if settings:
         raise ConfigError(f"unknown settings: {', '.join(sorted(settings))}")
     config = NodeConfig(

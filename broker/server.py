@@ -81,6 +81,7 @@ class Server:
                 cluster_id=self.cluster_id,
                 rng=random.Random(self.rng.random()),
                 session_timeout_ms=config.broker_session_timeout_ms,
+                eligible_leader_replicas_enable=config.eligible_leader_replicas_enable,
             )
             node.other_apis = self.controller.handle
         try:

@@ -20,6 +20,7 @@ from kraft.controller.replication import (
     ControllerResult,
     elect_for_returning_broker,
     move_away_from,
+    remove_unclean_replica,
 )
 from kraft.metadata.image import MetadataImage, replay
 from kraft.metadata.records import (
@@ -40,6 +41,9 @@ class BrokerRegistrationRequest:
     incarnation_id: str
     listeners: tuple[Listener, ...]
     rack: str | None = None
+    # KIP-966: the broker epoch this node had when it last shut down cleanly, from its
+    # clean-shutdown marker; -1 when it did not (it may have lost unsynced writes).
+    previous_broker_epoch: int = -1
 
 
 @attrs.frozen(kw_only=True)
@@ -122,6 +126,9 @@ def register_broker(
     if current is not None and not current.fenced:
         # The old incarnation died without being fenced yet: its leaderships go first.
         records += move_away_from(image, request.broker_id)
+    clean = current is not None and request.previous_broker_epoch == current.broker_epoch
+    if not clean:
+        records += remove_unclean_replica(_chain(image, records), request.broker_id)
     records.append(
         RegisterBrokerRecord(
             broker_id=request.broker_id,

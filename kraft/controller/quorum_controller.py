@@ -15,6 +15,7 @@ await in between, so no two decisions see the same image.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -64,9 +65,9 @@ from kraft.controller.replication import (
     alter_partition as decide_alter_partition,
 )
 from kraft.controller.result import ControllerResult
-from kraft.metadata.image import MetadataImage, replay
+from kraft.metadata.image import ELR_FEATURE, MetadataImage, MetadataReplayError, replay
 from kraft.metadata.loader import MetadataLoader
-from kraft.metadata.records import MetadataRecord, NoOpRecord, encode_record
+from kraft.metadata.records import FeatureLevelRecord, MetadataRecord, NoOpRecord, encode_record
 from kraft.raft.core import NotLeaderError
 from kraft.raft.progress import ReplicaProgress
 from kraft.runtime import RaftNode
@@ -135,8 +136,13 @@ class QuorumController:
         cluster_id: str,
         rng: random.Random,
         session_timeout_ms: int = BROKER_SESSION_TIMEOUT_MS,
+        eligible_leader_replicas_enable: bool = True,
     ) -> None:
         self.node = node
+        self.elr_level = 1 if eligible_leader_replicas_enable else 0
+        # Decisions whose records did not replay onto the pending image (a controller
+        # bug): refused, never proposed. The simulator counts them as findings.
+        self.invalid_results = 0
         self.loader = loader
         self.cluster_id = cluster_id
         self.rng = rng
@@ -200,7 +206,10 @@ class QuorumController:
         self._last_written = self.loader.next_offset - 1
         self.sessions.start_all(self._pending, self.now_ms())
         # A record of our own, so followers' images show the new controller's epoch.
-        self._append(ControllerResult(records=(NoOpRecord(),), response=None))
+        records: list[MetadataRecord] = [NoOpRecord()]
+        if self._pending.features.get(ELR_FEATURE, 0) != self.elr_level:
+            records.append(FeatureLevelRecord(name=ELR_FEATURE, level=self.elr_level))
+        self._append(ControllerResult(records=tuple(records), response=None))
         log.info(
             "controller %d: active in epoch %d at offset %d",
             self.node_id,
@@ -218,7 +227,8 @@ class QuorumController:
         result = fence_expired_brokers(self._pending, self.sessions, self.now_ms())
         if result.records:
             log.info("controller %d: fencing brokers %s", self.node_id, result.response)
-            self._append(result)
+            with contextlib.suppress(KafkaError):  # logged and counted by _append
+                self._append(result)
 
     # ------------------------------------------------------------------ writing
 
@@ -229,19 +239,31 @@ class QuorumController:
             raise NotController(self.node.leader().leader_id)
 
     def _append(self, result: ControllerResult) -> None:
-        """Propose the records and fold them into the pending image (no waiting)."""
+        """Fold the records into a candidate image, then propose them (no waiting).
+
+        Compute, then commit: records that do not replay onto the pending image would
+        stop every node's loader once committed, so they are refused here instead.
+        """
         if not result.records:
             return
         first = self.node.log_end_offset
+        try:
+            candidate = replay(
+                self._pending, [(first + i, record) for i, record in enumerate(result.records)]
+            )
+        except MetadataReplayError as error:
+            self.invalid_results += 1
+            log.error("controller %d: refusing records that do not replay: %s", self.node_id, error)
+            raise KafkaError(
+                ErrorCode.UNKNOWN_SERVER_ERROR, f"the controller's decision is invalid: {error}"
+            ) from None
         try:
             last = self.node.propose([encode_record(record) for record in result.records])
         except NotLeaderError as error:
             self.active_epoch = None
             raise NotController(error.leader.leader_id) from None
         assert last == first + len(result.records) - 1
-        self._pending = replay(
-            self._pending, [(first + i, record) for i, record in enumerate(result.records)]
-        )
+        self._pending = candidate
         self._last_written = last
 
     async def _write(self, decide: Callable[[MetadataImage, int], ControllerResult]) -> Any:

@@ -66,6 +66,9 @@ class AlterPartition:
     leader_epoch: int
     partition_epoch: int
     new_isr: tuple[int, ...]
+    # KIP-903: the broker epoch each member fetched with (-1: unknown), in the order
+    # of `new_isr`, so a replica's previous incarnation is never let back in.
+    new_isr_broker_epochs: tuple[int, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -279,12 +282,13 @@ def alter_partition(image: MetadataImage, request: AlterPartition) -> Controller
     )
     if request.broker_id not in request.new_isr or not new_isr:
         return refuse(ErrorCode.INVALID_REQUEST, "the ISR must hold the leader and only replicas")
-    ineligible = [b for b in new_isr if b not in image.brokers or image.brokers[b].fenced]
-    if ineligible and set(ineligible) - set(part.isr):
-        return refuse(ErrorCode.INELIGIBLE_REPLICA, f"brokers {ineligible} are fenced")
-    record = PartitionChangeRecord(
-        topic_id=request.topic_id, partition=request.partition, isr=new_isr
-    )
+    joining = [b for b in new_isr if b not in part.isr]
+    problem = ineligible_joiners(image, request, joining)
+    if problem is not None:
+        return refuse(ErrorCode.INELIGIBLE_REPLICA, problem)
+    dropped = set(part.isr) - set(new_isr)
+    elr = eligible_after(image, topic.name, part, new_isr, dropped)
+    record = _change(request.topic_id, request.partition, part, isr=new_isr, elr=elr)
     return ControllerResult(
         records=(record,),
         response=AlterPartitionOutcome(
@@ -296,18 +300,81 @@ def alter_partition(image: MetadataImage, request: AlterPartition) -> Controller
     )
 
 
+def ineligible_joiners(
+    image: MetadataImage, request: AlterPartition, joining: list[int]
+) -> str | None:
+    """Why some replica may not join the ISR, or None (KIP-903: only the current,
+    unfenced incarnation that did the fetching, and not one shutting down)."""
+    epochs = dict(zip(request.new_isr, request.new_isr_broker_epochs, strict=False))
+    for broker_id in joining:
+        registration = image.brokers.get(broker_id)
+        if registration is None or registration.fenced:
+            return f"broker {broker_id} is fenced or unknown"
+        if registration.in_controlled_shutdown:
+            return f"broker {broker_id} is shutting down"
+        if epochs.get(broker_id, -1) != registration.broker_epoch:
+            return (
+                f"broker {broker_id} fetched with epoch {epochs.get(broker_id, -1)}, "
+                f"its current one is {registration.broker_epoch}"
+            )
+    return None
+
+
 def _unclean_allowed(image: MetadataImage, topic_name: str) -> bool:
-    return image.configs.get(("topic", topic_name), {}).get(UNCLEAN_ELECTION_CONFIG) == "true"
+    return image.topic_config(topic_name, UNCLEAN_ELECTION_CONFIG) == "true"
+
+
+def _ordered(part: PartitionRegistration, members: set[int]) -> tuple[int, ...]:
+    return tuple(b for b in part.replicas if b in members)
+
+
+def eligible_after(
+    image: MetadataImage,
+    topic_name: str,
+    part: PartitionRegistration,
+    new_isr: tuple[int, ...],
+    dropped: set[int],
+) -> tuple[int, ...]:
+    """The ELR once the ISR becomes `new_isr`, `dropped` having left it (KIP-966).
+
+    Members that leave an ISR below min.insync.replicas still hold every committed
+    record: the high-water mark does not move while the ISR is that small. Once the
+    ISR is back at the minimum the high-water mark moves on without them, so the ELR
+    empties.
+    """
+    if not image.elr_enabled or len(new_isr) >= image.min_insync_replicas(topic_name):
+        return ()
+    return _ordered(part, (set(part.elr) | dropped) - set(new_isr))
+
+
+def _change(
+    topic_id: str,
+    index: int,
+    part: PartitionRegistration,
+    *,
+    isr: tuple[int, ...] | None = None,
+    leader: int | None = None,
+    elr: tuple[int, ...] | None = None,
+) -> PartitionChangeRecord:
+    """A PartitionChangeRecord naming only the fields that really change."""
+    return PartitionChangeRecord(
+        topic_id=topic_id,
+        partition=index,
+        isr=isr if isr is not None and isr != part.isr else None,
+        leader=leader if leader is not None and leader != part.leader else None,
+        elr=elr if elr is not None and elr != part.elr else None,
+    )
 
 
 def move_away_from(image: MetadataImage, broker_id: int) -> tuple[MetadataRecord, ...]:
     """Partition changes once `broker_id` is fenced or shutting down.
 
     Partitions it leads get a new leader from the rest of the ISR (the first live one,
-    in replica order); it leaves every ISR that has other members. A partition whose
-    ISR holds only this broker keeps it there without a leader (so no acknowledged
-    write is silently lost), unless the topic allows unclean election, in which case
-    the first live replica takes over with itself as the whole ISR.
+    in replica order), else from the eligible leader replicas; it leaves every ISR
+    that has other members (into the ELR, if that ISR is now below the minimum). A
+    partition whose ISR holds only this broker keeps it there without a leader (so no
+    acknowledged write is silently lost), unless the topic allows unclean election, in
+    which case the first live replica takes over with itself as the whole ISR.
     """
     live = set(image.unfenced_brokers()) - {broker_id}
     records: list[MetadataRecord] = []
@@ -317,32 +384,79 @@ def move_away_from(image: MetadataImage, broker_id: int) -> tuple[MetadataRecord
             part = topic.partitions[index]
             if broker_id not in part.isr and part.leader != broker_id:
                 continue
-            change = _without(part, broker_id, live, _unclean_allowed(image, topic.name))
+            change = _without(image, topic.name, part, broker_id, live)
             if change is not None:
-                isr, leader = change
-                records.append(
-                    PartitionChangeRecord(
-                        topic_id=topic_id, partition=index, isr=isr, leader=leader
-                    )
-                )
+                isr, leader, elr = change
+                records.append(_change(topic_id, index, part, isr=isr, leader=leader, elr=elr))
     return tuple(records)
 
 
 def _without(
-    part: PartitionRegistration, broker_id: int, live: set[int], unclean: bool
-) -> tuple[tuple[int, ...] | None, int | None] | None:
+    image: MetadataImage,
+    topic_name: str,
+    part: PartitionRegistration,
+    broker_id: int,
+    live: set[int],
+) -> tuple[tuple[int, ...], int, tuple[int, ...]] | None:
+    """(ISR, leader, ELR) once `broker_id` can no longer lead or follow."""
     remaining = tuple(b for b in part.isr if b != broker_id)
     if part.leader != broker_id:
-        return (remaining, None) if remaining else None
+        if not remaining:
+            return None
+        return (
+            remaining,
+            part.leader,
+            eligible_after(image, topic_name, part, remaining, {broker_id}),
+        )
     candidates = [b for b in part.replicas if b in remaining and b in live]
     if candidates:
-        return remaining, candidates[0]
-    if unclean:
+        elr = eligible_after(image, topic_name, part, remaining, {broker_id})
+        return remaining, candidates[0], elr
+    eligible = [b for b in part.elr if b in live]
+    if eligible:
+        # Every ISR member is gone; an eligible replica holds all that was committed.
+        leader = eligible[0]
+        dropped = set(part.isr) | {broker_id}
+        return (leader,), leader, eligible_after(image, topic_name, part, (leader,), dropped)
+    if _unclean_allowed(image, topic_name):
         survivors = [b for b in part.replicas if b in live]
         if survivors:
-            return (survivors[0],), survivors[0]
+            return (survivors[0],), survivors[0], ()
     # No eligible leader: keep the last ISR member, and no leader, until it returns.
-    return (remaining or part.isr), NO_LEADER
+    isr = remaining or part.isr
+    dropped = {broker_id} if remaining else set()
+    return isr, NO_LEADER, eligible_after(image, topic_name, part, isr, dropped)
+
+
+def remove_unclean_replica(image: MetadataImage, broker_id: int) -> tuple[MetadataRecord, ...]:
+    """A broker restarting after an unclean shutdown may have lost its unsynced tail
+    (KIP-966): it leaves every ISR and ELR until it has caught up again, except where
+    it is the only replica left that may hold the committed records (then its log is
+    the best copy there is, as Kafka's unclean recovery would also conclude)."""
+    if not image.elr_enabled:
+        return ()
+    live = set(image.unfenced_brokers()) - {broker_id}
+    records: list[MetadataRecord] = []
+    for topic_id in sorted(image.topics):
+        topic = image.topics[topic_id]
+        for index in sorted(topic.partitions):
+            part = topic.partitions[index]
+            if broker_id not in part.isr and broker_id not in part.elr:
+                continue
+            assert part.leader != broker_id, f"{topic.name}-{index}: a restarting broker leads"
+            isr = tuple(b for b in part.isr if b != broker_id)
+            elr = tuple(b for b in part.elr if b != broker_id)
+            if not isr and not elr:
+                continue
+            leader = part.leader
+            if leader == NO_LEADER and not isr:
+                # Only eligible replicas are left: one that is alive leads.
+                eligible = [b for b in elr if b in live]
+                if eligible:
+                    leader, isr = eligible[0], (eligible[0],)
+                    elr = eligible_after(image, topic.name, part, isr, set(elr))
+            records.append(_change(topic_id, index, part, isr=isr, leader=leader, elr=elr))
+    return tuple(records)
 
 
 def elect_preferred_leaders(image: MetadataImage) -> ControllerResult:
@@ -364,8 +478,9 @@ def elect_preferred_leaders(image: MetadataImage) -> ControllerResult:
 def elect_for_returning_broker(image: MetadataImage, broker_id: int) -> tuple[MetadataRecord, ...]:
     """Leaderless partitions that `broker_id` (unfenced again) can lead.
 
-    It leads those whose ISR holds it. One whose ISR does not hold it may have missed
-    acknowledged writes, so it leads those only where the topic allows unclean
+    It leads those whose ISR holds it, and those whose ELR does (with itself as the
+    ISR; the ISR members it replaces are still eligible). One in neither may have
+    missed acknowledged writes, so it leads those only where the topic allows unclean
     election, and then with itself as the whole ISR.
     """
     registration = image.brokers.get(broker_id)
@@ -379,13 +494,13 @@ def elect_for_returning_broker(image: MetadataImage, broker_id: int) -> tuple[Me
             if part.leader != NO_LEADER or broker_id not in part.replicas:
                 continue
             if broker_id in part.isr:
-                records.append(
-                    PartitionChangeRecord(topic_id=topic_id, partition=index, leader=broker_id)
-                )
+                records.append(_change(topic_id, index, part, leader=broker_id))
+            elif broker_id in part.elr:
+                isr = (broker_id,)
+                elr = eligible_after(image, topic.name, part, isr, set(part.isr))
+                records.append(_change(topic_id, index, part, isr=isr, leader=broker_id, elr=elr))
             elif _unclean_allowed(image, topic.name):
                 records.append(
-                    PartitionChangeRecord(
-                        topic_id=topic_id, partition=index, isr=(broker_id,), leader=broker_id
-                    )
+                    _change(topic_id, index, part, isr=(broker_id,), leader=broker_id, elr=())
                 )
     return tuple(records)

@@ -40,6 +40,12 @@ class MetadataReplayError(ValueError):
     """A record does not fit the image it is replayed onto."""
 
 
+# Kafka's feature `eligible.leader.replicas.version`: 1 turns KIP-966 on.
+ELR_FEATURE = "eligible.leader.replicas.version"
+MIN_INSYNC_REPLICAS_CONFIG = "min.insync.replicas"
+DEFAULT_MIN_INSYNC_REPLICAS = 1  # Kafka's min.insync.replicas
+
+
 @attrs.frozen(kw_only=True)
 class BrokerRegistration:
     broker_id: int
@@ -58,6 +64,7 @@ class PartitionRegistration:
     leader: int
     leader_epoch: int
     partition_epoch: int
+    elr: tuple[int, ...] = ()  # eligible leader replicas (KIP-966)
 
 
 @attrs.frozen(kw_only=True)
@@ -83,6 +90,18 @@ class MetadataImage:
 
     def unfenced_brokers(self) -> list[int]:
         return sorted(b for b, reg in self.brokers.items() if not reg.fenced)
+
+    @property
+    def elr_enabled(self) -> bool:
+        """KIP-966's eligible leader replicas, switched on by a feature level."""
+        return self.features.get(ELR_FEATURE, 0) >= 1
+
+    def topic_config(self, topic_name: str, name: str) -> str | None:
+        return self.configs.get(("topic", topic_name), {}).get(name)
+
+    def min_insync_replicas(self, topic_name: str) -> int:
+        value = self.topic_config(topic_name, MIN_INSYNC_REPLICAS_CONFIG)
+        return DEFAULT_MIN_INSYNC_REPLICAS if value is None else int(value)
 
     def to_records(self) -> list[MetadataRecord]:
         """Records that rebuild this image from empty (a snapshot's content)."""
@@ -123,6 +142,7 @@ class MetadataImage:
                         leader=part.leader,
                         leader_epoch=part.leader_epoch,
                         partition_epoch=part.partition_epoch,
+                        elr=part.elr,
                     )
                 )
         for (resource_type, resource_name), settings in sorted(self.configs.items()):
@@ -248,6 +268,11 @@ class MetadataDelta:
             raise MetadataReplayError(
                 f"{topic.name}-{index}: ISR {part.isr} not within {part.replicas}"
             )
+        if not set(part.elr) <= set(part.replicas) or set(part.elr) & set(part.isr):
+            raise MetadataReplayError(
+                f"{topic.name}-{index}: ELR {part.elr} not within {part.replicas} "
+                f"outside ISR {part.isr}"
+            )
         partitions = dict(topic.partitions)
         partitions[index] = part
         self._topics[topic.topic_id] = attrs.evolve(topic, partitions=partitions)
@@ -266,6 +291,7 @@ class MetadataDelta:
                 leader=record.leader,
                 leader_epoch=record.leader_epoch,
                 partition_epoch=record.partition_epoch,
+                elr=record.elr,
             ),
         )
 
@@ -284,6 +310,7 @@ class MetadataDelta:
                 leader=record.leader if record.leader is not None else part.leader,
                 leader_epoch=part.leader_epoch + 1 if leader_changes else part.leader_epoch,
                 partition_epoch=part.partition_epoch + 1,
+                elr=record.elr if record.elr is not None else part.elr,
             ),
         )
 

@@ -72,7 +72,7 @@ class TopicRecord:
 @attrs.frozen(kw_only=True)
 class PartitionRecord:
     TYPE: ClassVar[int] = 4
-    VERSION: ClassVar[int] = 0
+    VERSION: ClassVar[int] = 1  # 1 added `elr`
     topic_id: str
     partition: int
     replicas: tuple[int, ...]
@@ -80,6 +80,10 @@ class PartitionRecord:
     leader: int
     leader_epoch: int
     partition_epoch: int
+    # Eligible leader replicas (KIP-966): out of the ISR, yet known to hold every
+    # committed record, because they left it while it was below min.insync.replicas
+    # (and the high-water mark does not move then).
+    elr: tuple[int, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -88,12 +92,13 @@ class PartitionChangeRecord:
     leader also bumps the leader epoch (so followers truncate against it)."""
 
     TYPE: ClassVar[int] = 5
-    VERSION: ClassVar[int] = 0
+    VERSION: ClassVar[int] = 1  # 1 added `elr`
     topic_id: str
     partition: int
     isr: tuple[int, ...] | None = NO_CHANGE
     leader: int | None = NO_CHANGE
     replicas: tuple[int, ...] | None = NO_CHANGE
+    elr: tuple[int, ...] | None = NO_CHANGE
 
 
 @attrs.frozen(kw_only=True)
@@ -221,14 +226,19 @@ def decode_record(value: bytes) -> MetadataRecord:
     cls = RECORD_TYPES.get(item[0])
     if cls is None:
         raise MetadataRecordError(f"unknown metadata record type {item[0]}")
-    if item[1] != cls.VERSION:
+    if not 0 <= item[1] <= cls.VERSION:
         raise MetadataRecordError(f"{cls.__name__} version {item[1]} is not supported")
     fields = attrs.fields(cls)
-    if len(item) - 2 != len(fields):
-        raise MetadataRecordError(f"{cls.__name__} needs {len(fields)} fields, got {len(item) - 2}")
+    given = len(item) - 2
+    # Versions only ever add fields at the end, each with a default: an older record
+    # lacks the newer ones, which keep their defaults.
+    if given > len(fields) or any(f.default is attrs.NOTHING for f in fields[given:]):
+        raise MetadataRecordError(f"{cls.__name__} needs {len(fields)} fields, got {given}")
+    if item[1] == cls.VERSION and given != len(fields):
+        raise MetadataRecordError(f"{cls.__name__} needs {len(fields)} fields, got {given}")
     values = {
         f.name: _from_wire(str(f.type), raw, f"{cls.__name__}.{f.name}")
-        for f, raw in zip(fields, item[2:], strict=True)
+        for f, raw in zip(fields[:given], item[2:], strict=True)
     }
     record: MetadataRecord = cls(**values)
     return record

@@ -13,9 +13,10 @@ import trio
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode
 from kraft.controller.quorum_controller import QuorumController
-from kraft.metadata.image import MetadataImage, replay
+from kraft.metadata.image import ELR_FEATURE, MetadataImage, replay
 from kraft.metadata.records import (
     BrokerRegistrationChangeRecord,
+    FeatureLevelRecord,
     NoOpRecord,
     decode_record,
 )
@@ -89,6 +90,11 @@ def setup() -> tuple[ScriptedNode, ScriptedLoader, QuorumController]:
     return node, loader, controller
 
 
+# What a newly active controller writes first: its own record, and (this image does not
+# have it yet) the KIP-966 feature level its configuration asks for.
+ACTIVATION = [NoOpRecord(), FeatureLevelRecord(name=ELR_FEATURE, level=1)]
+
+
 def proposed_records(node: ScriptedNode) -> list:
     return [decode_record(value) for batch in node.proposed for value in batch]
 
@@ -113,11 +119,11 @@ async def test_a_leader_decides_nothing_until_it_has_replayed_its_epoch_start() 
     loader.next_offset = 11  # caught up through the epoch start
     controller._update_activation()
     assert controller.is_active and controller.activations == 1
-    assert proposed_records(node) == [NoOpRecord()]
+    assert proposed_records(node) == ACTIVATION
     # Fresh sessions: nobody is fenced for silence that happened under the old controller.
     node.now += SESSION_MS // 2
     controller._fence_expired()
-    assert proposed_records(node) == [NoOpRecord()]
+    assert proposed_records(node) == ACTIVATION
     # Brokers 1 and 2 heartbeat to the new controller; broker 3 stays silent.
     for broker in (1, 2):
         body = {
@@ -149,7 +155,7 @@ async def test_leadership_lost_mid_way_answers_not_controller_and_drops_pending_
     assert answer["error_code"] == ErrorCode.NOT_CONTROLLER and answer["controller_id"] == 2
     assert not controller.is_active
     # Winning again later starts from the committed image, not the old pending one.
-    loader.image = replay(loader.image, [(3, NoOpRecord())])
+    loader.image = replay(loader.image, list(enumerate(ACTIVATION, start=3)))
     node.epoch_start, node.epoch = 20, 4
     loader.next_offset = 21
     controller._update_activation()

@@ -246,6 +246,10 @@ def test_returning_isr_member_becomes_leader_and_preferred_election() -> None:
         leader_epoch=image.topics[topic_id].partitions[0].leader_epoch,
         partition_epoch=image.topics[topic_id].partitions[0].partition_epoch,
         new_isr=(*image.topics[topic_id].partitions[0].isr, preferred),
+        new_isr_broker_epochs=(
+            *(image.brokers[b].broker_epoch for b in image.topics[topic_id].partitions[0].isr),
+            epoch,
+        ),
     )
     image = apply(image, alter_partition(image, rejoin))
     image = apply(image, elect_preferred_leaders(image))
