@@ -5,6 +5,7 @@
     pykraft-server format --config node.toml [--cluster-id ID]
     pykraft-server random-cluster-id
     pykraft-server cluster --controllers 3 --brokers 3   (or --nodes 3: combined)
+    pykraft-server cluster restart N --root DIR          (a node of it that died)
 
 SIGTERM or Ctrl-C stops a node gracefully (a broker's controlled shutdown, a
 leader's resignation); a second one stops it at once.
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     fmt.add_argument("--ignore-formatted", action="store_true")
     commands.add_parser("random-cluster-id", help="print a new cluster id")
     cluster = commands.add_parser("cluster", help="run a local cluster of processes")
+    cluster.add_argument(
+        "action", nargs="?", choices=["restart"], help="restart: node N of the running cluster"
+    )
+    cluster.add_argument("node", nargs="?", type=int, help="the node to restart")
     cluster.add_argument("--controllers", type=int, default=0)
     cluster.add_argument("--brokers", type=int, default=0)
     cluster.add_argument("--nodes", type=int, default=0, help="combined controller+broker nodes")
@@ -156,8 +161,14 @@ def main(argv: list[str] | None = None) -> int:
             print(meta_properties.new_cluster_id())
             return 0
         if args.command == "cluster":
-            from broker.local_cluster import run_until_stopped
+            from broker.local_cluster import request_restart, run_until_stopped
 
+            if args.action == "restart":
+                if args.node is None:
+                    parser.error("cluster restart needs a node id: cluster restart N --root DIR")
+                return request_restart(args.root, args.node)
+            if args.node is not None:
+                parser.error(f"unexpected argument {args.node}")
             return run_until_stopped(
                 args.root, controllers=args.controllers, brokers=args.brokers, combined=args.nodes
             )
