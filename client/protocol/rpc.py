@@ -24,7 +24,14 @@ import trio
 
 from client.protocol import environment
 from client.protocol.errors import ErrorCode, KafkaError
-from client.protocol.framing import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, FrameError, encode_frame
+from client.protocol.framing import (
+    FRAME_BYTES_MAX_DEFAULT,
+    FrameDecoder,
+    FrameError,
+    bounded,
+    encode_frame,
+    preview,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,15 @@ RECONNECT_BACKOFF_MS = 50
 RECONNECT_BACKOFF_MAX_MS = 1000  # Kafka's reconnect.backoff.max.ms
 
 Handler = Callable[[int, int, Any], Awaitable[Any]]
+
+# Kafka's request header types: api_key and api_version are int16, correlation_id int32.
+# A value outside them is a broken or hostile peer: refuse the frame, never act on (or
+# try to print) a bignum.
+HEADER_RANGES = {
+    "api_key": (-(2**15), 2**15 - 1),
+    "api_version": (-(2**15), 2**15 - 1),
+    "correlation_id": (-(2**31), 2**31 - 1),
+}
 
 
 class ConnectionLost(KafkaError):
@@ -110,7 +126,12 @@ class RpcServer:
                         requests = [_parse_request(frame) for frame in decoder.feed(data)]
                     except FrameError as error:
                         self.malformed_frames += 1
-                        log.warning("%s: closing connection from %s: %s", self.name, peer, error)
+                        log.warning(
+                            "%s: closing connection from %s: %s",
+                            self.name,
+                            peer,
+                            bounded(str(error)),
+                        )
                         break
                     for api_key, version, correlation_id, body in requests:
                         slot = _Slot(correlation_id)
@@ -128,6 +149,11 @@ class RpcServer:
             response = await self.handler(api_key, version, body)
         except KafkaError as error:
             response = error_body(error.code, error.message)
+        except AssertionError:
+            # A broken invariant: this node's state is unknown now, so it stops (the
+            # error leaves through the server's nursery) rather than serve from it.
+            log.critical("%s: invariant broken in the handler for api %d", self.name, api_key)
+            raise
         except Exception as error:  # a bug in one handler must not take the server down
             log.exception("%s: handler for api %d failed", self.name, api_key)
             response = error_body(
@@ -167,6 +193,9 @@ def _parse_request(frame: Any) -> tuple[int, int, int, Any]:
     ):
         if not isinstance(value, int) or isinstance(value, bool):
             raise FrameError(f"{name} must be an integer, got {type(value).__name__}")
+        low, high = HEADER_RANGES[name]
+        if not low <= value <= high:
+            raise FrameError(f"{name} {preview(value)} is outside [{low}, {high}]")
     if client_id is not None and not isinstance(client_id, str):
         raise FrameError("client_id must be a string or null")
     return api_key, version, correlation_id, body

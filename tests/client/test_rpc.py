@@ -6,6 +6,7 @@ import random
 import socket
 import struct
 
+import cbor2
 import pytest
 import trio
 from hypothesis import given
@@ -184,3 +185,70 @@ async def test_a_peer_resetting_its_connection_does_not_stop_the_server(server) 
             await trio.sleep(0.1)
         assert await good.request(ECHO, 0, "still here", timeout_s=5) == {"echo": "still here"}
     assert rpc.statistics()["requests"] >= 4
+
+
+# Issue 14, finding 9: the frame and its header are checked whole before anything acts on them.
+
+
+def test_two_cbor_items_in_one_frame_are_refused() -> None:
+    body = cbor2.dumps([ECHO, 0, 1, None, "first"]) + cbor2.dumps("second")
+    with pytest.raises(MalformedFrame, match="after the first CBOR item"):
+        FrameDecoder().feed(struct.pack(">I", len(body)) + body)
+
+
+def frame_of_items(*items) -> bytes:
+    body = b"".join(cbor2.dumps(item) for item in items)
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        frame_of_items([ECHO, 0, 1, None, "x"], [ECHO, 0, 2, None, "smuggled"]),
+        encode_frame([1 << 8_000_000, 0, 1, None, None]),  # a 1 MB bignum api key
+        encode_frame([2**15, 0, 1, None, None]),
+        encode_frame([-(2**15) - 1, 0, 1, None, None]),
+        encode_frame([ECHO, 2**15, 1, None, None]),
+        encode_frame([ECHO, 0, 2**31, None, None]),
+        encode_frame([ECHO, 0, -(2**31) - 1, None, None]),
+        encode_frame([ECHO, 0, 1 << 8_000_000, None, None]),
+    ],
+    ids=[
+        "two-items",
+        "bignum-api-key",
+        "api-key",
+        "neg-api-key",
+        "version",
+        "corr",
+        "neg-corr",
+        "bignum-corr",
+    ],
+)
+async def test_a_bad_header_closes_the_connection_and_logs_one_bounded_line(
+    nursery, caplog, frame: bytes
+) -> None:
+    rpc = RpcServer(handler)  # the default frame limit: room for a 1 MB bignum
+    port = await nursery.start(rpc.serve)
+    with trio.fail_after(10):
+        bad = await trio.open_tcp_stream("127.0.0.1", port)
+        await bad.send_all(frame)
+        assert await bad.receive_some(10) == b""  # closed, nothing answered
+        good = client(port)
+        assert await good.request(ECHO, 0, "after", timeout_s=5) == {"echo": "after"}
+        await good.aclose()
+    assert rpc.statistics()["malformed_frames"] == 1
+    lines = [record.getMessage() for record in caplog.records]  # each one formats
+    assert lines and all(len(line) < 500 and "\n" not in line for line in lines)
+
+
+async def test_a_header_at_the_edges_of_its_ranges_is_answered(nursery) -> None:
+    rpc = RpcServer(handler)
+    port = await nursery.start(rpc.serve)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(encode_frame([2**15 - 1, -(2**15), 2**31 - 1, None, None]))
+        decoder, answers = FrameDecoder(), []
+        while not answers:
+            answers += decoder.feed(await stream.receive_some(4096))
+    assert answers[0][0] == 2**31 - 1
+    assert answers[0][1]["error_code"] == ErrorCode.UNSUPPORTED_VERSION
