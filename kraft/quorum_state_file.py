@@ -4,7 +4,10 @@ Written atomically (temp file, fsync, rename, fsync directory) before the runtim
 sends anything that depends on it. The layout is JSON, like Kafka's file of the same
 name, plus the cluster and node id so that a data directory moved to the wrong node or
 cluster is refused. A file that exists but cannot be read is a hard error: starting
-with an empty state would let the node vote twice in an epoch.
+with an empty state would let the node vote twice in an epoch. So is one that names a
+state no member of this quorum can act on (a leader or a vote that is not a voter, an
+epoch past the last one, issue 14): it says so in one line, naming the file, and is
+left as found. Nothing of the kind is ever written (asserted before each write).
 """
 
 from __future__ import annotations
@@ -25,11 +28,21 @@ class QuorumStateError(Exception):
 
 
 class QuorumStateFile:
-    def __init__(self, fs: FileSystem, directory: str, *, cluster_id: str, node_id: int) -> None:
+    def __init__(
+        self,
+        fs: FileSystem,
+        directory: str,
+        *,
+        cluster_id: str,
+        node_id: int,
+        voters: frozenset[int] | None = None,
+    ) -> None:
         self.fs = fs
         self.path = posixpath.join(directory, FILE_NAME)
         self.cluster_id = cluster_id
         self.node_id = node_id
+        # The quorum's voters, if known: a stored leader or vote must be one of them.
+        self.voters = voters
 
     def read(self) -> ElectionState:
         """The stored state, or epoch 0 with no vote and no leader if there is no file."""
@@ -60,9 +73,18 @@ class QuorumStateFile:
             )
         if state.epoch < 0:
             raise QuorumStateError(f"{self.path}: negative epoch {state.epoch}")
+        problem = state.problem(self.voters)
+        if problem is not None:
+            raise QuorumStateError(
+                f"{self.path}: {problem}; no member of this quorum can act on it, so the node "
+                "refuses to start. Restore the file, or remove the node's metadata directory "
+                "and let it rejoin as new."
+            )
         return state
 
     def write(self, state: ElectionState) -> None:
+        problem = state.problem(self.voters)
+        assert problem is None, f"{self.path}: refusing to write {state}: {problem}"
         content = {
             "data_version": DATA_VERSION,
             "cluster_id": self.cluster_id,

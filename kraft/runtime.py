@@ -100,9 +100,15 @@ class RaftNode:
         """Open the log and quorum-state, serve the quorum RPCs, drive the core."""
         self.fs.makedirs(self.directory)
         self.store = QuorumStateFile(
-            self.fs, self.directory, cluster_id=self.config.cluster_id, node_id=self.config.local_id
+            self.fs,
+            self.directory,
+            cluster_id=self.config.cluster_id,
+            node_id=self.config.local_id,
+            voters=self.config.voters,
         )
-        election = self.store.read()  # a corrupt file stops the node here, loudly
+        # A corrupt file, or one naming a state no member could act on, stops the node
+        # here with a one-line QuorumStateError, before it binds or opens anything else.
+        election = self.store.read()
         self.segmented = SegmentedLog.open(
             f"{self.directory}/{METADATA_LOG_DIR}",
             LogConfig(segment_bytes=METADATA_SEGMENT_BYTES, retention_ms=-1),
@@ -234,6 +240,8 @@ class RaftNode:
     def _client(self, node_id: int) -> RpcClient:
         client = self._clients.get(node_id)
         if client is None:
+            # The core only ever addresses voters (it refuses peers' claims otherwise).
+            assert node_id in self.voter_addresses, f"no address for node {node_id}"
             host, port = self.voter_addresses[node_id]
             client = RpcClient(host, port, client_id=f"raft-{self.config.local_id}", rng=self.rng)
             self._clients[node_id] = client

@@ -19,6 +19,13 @@ timeout) first asks for pre-votes at its current epoch; only if a majority would
 vote does it bump the epoch and stand as candidate, so a partitioned node cannot
 disrupt a healthy quorum when it returns. A leader that has not been fetched from by
 a majority within 1.5 fetch timeouts resigns (check-quorum).
+
+What a peer says is checked before it changes any state (issue 14): a leader or a
+candidate must be a voter, an epoch must be one a node can act on (at most
+`EPOCH_MAX`, so that the next election still fits an int32), a claim must not name a
+second leader for an epoch whose leader is known, and offsets, sizes and positions
+must be in range. A refused request gets an error code; a refused response counts as
+a failed request. Either way the node keeps running and persists nothing new.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import attrs
 
 from kraft.raft.log import RaftLog
 from kraft.raft.messages import (
+    EPOCH_MAX,
     NO_LEADER,
     BeginQuorumEpochRequest,
     BeginQuorumEpochResponse,
@@ -302,13 +310,17 @@ class RaftCore:
                 election_deadline_ms=self._election_deadline(now_ms),
             )
         )
+        if self.epoch >= EPOCH_MAX:
+            # No later epoch to stand in: wait out the pre-vote and go back to what we
+            # were (a leader may still appear in this epoch).
+            return
         if not self._maybe_win_prevote(now_ms):
             self._send_votes(now_ms, pre_vote=True)
 
     def _maybe_win_prevote(self, now_ms: int) -> bool:
         state = self.quorum.state
         assert isinstance(state, Prospective)
-        if not self._is_majority(state.granted):
+        if not self._is_majority(state.granted) or self.epoch >= EPOCH_MAX:
             return False
         local = self.config.local_id
         self._transition(
@@ -483,6 +495,9 @@ class RaftCore:
         """Answer one request; call `ready()` and carry it out before sending the answer."""
         if request.cluster_id != self.config.cluster_id:
             return self._error_response(request, ErrorCode.INCONSISTENT_CLUSTER_ID)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return self._error_response(request, refusal)
         if isinstance(request, VoteRequest):
             return self._handle_vote(now_ms, request)
         if isinstance(request, BeginQuorumEpochRequest):
@@ -492,6 +507,64 @@ class RaftCore:
         if isinstance(request, FetchRequest):
             return self._handle_fetch(now_ms, request)
         return self._handle_fetch_snapshot(now_ms, request)
+
+    def _refusal(self, request: Request) -> int | None:
+        """The error for a request no node may act on, or None (before any state changes).
+
+        The ranges follow Kafka's KafkaRaftClient where it has them (a Vote's last
+        epoch below the candidate's, a Fetch's last_fetched_epoch within [0,
+        current_leader_epoch], else INVALID_REQUEST).
+        """
+        if isinstance(request, VoteRequest):
+            if not self.quorum.is_voter or request.candidate_id not in self.config.voters:
+                return ErrorCode.INCONSISTENT_VOTER_SET
+            # As Kafka's handleVoteRequest: a candidate's log holds nothing of the epoch
+            # it stands in (it has not won it yet).
+            if not (
+                1 <= request.candidate_epoch <= EPOCH_MAX
+                and 0 <= request.last_offset_epoch < request.candidate_epoch
+                and request.last_offset >= 0
+            ):
+                return ErrorCode.INVALID_REQUEST
+            return None
+        if isinstance(request, (BeginQuorumEpochRequest, EndQuorumEpochRequest)):
+            if request.leader_id not in self.config.voters:
+                return ErrorCode.INCONSISTENT_VOTER_SET
+            if not 1 <= request.leader_epoch <= EPOCH_MAX:
+                return ErrorCode.INVALID_REQUEST
+            if isinstance(request, BeginQuorumEpochRequest) and self._names_a_second_leader(
+                request.leader_epoch, request.leader_id
+            ):
+                return ErrorCode.INVALID_REQUEST
+            return None
+        # Fetch and FetchSnapshot: observers fetch too, so any broker id is welcome.
+        if request.replica_id < 0 or request.max_bytes < 0:
+            return ErrorCode.INVALID_REQUEST
+        if not 0 <= request.current_leader_epoch <= EPOCH_MAX:
+            return ErrorCode.INVALID_REQUEST
+        if isinstance(request, FetchRequest) and not (
+            0 <= request.last_fetched_epoch <= request.current_leader_epoch
+            and request.max_wait_ms >= 0
+        ):
+            return ErrorCode.INVALID_REQUEST
+        return None
+
+    def _names_a_second_leader(self, epoch: int, leader_id: int) -> bool:
+        """Does (epoch, leader) contradict the leader we know for our epoch?
+
+        Raft has one leader per epoch, so no honest peer says this; following it would
+        break our own invariants, so it is refused rather than believed.
+        """
+        known = self.quorum.leader_id()
+        return epoch == self.epoch and leader_id != NO_LEADER and known not in (NO_ID, leader_id)
+
+    def _acceptable_response(self, response: Response) -> bool:
+        """Can we act on what a response says of the epoch and its leader?"""
+        return (
+            0 <= response.leader_epoch <= EPOCH_MAX
+            and (response.leader_id == NO_LEADER or response.leader_id in self.config.voters)
+            and not self._names_a_second_leader(response.leader_epoch, response.leader_id)
+        )
 
     def _error_response(self, request: Request, error: int) -> Response:
         if isinstance(request, VoteRequest):
@@ -539,9 +612,6 @@ class RaftCore:
         return (last_offset_epoch, last_offset) >= ours
 
     def _handle_vote(self, now_ms: int, request: VoteRequest) -> VoteResponse:
-        voters = self.config.voters
-        if not self.quorum.is_voter or request.candidate_id not in voters:
-            return self._vote_answer(ErrorCode.INCONSISTENT_VOTER_SET, granted=False)
         if request.candidate_epoch < self.epoch:
             return self._vote_answer(ErrorCode.FENCED_LEADER_EPOCH, granted=False)
         up_to_date = self._log_is_up_to_date(request.last_offset_epoch, request.last_offset)
@@ -679,6 +749,8 @@ class RaftCore:
         if request.current_leader_epoch < self.epoch:
             return answer(ErrorCode.FENCED_LEADER_EPOCH)
         assert self.progress is not None
+        if request.position < 0:
+            return answer(ErrorCode.POSITION_OUT_OF_RANGE)
         chunk = self.log.read_snapshot_chunk(
             request.snapshot_id,
             request.position,
@@ -687,7 +759,7 @@ class RaftCore:
         if chunk is None:
             return answer(ErrorCode.SNAPSHOT_NOT_FOUND)
         data, size = chunk
-        if request.position < 0 or request.position > size:
+        if request.position > size:
             return answer(ErrorCode.POSITION_OUT_OF_RANGE)
         self.progress.touch(request.replica_id, now_ms)
         return answer(
@@ -738,7 +810,9 @@ class RaftCore:
             if inbound.unreachable and isinstance(flight.request, FetchRequest):
                 self._leader_unreachable(now_ms, inbound.source)
             return
-        if response.error_code == ErrorCode.INCONSISTENT_CLUSTER_ID:
+        if response.error_code == ErrorCode.INCONSISTENT_CLUSTER_ID or not (
+            self._acceptable_response(response)
+        ):
             self._request_failed(now_ms, inbound.request_id, flight)
             return
         if self._maybe_follow_newer(now_ms, response.leader_epoch, response.leader_id):
@@ -972,6 +1046,8 @@ class RaftCore:
     # ------------------------------------------------------------------ plumbing
 
     def _send(self, now_ms: int, destination: int, request: Request) -> None:
+        # Only voters have addresses; a peer's claim never makes us talk to anyone else.
+        assert destination in self.config.voters, f"request to non-voter {destination}"
         request_id = self._next_request_id
         self._next_request_id += 1
         self._inflight[request_id] = _InFlight(destination, request, now_ms)

@@ -7,10 +7,56 @@ one. Field names follow Kafka's message definitions in snake_case.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 NO_LEADER = -1
 NO_EPOCH = -1
+
+# Kafka's message schemas type every epoch, id and size int32 and every offset int64;
+# a value outside its type cannot be built (the wire decoder answers INVALID_REQUEST).
+INT16_MIN, INT16_MAX = -(2**15), 2**15 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The last epoch a node enters, by election or by learning it from a peer (issue 14).
+# Epochs are int32 and each election takes the next one; int32's max is where a broken
+# or hostile peer's value saturates, and a node in it could never stand again. A node
+# at EPOCH_MAX stays alive and follows, but does not stand: no batch ever needs an
+# epoch an int32 cannot hold.
+EPOCH_MAX = INT32_MAX - 1
+OFFSET_MAX = INT64_MAX
+
+
+def _in_range(low: int, high: int, kind: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if not low <= value <= high:
+            # Not the value itself: a peer's bignum would make this message huge.
+            raise ValueError(f"{attribute.name} is outside {kind}")
+
+    return check
+
+
+_int16 = _in_range(INT16_MIN, INT16_MAX, "int16")
+_int32 = _in_range(INT32_MIN, INT32_MAX, "int32")
+_int64 = _in_range(INT64_MIN, INT64_MAX, "int64")
+
+
+def _int32s(instance: object, attribute: attrs.Attribute[tuple[int, ...]], value: Any) -> None:
+    for item in value:
+        _int32(instance, attribute, item)
+
+
+def _i16(**kwargs: Any) -> Any:
+    return attrs.field(validator=_int16, **kwargs)
+
+
+def _i32(**kwargs: Any) -> Any:
+    return attrs.field(validator=_int32, **kwargs)
+
+
+def _i64(**kwargs: Any) -> Any:
+    return attrs.field(validator=_int64, **kwargs)
 
 
 class ErrorCode:
@@ -30,8 +76,8 @@ class ErrorCode:
 
 @attrs.frozen(kw_only=True, slots=True)
 class OffsetAndEpoch:
-    offset: int
-    epoch: int
+    offset: int = _i64()
+    epoch: int = _i32()
 
 
 # --------------------------------------------------------------------------- Vote
@@ -40,19 +86,19 @@ class OffsetAndEpoch:
 @attrs.frozen(kw_only=True, slots=True)
 class VoteRequest:
     cluster_id: str
-    candidate_epoch: int
-    candidate_id: int
-    last_offset_epoch: int
-    last_offset: int
+    candidate_epoch: int = _i32()
+    candidate_id: int = _i32()
+    last_offset_epoch: int = _i32()
+    last_offset: int = _i64()
     # KIP-996: a pre-vote asks "would you vote for me?" without changing anyone's epoch.
     pre_vote: bool = False
 
 
 @attrs.frozen(kw_only=True, slots=True)
 class VoteResponse:
-    error_code: int
-    leader_epoch: int
-    leader_id: int
+    error_code: int = _i16()
+    leader_epoch: int = _i32()
+    leader_id: int = _i32()
     vote_granted: bool
 
 
@@ -62,30 +108,30 @@ class VoteResponse:
 @attrs.frozen(kw_only=True, slots=True)
 class BeginQuorumEpochRequest:
     cluster_id: str
-    leader_epoch: int
-    leader_id: int
+    leader_epoch: int = _i32()
+    leader_id: int = _i32()
 
 
 @attrs.frozen(kw_only=True, slots=True)
 class BeginQuorumEpochResponse:
-    error_code: int
-    leader_epoch: int
-    leader_id: int
+    error_code: int = _i16()
+    leader_epoch: int = _i32()
+    leader_id: int = _i32()
 
 
 @attrs.frozen(kw_only=True, slots=True)
 class EndQuorumEpochRequest:
     cluster_id: str
-    leader_epoch: int
-    leader_id: int
-    preferred_successors: tuple[int, ...]
+    leader_epoch: int = _i32()
+    leader_id: int = _i32()
+    preferred_successors: tuple[int, ...] = attrs.field(validator=_int32s)
 
 
 @attrs.frozen(kw_only=True, slots=True)
 class EndQuorumEpochResponse:
-    error_code: int
-    leader_epoch: int
-    leader_id: int
+    error_code: int = _i16()
+    leader_epoch: int = _i32()
+    leader_id: int = _i32()
 
 
 # ---------------------------------------------------------------------------- Fetch
@@ -94,22 +140,22 @@ class EndQuorumEpochResponse:
 @attrs.frozen(kw_only=True, slots=True)
 class FetchRequest:
     cluster_id: str
-    replica_id: int
+    replica_id: int = _i32()
     # The fetcher's view of the leader epoch: a stale one is fenced (KIP-320).
-    current_leader_epoch: int
-    fetch_offset: int
-    last_fetched_epoch: int
-    max_bytes: int
-    max_wait_ms: int = 0
+    current_leader_epoch: int = _i32()
+    fetch_offset: int = _i64()
+    last_fetched_epoch: int = _i32()
+    max_bytes: int = _i32()
+    max_wait_ms: int = _i32(default=0)
 
 
 @attrs.frozen(kw_only=True, slots=True)
 class FetchResponse:
-    error_code: int
-    leader_epoch: int
-    leader_id: int
-    high_watermark: int = -1
-    log_start_offset: int = 0
+    error_code: int = _i16()
+    leader_epoch: int = _i32()
+    leader_id: int = _i32()
+    high_watermark: int = _i64(default=-1)
+    log_start_offset: int = _i64(default=0)
     records: bytes = b""
     # Set when the fetcher's log diverges: truncate to where this epoch ended.
     diverging_epoch: OffsetAndEpoch | None = None
@@ -123,21 +169,21 @@ class FetchResponse:
 @attrs.frozen(kw_only=True, slots=True)
 class FetchSnapshotRequest:
     cluster_id: str
-    replica_id: int
-    current_leader_epoch: int
+    replica_id: int = _i32()
+    current_leader_epoch: int = _i32()
     snapshot_id: OffsetAndEpoch
-    position: int
-    max_bytes: int
+    position: int = _i64()
+    max_bytes: int = _i32()
 
 
 @attrs.frozen(kw_only=True, slots=True)
 class FetchSnapshotResponse:
-    error_code: int
-    leader_epoch: int
-    leader_id: int
+    error_code: int = _i16()
+    leader_epoch: int = _i32()
+    leader_id: int = _i32()
     snapshot_id: OffsetAndEpoch | None = None
-    size: int = 0
-    position: int = 0
+    size: int = _i64(default=0)
+    position: int = _i64(default=0)
     unaligned_records: bytes = b""
 
 

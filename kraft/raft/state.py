@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import attrs
 
+from kraft.raft.messages import EPOCH_MAX
+
 NO_ID = -1
 
 
@@ -21,6 +23,23 @@ class ElectionState:
     epoch: int
     voted_id: int = NO_ID
     leader_id: int = NO_ID
+
+    def problem(self, voters: frozenset[int] | None) -> str | None:
+        """Why no member of a quorum with these voters could act on this state, if so.
+
+        A leader is a voter, a vote goes to a voter and an epoch stays within the
+        int32 range a node can stand in (issue 14). With `voters` None (unknown), only
+        the epoch is checked.
+        """
+        if not 0 <= self.epoch <= EPOCH_MAX:
+            return f"epoch {self.epoch} is outside [0, {EPOCH_MAX}]"
+        if voters is None:
+            return None
+        if self.leader_id != NO_ID and self.leader_id not in voters:
+            return f"leader {self.leader_id} is not a voter ({sorted(voters)})"
+        if self.voted_id != NO_ID and self.voted_id not in voters:
+            return f"vote for {self.voted_id}, not a voter ({sorted(voters)})"
+        return None
 
 
 @attrs.frozen(kw_only=True, slots=True)
@@ -217,6 +236,12 @@ class QuorumState:
             assert self.is_voter, f"observer {self.local_id} cannot be {type(state).__name__}"
         if isinstance(state, Voted):
             assert state.voted_id in self.voters, f"vote for non-voter {state.voted_id}"
+        # The negative space of the core's checks on what peers say (issue 14): a state
+        # no node could act on (follow a non-voter, stand past the last epoch) is never
+        # entered, so it is never persisted either.
+        if isinstance(state, Follower):
+            assert state.leader_id in self.voters, f"following non-voter {state.leader_id}"
+        assert 0 <= state.epoch <= EPOCH_MAX, f"epoch {state.epoch} outside [0, {EPOCH_MAX}]"
 
     def take_unpersisted(self) -> ElectionState | None:
         pending, self.unpersisted = self.unpersisted, None

@@ -2,7 +2,10 @@
 
 A body is the list of a message's fields in declaration order. Decoding checks the
 count and every field's type against the class's declared annotation before a
-message is built: a peer's bad body is INVALID_REQUEST, never a half-built object.
+message is built, and the message checks each value against its Kafka type (int32
+epochs and ids, int64 offsets): a peer's bad body is INVALID_REQUEST, never a
+half-built object. Whether a well-typed value makes sense (a voter's id, an epoch a
+node can act on) is the core's question, asked before it changes any state.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 import attrs
 
 from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.framing import preview
 from kraft.raft.messages import (
     BeginQuorumEpochRequest,
     BeginQuorumEpochResponse,
@@ -60,7 +64,9 @@ def encode(message: Request | Response) -> list[Any]:
 
 def _check(annotation: str, value: Any, name: str) -> Any:
     def fail() -> KafkaError:
-        return KafkaError(ErrorCode.INVALID_REQUEST, f"field {name}: {value!r} is not {annotation}")
+        return KafkaError(
+            ErrorCode.INVALID_REQUEST, f"field {name}: {preview(value)} is not {annotation}"
+        )
 
     if annotation == "int":
         if not isinstance(value, int) or isinstance(value, bool):
@@ -88,10 +94,15 @@ def _check(annotation: str, value: Any, name: str) -> Any:
         if value is None:
             return None
         if not (
-            isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         ):
             raise fail()
-        return OffsetAndEpoch(offset=value[0], epoch=value[1])
+        try:
+            return OffsetAndEpoch(offset=value[0], epoch=value[1])
+        except ValueError as error:
+            raise KafkaError(ErrorCode.INVALID_REQUEST, f"field {name}: {error}") from None
     if annotation == "OffsetAndEpoch":
         decoded = _check("OffsetAndEpoch | None", value, name)
         if decoded is None:
@@ -111,7 +122,10 @@ def decode(kind: type[Any], body: Any) -> Any:
         field.name: _check(str(field.type), value, field.name)
         for field, value in zip(fields, body, strict=True)
     }
-    return kind(**values)
+    try:
+        return kind(**values)
+    except ValueError as error:  # a value outside its Kafka type (the message's validators)
+        raise KafkaError(ErrorCode.INVALID_REQUEST, f"{kind.__name__}: {error}") from None
 
 
 def decode_request(api_key: int, version: int, body: Any) -> Request:

@@ -119,7 +119,7 @@ def test_pre_vote_changes_nothing_and_is_refused_while_the_leader_is_alive() -> 
         cluster_id=CLUSTER_ID,
         candidate_epoch=epoch + 1,
         candidate_id=leader,
-        last_offset_epoch=99,
+        last_offset_epoch=epoch,
         last_offset=999,
         pre_vote=True,
     )
@@ -231,7 +231,7 @@ def test_restart_as_leader_resigns_and_a_restart_keeps_its_vote() -> None:
         cluster_id=CLUSTER_ID,
         candidate_epoch=50,
         candidate_id=1,
-        last_offset_epoch=99,
+        last_offset_epoch=49,
         last_offset=99,
     )
     assert voter.core.handle_request(cluster.now_ms, 1, request).vote_granted
@@ -241,7 +241,7 @@ def test_restart_as_leader_resigns_and_a_restart_keeps_its_vote() -> None:
         cluster_id=CLUSTER_ID,
         candidate_epoch=50,
         candidate_id=2,
-        last_offset_epoch=99,
+        last_offset_epoch=49,
         last_offset=99,
     )
     assert not cluster.nodes[3].core.handle_request(cluster.now_ms, 2, rival).vote_granted
