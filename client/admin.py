@@ -3,10 +3,16 @@
 Admin requests may go to any broker: brokers forward them to the active controller.
 Answers come back as plain attrs values; a per-topic error raises `KafkaError`
 naming the topic, unless `raise_errors=False` asks for the outcomes instead.
+
+Every call is bounded: one broker may accept a connection and never answer (a paused
+process), so a call gives up, with a retriable REQUEST_TIMED_OUT, after twice the
+request timeout whatever the number of brokers tried (Kafka's default.api.timeout.ms,
+60 s, is twice its request.timeout.ms).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +25,13 @@ from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import PartitionMetadata
+
+# One admin call, over every broker it tries, in request timeouts (Kafka: 60 s / 30 s).
+API_TIMEOUT_REQUEST_TIMEOUTS = 2
+# Brokers answer Metadata from their own image at once; one that has not answered in
+# this long (paused, overloaded) is not waited for to show a new topic.
+VISIBLE_POLL_TIMEOUT_S = 0.5
+VISIBLE_POLL_INTERVAL_S = 0.02
 
 
 @attrs.frozen
@@ -100,6 +113,13 @@ class Admin:
     async def close(self) -> None:
         await self.cluster.aclose()
 
+    async def _request(self, api_key: ApiKey, body: Any) -> Any:
+        """Through whichever broker answers, within the call's bound (the module's doc)."""
+        timeout_s = API_TIMEOUT_REQUEST_TIMEOUTS * self.cluster.request_timeout_s
+        with trio.move_on_after(timeout_s):
+            return await self.cluster.request_any(api_key, body)
+        raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, f"no broker answered in {timeout_s}s")
+
     async def create_topics(
         self, topics: Sequence[NewTopic], *, validate_only: bool = False, raise_errors: bool = True
     ) -> list[dict[str, Any]]:
@@ -115,9 +135,7 @@ class Admin:
             ],
             "validate_only": validate_only,
         }
-        outcomes: list[dict[str, Any]] = (
-            await self.cluster.request_any(ApiKey.CREATE_TOPICS, body)
-        )["topics"]
+        outcomes: list[dict[str, Any]] = (await self._request(ApiKey.CREATE_TOPICS, body))["topics"]
         if raise_errors:
             _raise_first(outcomes, "topic")
         created = [o["name"] for o in outcomes if o.get("error_code") == ErrorCode.NONE]
@@ -128,36 +146,45 @@ class Admin:
     async def _wait_visible(self, names: list[str], timeout_s: float = 10.0) -> None:
         """Until every broker's metadata shows the new topics with leaders (brokers
         replay the controller's records a moment after it answers), so that the next
-        request, to whichever broker, finds them."""
-        await self.cluster.refresh(names)
-        body = {"topics": names}
+        request, to whichever broker, finds them. Best effort: the topics exist
+        already; a broker that does not answer promptly is not waited for."""
         with trio.move_on_after(timeout_s):
-            for broker_id in sorted(self.cluster.brokers):
-                while True:
-                    try:
-                        answer = await self.cluster.request_broker(broker_id, ApiKey.METADATA, body)
-                    except KafkaError:
-                        break  # a broker that does not answer cannot be waited for
-                    if all(
-                        t["error_code"] == ErrorCode.NONE
-                        and t["partitions"]
-                        and all(p["leader"] >= 0 for p in t["partitions"])
-                        for t in answer["topics"]
-                    ):
-                        break
-                    await trio.sleep(0.02)
+            try:
+                await self.cluster.refresh(names)
+            except KafkaError:
+                return
+            async with trio.open_nursery() as nursery:
+                for broker_id in sorted(self.cluster.brokers):
+                    nursery.start_soon(self._wait_visible_on, broker_id, names)
+
+    async def _wait_visible_on(self, broker_id: int, names: list[str]) -> None:
+        body = {"topics": names}
+        while True:
+            answer = None
+            with trio.move_on_after(VISIBLE_POLL_TIMEOUT_S), contextlib.suppress(KafkaError):
+                answer = await self.cluster.request_broker(broker_id, ApiKey.METADATA, body)
+            if answer is None:
+                return  # a broker that does not answer cannot be waited for
+            if all(
+                t["error_code"] == ErrorCode.NONE
+                and t["partitions"]
+                and all(p["leader"] >= 0 for p in t["partitions"])
+                for t in answer["topics"]
+            ):
+                return
+            await trio.sleep(VISIBLE_POLL_INTERVAL_S)
 
     async def delete_topics(
         self, names: Sequence[str], *, raise_errors: bool = True
     ) -> list[dict[str, Any]]:
-        answer = await self.cluster.request_any(ApiKey.DELETE_TOPICS, {"names": list(names)})
+        answer = await self._request(ApiKey.DELETE_TOPICS, {"names": list(names)})
         if raise_errors:
             _raise_first(answer["topics"], "topic")
         return list(answer["topics"])
 
     async def create_partitions(self, increases: dict[str, int]) -> None:
         body = {"topics": [{"name": n, "total": t} for n, t in sorted(increases.items())]}
-        answer = await self.cluster.request_any(ApiKey.CREATE_PARTITIONS, body)
+        answer = await self._request(ApiKey.CREATE_PARTITIONS, body)
         _raise_first(answer["topics"], "topic")
 
     async def list_topics(self) -> list[str]:
@@ -181,7 +208,7 @@ class Admin:
         return found
 
     async def describe_cluster(self) -> ClusterDescription:
-        answer = await self.cluster.request_any(ApiKey.DESCRIBE_CLUSTER, {})
+        answer = await self._request(ApiKey.DESCRIBE_CLUSTER, {})
         return ClusterDescription(
             cluster_id=answer["cluster_id"],
             controller_id=answer["controller_id"],
@@ -199,7 +226,7 @@ class Admin:
         )
 
     async def describe_quorum(self) -> QuorumDescription:
-        answer = await self.cluster.request_any(ApiKey.DESCRIBE_QUORUM, {})
+        answer = await self._request(ApiKey.DESCRIBE_QUORUM, {})
         now_ms = environment.current().wall_ms()
         high_watermark = answer["high_watermark"]
 
@@ -229,11 +256,11 @@ class Admin:
         ops = [{"name": k, "op": 0, "value": v} for k, v in sorted((set_ or {}).items())]
         ops += [{"name": k, "op": 1} for k in delete]
         body = {"resources": [{"resource_type": "topic", "resource_name": topic, "ops": ops}]}
-        answer = await self.cluster.request_any(ApiKey.INCREMENTAL_ALTER_CONFIGS, body)
+        answer = await self._request(ApiKey.INCREMENTAL_ALTER_CONFIGS, body)
         _raise_first(answer["resources"], "config of")
 
     async def elect_preferred_leaders(self) -> int:
-        answer = await self.cluster.request_any(ApiKey.ELECT_LEADERS, {})
+        answer = await self._request(ApiKey.ELECT_LEADERS, {})
         return int(answer["elected"])
 
     async def list_offsets(self, topic: str, timestamp: int = -1) -> dict[int, int]:
