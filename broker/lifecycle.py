@@ -146,9 +146,11 @@ class BrokerLifecycle:
                     self.unfenced = trio.Event()
                     return
                 self._on_heartbeat(outcome)
-            # Heartbeat sooner while waiting to be unfenced or let go.
+            # Heartbeat sooner while waiting to be unfenced or let go, and after one
+            # that no controller answered (its controller paused or replaced): Kafka's
+            # lifecycle manager retries a failed heartbeat after a backoff, not an interval.
             interval = self.heartbeat_interval_s
-            if self.state is not BrokerState.RUNNING:
+            if self.state is not BrokerState.RUNNING or outcome is None:
                 interval = min(interval, 0.1)
             with trio.move_on_after(interval):
                 await self._wake.wait()

@@ -20,6 +20,7 @@ at the end; both carry {partition: [[offset, value], ...]}.
 | phantom-topic | a topic is there though every create of it was refused (or none was sent) |
 | lost-partitions | fewer partitions than an acknowledged create or add-partitions gave |
 | phantom-partitions | more partitions than any change not refused asked for |
+| stale-admin | a metadata change through a broker under no fault took more than twice the request timeout (checked when given one) |
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ ANOMALIES = (
     "phantom-topic",
     "lost-partitions",
     "phantom-partitions",
+    "stale-admin",
     # checked from inside the simulator (jepsen_like/sim/invariants.py)
     "two-leaders-in-an-epoch",
     "metadata-divergence",
@@ -56,6 +58,9 @@ ANOMALIES = (
     "run-failed",
 )
 METADATA_CHANGES = ("create", "add-partitions", "delete")
+# Faults that may rightly hold any broker's admin requests for the whole forwarding
+# deadline: the broker may be cut off from every controller, or be restarting.
+CLUSTER_WIDE_FAULTS = ("halves", "ring", "bridge", "rolling-restart", "power-loss")
 
 
 @attrs.define
@@ -221,14 +226,20 @@ def check_cluster(ops: list[Op]) -> Verdict:
     )
 
 
-def check_metadata(ops: list[Op]) -> Verdict:
-    """Topic changes (create, add-partitions, delete) against every broker's final view."""
+def check_metadata(ops: list[Op], *, request_timeout_ms: int | None = None) -> Verdict:
+    """Topic changes (create, add-partitions, delete) against every broker's final view.
+
+    With `request_timeout_ms` (the cluster's), also how long each change took: one
+    through a broker that was under no fault of its own, and during no cluster-wide
+    fault, must come back (answered or refused) within twice that (issue 13: a paused
+    controller stalled every admin request for as long as it was paused)."""
     divergence = Finding("metadata-divergence")
     lost = Finding("lost-topic")
     resurrected = Finding("resurrected-topic")
     phantom = Finding("phantom-topic")
     lost_partitions = Finding("lost-partitions")
     phantom_partitions = Finding("phantom-partitions")
+    stale = Finding("stale-admin")
     counts: dict[str, int] = defaultdict(int)
     # topic -> change -> outcomes; and partition counts acknowledged / maybe applied
     outcomes: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
@@ -279,9 +290,19 @@ def check_metadata(ops: list[Op]) -> Verdict:
             else:
                 continue
             checked.add(topic)  # one finding per topic, whichever broker showed it first
+    if request_timeout_ms is not None:
+        _check_latency(ops, 2 * request_timeout_ms, stale)
     findings = {
         f.name: f
-        for f in (divergence, lost, resurrected, phantom, lost_partitions, phantom_partitions)
+        for f in (
+            divergence,
+            lost,
+            resurrected,
+            phantom,
+            lost_partitions,
+            phantom_partitions,
+            stale,
+        )
     }
     stats = {
         "changes-ok": counts[OK],
@@ -291,6 +312,60 @@ def check_metadata(ops: list[Op]) -> Verdict:
         "brokers-read": len(views),
     }
     return Verdict(findings=findings, stats=stats)
+
+
+def _check_latency(ops: list[Op], bound_ms: int, stale: Finding) -> None:
+    """Changes through a live broker that took longer than `bound_ms`."""
+    under_fault = _fault_intervals(ops)
+    for op in ops:
+        if op["f"] not in METADATA_CHANGES or op["type"] not in (OK, FAIL, INFO):
+            continue
+        if "invoked" not in op or "via" not in op:
+            continue  # not sent (no broker running), or an older history
+        began, ended = op["invoked"], op["time"]
+        took_ms = (ended - began) / 1e6
+        if took_ms <= bound_ms:
+            continue
+        faults = under_fault.get(op["via"], []) + under_fault.get(None, [])
+        if any(start <= ended and began <= end for start, end in faults):
+            continue  # the broker itself was down, paused or cut off
+        stale.add(
+            {
+                "change": op["f"],
+                "topic": op["value"][0],
+                "via": op["via"],
+                "outcome": op["type"],
+                "took_ms": round(took_ms),
+                "bound_ms": bound_ms,
+            }
+        )
+
+
+def _fault_intervals(ops: list[Op]) -> dict[Any, list[tuple[float, float]]]:
+    """Per node, when a fault of its own held it (killed, paused, isolated...); under
+    the key None, when a cluster-wide one held every node. A fault never healed lasts
+    to the end."""
+    started: dict[tuple[str, Any], int] = {}
+    intervals: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+    for op in ops:
+        value = op.get("value")
+        if op["process"] != "nemesis" or not isinstance(value, dict) or "phase" not in value:
+            continue
+        key = (op["f"], value.get("node"))
+        if value["phase"] == "start":
+            started[key] = op["time"]
+        elif key in started:
+            _add_fault(intervals, key, started.pop(key), op["time"])
+    for key, start in started.items():
+        _add_fault(intervals, key, start, float("inf"))
+    return intervals
+
+
+def _add_fault(
+    intervals: dict[Any, list[tuple[float, float]]], key: tuple[str, Any], start: float, end: float
+) -> None:
+    fault, node = key
+    intervals[None if fault in CLUSTER_WIDE_FAULTS else node].append((start, end))
 
 
 def json_key(view: dict[str, int]) -> str:

@@ -225,3 +225,52 @@ def test_metadata_checker_finds_each_anomaly(
     assert verdict.findings[anomaly].count == 1, verdict.summary()
     others = [n for n, f in verdict.findings.items() if f.count and n != anomaly]
     assert others == [], verdict.summary()
+
+
+def _timed(f: str, type_: str, topic: str, began_ms: int, ended_ms: int, via: int) -> dict:
+    return {
+        "process": "meta-0",
+        "type": type_,
+        "f": f,
+        "value": [topic, 1],
+        "time": ended_ms * 1_000_000,
+        "invoked": began_ms * 1_000_000,
+        "via": via,
+    }
+
+
+def _fault(f: str, node: int, phase: str, at_ms: int) -> dict[str, Any]:
+    return {
+        "process": "nemesis",
+        "type": "info",
+        "f": f,
+        "value": {"node": node, "phase": phase},
+        "time": at_ms * 1_000_000,
+    }
+
+
+def test_stale_admin_a_change_through_a_live_broker_outlasts_twice_the_request_timeout() -> None:
+    ops = [
+        _fault("pause", 1, "start", 1_000),  # the active controller, say
+        # Through broker 2, which was never paused: 3.5 s > 2 x 1 s.
+        _timed("create", "info", "m0-0", 1_100, 4_600, via=2),
+        # Through the paused broker itself: it cannot answer; not stale-admin.
+        _timed("create", "info", "m0-1", 1_100, 6_100, via=1),
+        _fault("pause", 1, "heal", 5_000),
+        # Quick enough: 1.9 s.
+        _timed("create", "ok", "m0-2", 5_100, 7_000, via=3),
+        # During a network split a broker may be cut off from every controller.
+        _fault("halves", 3, "start", 8_000),
+        _timed("create", "info", "m0-3", 8_100, 13_100, via=2),
+        _fault("halves", 3, "heal", 14_000),
+    ]
+    views = {"2": {"m0-0": 1, "m0-2": 1}, "3": {"m0-0": 1, "m0-2": 1}}
+    verdict = check_metadata([*ops, _final(views)], request_timeout_ms=1000)
+    assert not verdict.valid
+    stale = verdict.findings["stale-admin"]
+    assert stale.count == 1, verdict.summary()
+    assert stale.examples[0]["topic"] == "m0-0" and stale.examples[0]["took_ms"] == 3500
+    others = [n for n, f in verdict.findings.items() if f.count and n != "stale-admin"]
+    assert others == [], verdict.summary()
+    # Without a request timeout the latency is not judged.
+    assert check_metadata([*ops, _final(views)]).valid
