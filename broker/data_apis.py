@@ -100,7 +100,7 @@ class DataApis:
                         base_offset=base,
                         log_start_offset=partition.log.log_start_offset,
                     )
-                    if request.acks == ACKS_ALL:
+                    if request.acks == ACKS_ALL or partition.flush_due():
                         waits.append(
                             (
                                 topic.name,
@@ -111,7 +111,9 @@ class DataApis:
                                 partition.leader_epoch,
                             )
                         )
-        if waits:
+        await self._wait_durable(waits, results)
+        waits = [w for w in waits if results[(w[0], w[1])].error_code == ErrorCode.NONE]
+        if waits and request.acks == ACKS_ALL:
             await self._wait_replicated(waits, results, request.timeout_ms)
         if request.acks == ACKS_NONE:
             return None  # the RPC layer still answers; a Kafka client ignores it
@@ -138,6 +140,30 @@ class DataApis:
                 partition=item.partition, error_code=code, error_message=message
             )
         return partition, info.first_offset, info.last_offset
+
+    async def _wait_durable(
+        self,
+        waits: list[tuple[str, int, Partition, int, int, int]],
+        results: dict[tuple[str, int], PartitionProduceResult],
+    ) -> None:
+        """flush.messages: appends that reached the count are synced before any answer
+        (with group commit, one fsync covers every request waiting meanwhile)."""
+        due = [w for w in waits if w[2].flush_due()]
+        if not due:
+            return
+        now_ms = self.replicas.now_ms()
+
+        async def sync_one(topic: str, index: int, partition: Partition, last: int) -> None:
+            try:
+                await partition.wait_durable(last + 1, now_ms)
+            except KafkaError as error:
+                results[(topic, index)] = PartitionProduceResult(
+                    partition=index, error_code=error.code, error_message=error.message
+                )
+
+        async with trio.open_nursery() as nursery:
+            for topic, index, partition, _, last, _ in due:
+                nursery.start_soon(sync_one, topic, index, partition, last)
 
     async def _wait_replicated(
         self,
@@ -221,7 +247,13 @@ class DataApis:
             results = []
             for item in topic.partitions:
                 result = self._read_one(
-                    topic.name, item, request.replica_id, record_fetch, budget, now_ms
+                    topic.name,
+                    item,
+                    request.replica_id,
+                    request.broker_epoch,
+                    record_fetch,
+                    budget,
+                    now_ms,
                 )
                 size = len(result.records)
                 budget -= size
@@ -235,6 +267,7 @@ class DataApis:
         topic: str,
         item: PartitionFetch,
         replica_id: int,
+        broker_epoch: int,
         record_fetch: bool,
         budget: int,
         now_ms: int,
@@ -247,7 +280,7 @@ class DataApis:
             log_ = partition.log
             if record_fetch:
                 diverging = partition.on_follower_fetch(
-                    replica_id, item.fetch_offset, item.last_fetched_epoch, now_ms
+                    replica_id, item.fetch_offset, item.last_fetched_epoch, now_ms, broker_epoch
                 )
                 self.replicas.isr_may_change()
                 if diverging is not None:

@@ -56,6 +56,7 @@ class BrokerLifecycle:
         loader: MetadataLoader,
         heartbeat_interval_ms: int,
         request_timeout_ms: int,
+        previous_broker_epoch: int = -1,
     ) -> None:
         self.broker_id = broker_id
         self.listeners = listeners
@@ -67,6 +68,9 @@ class BrokerLifecycle:
         self.incarnation_id = uuid.UUID(int=environment.current().new_rng().getrandbits(128)).hex
         self.state = BrokerState.STARTING
         self.broker_epoch = -1
+        # What the first registration reports of the last shutdown (-1: unclean); a
+        # later one in this process reports its own epoch, its logs being intact.
+        self.previous_broker_epoch = previous_broker_epoch
         self.registrations = 0
         self._wake = trio.Event()
         self._shutdown_wanted = False
@@ -102,6 +106,9 @@ class BrokerLifecycle:
             incarnation_id=self.incarnation_id,
             listeners=self.listeners,
             rack=self.rack,
+            previous_broker_epoch=(
+                self.broker_epoch if self.registrations else self.previous_broker_epoch
+            ),
         )
         while True:
             try:

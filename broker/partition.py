@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import trio
 
+from broker.group_commit import GroupCommit
 from broker.replica_state import (
     FollowerState,
     high_watermark,
@@ -34,7 +35,14 @@ log = logging.getLogger(__name__)
 
 class Partition:
     def __init__(
-        self, *, topic: str, topic_id: str, index: int, log: SegmentedLog, broker_id: int
+        self,
+        *,
+        topic: str,
+        topic_id: str,
+        index: int,
+        log: SegmentedLog,
+        broker_id: int,
+        blocking_io: bool = True,
     ) -> None:
         self.topic = topic
         self.topic_id = topic_id
@@ -51,6 +59,12 @@ class Partition:
         self.epoch_start_offset = 0
         self.followers: dict[int, FollowerState] = {}
         self.offline = False
+        self.group_commit = GroupCommit(log, blocking_io=blocking_io)
+        self.last_flush_ms = 0
+        # From the topic's configuration and the metadata's features.
+        self.min_insync_replicas = 1
+        self.elr_enabled = False
+        self.unclean_election = False
         self._changed = trio.Event()
         # The replica manager's wake-up for fetches long-polling many partitions.
         self.on_change: Callable[[], None] | None = None
@@ -66,6 +80,9 @@ class Partition:
 
     def apply(self, registration: PartitionRegistration, now_ms: int) -> str:
         """Take the image's view; 'leader', 'follower' or 'isr' for what changed."""
+        assert registration.leader_epoch >= self.leader_epoch, (
+            f"{self}: leader epoch {registration.leader_epoch} after {self.leader_epoch}"
+        )
         new_epoch = registration.leader_epoch != self.leader_epoch
         self.replicas = registration.replicas
         self.isr = registration.isr
@@ -139,21 +156,40 @@ class Partition:
         return info
 
     def on_follower_fetch(
-        self, replica: int, fetch_offset: int, last_fetched_epoch: int, now_ms: int
+        self,
+        replica: int,
+        fetch_offset: int,
+        last_fetched_epoch: int,
+        now_ms: int,
+        broker_epoch: int = -1,
     ) -> EpochEnd | None:
-        """Record a follower's fetch; its divergence point if its log is not a prefix."""
+        """Record a follower's fetch; its divergence point if its log is not a prefix.
+
+        A fetch offset outside the log is not recorded (the caller answers
+        OFFSET_OUT_OF_RANGE): a follower's progress vouches for what it holds, and an
+        offset past our end would let the high-water mark run past what it holds.
+        """
+        if replica not in self.replicas:
+            return None
         diverging = diverging_epoch(self.log, fetch_offset, last_fetched_epoch)
         if diverging is not None:
             return diverging
+        if not self.log.log_start_offset <= fetch_offset <= self.log.log_end_offset:
+            return None
         state = self.followers.get(replica)
         if state is None:
             state = self.followers[replica] = FollowerState()
         record_fetch(state, fetch_offset, self.log.log_end_offset, now_ms)
+        state.broker_epoch = broker_epoch
         if self._maybe_advance_high_watermark():
             self._notify()
         return None
 
     def _maybe_advance_high_watermark(self) -> bool:
+        if self.elr_enabled and len(self.maximal_isr) < self.min_insync_replicas:
+            # KIP-966: replicas that left an ISR this small stay eligible to lead only
+            # because nothing more is committed until it is back at the minimum.
+            return False
         new = high_watermark(
             self.high_watermark,
             self.log.log_end_offset,
@@ -168,6 +204,9 @@ class Partition:
         if new > self.high_watermark:
             self.high_watermark = new
             return True
+        assert self.high_watermark <= self.log.log_end_offset, (
+            f"{self}: high-water mark {self.high_watermark} above log end {self.log.log_end_offset}"
+        )
         return False
 
     def isr_shrink(self, now_ms: int, lag_max_ms: int) -> tuple[int, ...] | None:
@@ -193,6 +232,16 @@ class Partition:
             return None
         return tuple(r for r in self.replicas if r in self.isr or r in joining)
 
+    def broker_epochs_of(self, members: tuple[int, ...], own_epoch: int) -> tuple[int, ...]:
+        """The broker epoch each member last fetched with (KIP-903); -1 if unknown."""
+        epochs = []
+        for member in members:
+            state = self.followers.get(member)
+            epochs.append(
+                own_epoch if member == self.broker_id else state.broker_epoch if state else -1
+            )
+        return tuple(epochs)
+
     # ------------------------------------------------------------------ follower side
 
     def append_as_follower(self, records: bytes, leader_high_watermark: int) -> None:
@@ -208,11 +257,32 @@ class Partition:
 
     def truncate_to_divergence(self, diverging: EpochEnd) -> int:
         target = truncation_offset(self.log, diverging)
-        if target < self.log.log_end_offset:
-            log.info("%s: truncating from %d to %d", self, self.log.log_end_offset, target)
-            self.log.truncate_to(target)
-        self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
+        self.truncate_as_follower(target)
         return target
+
+    def truncate_as_follower(self, target: int) -> None:
+        """Cut our log back to where the leader's agrees with it."""
+        if target >= self.log.log_end_offset:
+            return
+        # Below the high-water mark lies what every ISR member held: a leader from the
+        # ISR has it too. Only an unclean election may take it back.
+        assert self.unclean_election or target >= self.high_watermark, (
+            f"{self}: truncating to {target}, below the high-water mark {self.high_watermark}"
+        )
+        log.info("%s: truncating from %d to %d", self, self.log.log_end_offset, target)
+        self.log.truncate_to(max(target, self.log.log_start_offset))
+        self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
+
+    # ------------------------------------------------------------------ durability
+
+    def flush_due(self) -> bool:
+        """Does the topic's flush.messages want the appends so far synced now?"""
+        every = self.log.config.flush_messages
+        return every is not None and self.log.unflushed_records >= every
+
+    async def wait_durable(self, end_offset: int, now_ms: int) -> None:
+        await self.group_commit.wait_durable(end_offset)
+        self.last_flush_ms = now_ms
 
     def last_fetched_epoch(self) -> int:
         if self.log.log_end_offset == self.log.log_start_offset:

@@ -154,6 +154,20 @@ class ReplicaFetcher:
                 if found is None or found not in self.partitions:
                     continue
                 healthy &= self._apply(found, result)
+        # With flush.messages, what we report as held in the next fetch (our log end)
+        # must be synced first: the leader counts it towards the high-water mark.
+        due = [p for p in partitions.values() if p.flush_due() and not p.offline]
+        if due:
+            now_ms = int(trio.current_time() * 1000)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for partition in due:
+                        nursery.start_soon(
+                            partition.wait_durable, partition.log.log_end_offset, now_ms
+                        )
+            except* (KafkaError, LogError) as errors:
+                log.error("follower flush failed: %s", errors.exceptions)
+                healthy = False
         return healthy
 
     def _apply(self, partition: Partition, result: PartitionFetchResult) -> bool:
@@ -178,9 +192,7 @@ class ReplicaFetcher:
                     return True
                 # Ahead of the leader's end without a divergence answer: cut back.
                 if result.log_end_offset >= 0:
-                    partition.log.truncate_to(
-                        max(result.log_end_offset, partition.log.log_start_offset)
-                    )
+                    partition.truncate_as_follower(result.log_end_offset)
                     return True
             log.debug("%s: fetch answered %s", partition, ErrorCode(result.error_code).name)
             return False

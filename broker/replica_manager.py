@@ -24,7 +24,11 @@ from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.schema import from_body, to_body
-from kraft.controller.replication import AlterPartition, AlterPartitionOutcome
+from kraft.controller.replication import (
+    UNCLEAN_ELECTION_CONFIG,
+    AlterPartition,
+    AlterPartitionOutcome,
+)
 from kraft.metadata.image import MetadataDelta, MetadataImage
 from storage.checkpoint import read_file, write_atomically
 from storage.fs import FileSystem, OsFileSystem
@@ -35,7 +39,8 @@ log = logging.getLogger(__name__)
 PARTITION_METADATA = "partition.metadata"
 # Kafka's log.retention.check.interval.ms is 5 minutes.
 RETENTION_CHECK_INTERVAL_MS = 300_000
-DEFAULT_MIN_INSYNC_REPLICAS = 1
+# How often partitions with flush.ms are looked at, at most.
+FLUSH_CHECK_INTERVAL_MS_MIN = 10
 
 
 def log_config_for(settings: dict[str, str]) -> LogConfig:
@@ -46,7 +51,13 @@ def log_config_for(settings: dict[str, str]) -> LogConfig:
         retention_ms=int(settings.get("retention.ms", defaults.retention_ms)),
         retention_bytes=int(settings.get("retention.bytes", defaults.retention_bytes)),
         max_message_bytes=int(settings.get("max.message.bytes", defaults.max_message_bytes)),
+        flush_messages=_optional_int(settings.get("flush.messages")),
+        flush_ms=_optional_int(settings.get("flush.ms")),
     )
+
+
+def _optional_int(value: str | None) -> int | None:
+    return None if value is None else int(value)
 
 
 class ReplicaManager:
@@ -75,6 +86,7 @@ class ReplicaManager:
         self.fetchers = FetcherManager(broker_id=broker_id, replica_manager=self)
         self._changed = trio.Event()
         self._isr_wake = trio.Event()
+        self._flush_config_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,13 +95,20 @@ class ReplicaManager:
             self.fetchers.nursery = nursery
             nursery.start_soon(self._maintain_isr)
             nursery.start_soon(self._enforce_retention)
+            nursery.start_soon(self._flush_on_interval)
             task_status.started()
             await trio.sleep_forever()
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Close (and so sync) every log; whether all of them closed cleanly."""
+        closed = True
         for partition in self.partitions.values():
-            with contextlib.suppress(LogError):
+            try:
                 partition.log.close()
+            except (LogError, OSError) as error:
+                log.error("%s: closing its log failed: %s", partition, error)
+                closed = False
+        return closed
 
     def now_ms(self) -> int:
         return int(trio.current_time() * 1000)
@@ -118,15 +137,18 @@ class ReplicaManager:
                     partition = self._open(topic.name, topic_id, index)
                     if partition is None:
                         continue
-                partition.log.config = log_config_for(
-                    dict(image.configs.get(("topic", topic.name), {}))
-                )
+                settings = dict(image.configs.get(("topic", topic.name), {}))
+                partition.log.config = log_config_for(settings)
+                partition.min_insync_replicas = image.min_insync_replicas(topic.name)
+                partition.elr_enabled = image.elr_enabled
+                partition.unclean_election = settings.get(UNCLEAN_ELECTION_CONFIG) == "true"
                 change = partition.apply(registration, now)
                 if change == "leader":
                     self.fetchers.remove(partition)
                     log.info("%s: leader at epoch %d", partition, partition.leader_epoch)
                 elif change == "follower":
                     self.fetchers.add(partition, registration.leader)
+        self._flush_config_changed.set()
         # Topics gone from the image: their partitions go too.
         for key, partition in list(self.partitions.items()):
             if partition.topic_id not in image.topics:
@@ -147,7 +169,12 @@ class ReplicaManager:
             log.error("%s-%d: cannot open its log: %s", topic, index, error)
             return None
         partition = Partition(
-            topic=topic, topic_id=topic_id, index=index, log=partition_log, broker_id=self.broker_id
+            topic=topic,
+            topic_id=topic_id,
+            index=index,
+            log=partition_log,
+            broker_id=self.broker_id,
+            blocking_io=self.fs.blocking_io,
         )
         partition.on_change = self._wake
         self.partitions[(topic, index)] = partition
@@ -190,8 +217,7 @@ class ReplicaManager:
         return partition
 
     def min_insync_replicas(self, topic: str) -> int:
-        settings = self.image.configs.get(("topic", topic), {})
-        return int(settings.get("min.insync.replicas", DEFAULT_MIN_INSYNC_REPLICAS))
+        return self.image.min_insync_replicas(topic)
 
     # ------------------------------------------------------------------ ISR
 
@@ -217,14 +243,16 @@ class ReplicaManager:
         self._isr_wake.set()
 
     async def _alter_partition(self, partition: Partition, new_isr: tuple[int, ...]) -> None:
+        own_epoch = self.broker_epoch()
         request = AlterPartition(
             broker_id=self.broker_id,
-            broker_epoch=self.broker_epoch(),
+            broker_epoch=own_epoch,
             topic_id=partition.topic_id,
             partition=partition.index,
             leader_epoch=partition.leader_epoch,
             partition_epoch=partition.partition_epoch,
             new_isr=new_isr,
+            new_isr_broker_epochs=partition.broker_epochs_of(new_isr, own_epoch),
         )
         log.info("%s: asking for ISR %s (now %s)", partition, new_isr, partition.isr)
         try:
@@ -241,6 +269,35 @@ class ReplicaManager:
                 # Retry a little later, not in a hot loop.
                 await trio.sleep(0.5)
                 self._isr_wake.set()
+
+    # ------------------------------------------------------------------ flush.ms
+
+    async def _flush_on_interval(self) -> None:
+        """Sync partitions with flush.ms whose oldest unsynced append is that old."""
+        while True:
+            intervals = [
+                p.log.config.flush_ms
+                for p in self.partitions.values()
+                if p.log.config.flush_ms is not None
+            ]
+            if not intervals:
+                await self._flush_config_changed.wait()
+                self._flush_config_changed = trio.Event()
+                continue
+            await trio.sleep(max(min(intervals), FLUSH_CHECK_INTERVAL_MS_MIN) / 1000)
+            now = self.now_ms()
+            for partition in list(self.partitions.values()):
+                every_ms = partition.log.config.flush_ms
+                due = every_ms is not None and now - partition.last_flush_ms >= every_ms
+                if due and partition.log.unflushed_records and not partition.offline:
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._flush, partition, now)
+
+    async def _flush(self, partition: Partition, now_ms: int) -> None:
+        try:
+            await partition.wait_durable(partition.log.log_end_offset, now_ms)
+        except (KafkaError, LogError) as error:
+            log.error("%s: flush failed: %s", partition, error)
 
     # ------------------------------------------------------------------ retention
 

@@ -31,6 +31,7 @@ class FollowerState:
     # The leader's log end at the previous fetch, and when it happened.
     last_fetch_leader_end: int = -1
     previous_fetch_ms: int = -1
+    broker_epoch: int = -1  # the incarnation that fetched (KIP-903)
 
 
 def record_fetch(state: FollowerState, fetch_offset: int, leader_end: int, now_ms: int) -> None:

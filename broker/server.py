@@ -18,6 +18,7 @@ import random
 
 import trio
 
+from broker import clean_shutdown
 from broker.broker_apis import BrokerApis
 from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, NodeConfig
 from broker.controller_channel import ControllerChannel
@@ -56,6 +57,7 @@ class Server:
         self.channel: ControllerChannel | None = None
         self.replicas: ReplicaManager | None = None
         self._nursery: trio.Nursery | None = None
+        self._stopping_cleanly = False
         self.stopped = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -97,13 +99,17 @@ class Server:
                 task_status.started()
         finally:
             if self.replicas is not None:
-                self.replicas.close()
+                closed = self.replicas.close()
+                epoch = self.lifecycle.broker_epoch if self.lifecycle is not None else -1
+                if self._stopping_cleanly and closed and epoch >= 0:
+                    clean_shutdown.leave(self.fs, config.data_dir, epoch)
             self.stopped.set()
 
     async def _start_broker(
         self, nursery: trio.Nursery, node: RaftNode, loader: MetadataLoader
     ) -> None:
         config = self.config
+        previous_broker_epoch = clean_shutdown.take(self.fs, config.data_dir)
         channel = self.channel = ControllerChannel(
             config.controller_quorum_voters,
             node,
@@ -147,6 +153,7 @@ class Server:
             loader=loader,
             heartbeat_interval_ms=config.broker_heartbeat_interval_ms,
             request_timeout_ms=config.request_timeout_ms,
+            previous_broker_epoch=previous_broker_epoch,
         )
         nursery.start_soon(self.lifecycle.run)
 
@@ -160,6 +167,7 @@ class Server:
                 log.warning("node %d: controlled shutdown timed out", self.config.node_id)
         if self.node is not None and self.node.running:
             await self.node.shutdown()
+        self._stopping_cleanly = True
         self._cancel()
 
     def kill(self) -> None:

@@ -50,6 +50,8 @@ class File(Protocol):
 
 
 class FileSystem(Protocol):
+    blocking_io: bool  # whether a sync waits for a device (and so belongs off the loop)
+
     def open(self, path: str, *, create: bool = True) -> File: ...
 
     def exists(self, path: str) -> bool: ...
@@ -126,6 +128,9 @@ class OsFile:
 
 
 class OsFileSystem:
+    # A sync waits for the device: run it off the event loop.
+    blocking_io = True
+
     def open(self, path: str, *, create: bool = True) -> OsFile:
         flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
         return OsFile(path, os.open(path, flags, 0o644))
@@ -278,6 +283,8 @@ class MemoryFileSystem:
       random, a prefix of its unsynced tail (a torn write).
     Handles opened before a crash fail with EIO afterwards, like a dead process's fds.
     """
+
+    blocking_io = False  # syncs are instant (and a worker thread would break determinism)
 
     def __init__(self, *, capacity_bytes: int | None = None) -> None:
         self._dirs: dict[str, dict[str, _Inode]] = {"/": {}}

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import attrs
 
 from storage.checkpoint import CheckpointError, read_offset_file, write_offset_file
-from storage.fs import FileSystem, OsFileSystem
+from storage.fs import File, FileSystem, OsFileSystem
 from storage.leader_epoch import LeaderEpochCache
 from storage.records import (
     BatchHeader,
@@ -73,9 +73,22 @@ class LogConfig:
     retention_bytes: int = attrs.field(default=-1, validator=_minus_one_or_more)
     index_interval_bytes: int = attrs.field(default=4096, validator=_positive)
     max_message_bytes: int = attrs.field(default=1048588, validator=_positive)  # message.max.bytes
-    # log.flush.interval.messages: Kafka's default never flushes by count and relies on
-    # replication; 1 means fsync every append.
+    # flush.messages / flush.ms: Kafka's defaults never flush by count or time and rely
+    # on replication; flush_messages=1 means fsync every append before it is
+    # acknowledged. The broker carries the policy out (group-committed, off its event
+    # loop); the log only counts what is not yet durable.
     flush_messages: int | None = None
+    flush_ms: int | None = None
+
+
+@attrs.frozen
+class PendingFlush:
+    """A flush prepared by `SegmentedLog.prepare_flush`: sync `file`, then complete it."""
+
+    file: File
+    end_offset: int  # everything below it is durable once `file` is synced
+    records: int
+    generation: int
 
 
 class LogError(Exception):
@@ -161,6 +174,10 @@ class SegmentedLog:
         self._dir_dirty = False
         self._closed = False
         self._offline_reason: str | None = None
+        # Offsets below it are synced. A truncation bumps the generation, so a flush
+        # prepared before it never vouches for what was written after it.
+        self.durable_end_offset = segments[-1].next_offset
+        self._truncations = 0
 
     # ------------------------------------------------------------------ opening
 
@@ -342,10 +359,7 @@ class SegmentedLog:
             record_count,
             len(data),
         )
-        if self.config.flush_messages is not None:
-            self._unflushed_records += record_count
-            if self._unflushed_records >= self.config.flush_messages:
-                self.flush()
+        self._unflushed_records += record_count
         return info
 
     def _maybe_roll(self, size: int, first: BatchHeader, last: BatchHeader) -> None:
@@ -439,6 +453,10 @@ class SegmentedLog:
 
     # ------------------------------------------------------------------ durability
 
+    @property
+    def unflushed_records(self) -> int:
+        return self._unflushed_records
+
     def flush(self) -> None:
         """Make every append so far durable."""
         self._check_open()
@@ -451,6 +469,50 @@ class SegmentedLog:
             self.fs.sync_dir(self.directory)
             self._dir_dirty = False
         self._unflushed_records = 0
+        self.durable_end_offset = self.log_end_offset
+
+    def prepare_flush(self) -> PendingFlush | None:
+        """Split a flush for group commit: the small parts now, the fsync of the
+        active segment's file by whoever calls `pending.file.sync()` (a worker thread),
+        then `complete_flush`. None when everything appended is durable already."""
+        self._check_open()
+        if self.durable_end_offset >= self.log_end_offset:
+            return None
+        active = self._segments[-1]
+        for segment in self._segments[:-1]:
+            if segment.unflushed:  # a roll syncs the old segment; this is the rare rest
+                segment.flush()
+        self.epoch_cache.flush()
+        if self._dir_dirty:
+            self.fs.sync_dir(self.directory)
+            self._dir_dirty = False
+        active.offset_index.flush(sync=False)
+        active.time_index.flush(sync=False)
+        pending = PendingFlush(
+            file=active.log,
+            end_offset=self.log_end_offset,
+            records=self._unflushed_records,
+            generation=self._truncations,
+        )
+        return pending
+
+    def complete_flush(self, pending: PendingFlush) -> None:
+        """`pending.file.sync()` returned: what it covered is durable."""
+        if self._closed or pending.generation != self._truncations:
+            return  # a truncation made its own durable point meanwhile
+        if pending.end_offset > self.durable_end_offset:
+            self.durable_end_offset = pending.end_offset
+            self._unflushed_records = max(0, self._unflushed_records - pending.records)
+        active = self._segments[-1]
+        if active.log is pending.file and pending.end_offset == self.log_end_offset:
+            active.unflushed = False
+
+    def fail_flush(self, pending: PendingFlush, error: OSError) -> None:
+        """The fsync failed: what it should have covered may be lost, so the log stops
+        serving (Kafka halts the broker on a failed flush)."""
+        if self._closed or pending.generation != self._truncations:
+            return  # the file was replaced by a truncation; its error is not ours
+        self._offline_reason = f"fsync failed: {error}"
 
     def _write_recovery_point(self) -> None:
         # The checkpoint must cover every segment the recovery point vouches for.
@@ -480,6 +542,7 @@ class SegmentedLog:
             return
         while len(self._segments) > 1 and self._segments[-1].base_offset >= offset:
             self._drop_last_segment()
+        self._truncations += 1
         self.active_segment.truncate_to(offset)
         self.active_segment.flush()
         self.epoch_cache.truncate_from_end(self.log_end_offset)
@@ -498,6 +561,9 @@ class SegmentedLog:
         if offset < 0:
             raise InvalidTruncationError(f"cannot restart a log at negative offset {offset}")
         self._persist_log_start(offset)
+        self._truncations += 1
+        self.durable_end_offset = offset
+        self._unflushed_records = 0
         for segment in self._segments:
             segment.delete()
         self._segments = [

@@ -41,6 +41,8 @@ TOPIC_CONFIGS: dict[str, Callable[[str], str | None]] = {
     "unclean.leader.election.enable": _boolean,
     "message.timestamp.type": _one_of("CreateTime", "LogAppendTime"),
     "compression.type": _one_of("producer", "none", "gzip"),
+    "flush.messages": _integer(1),
+    "flush.ms": _integer(1),
 }
 BROKER_CONFIGS: dict[str, Callable[[str], str | None]] = {
     "log.retention.check.interval.ms": _integer(1),
