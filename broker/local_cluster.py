@@ -3,8 +3,10 @@
 Each node is its own OS process (`python -m broker.cli start --config ...`) with its
 own data directory and ports chosen free at start; its output goes to
 `<root>/node-N.log`. Nodes can be killed (SIGKILL), stopped (SIGTERM), paused
-(SIGSTOP) and resumed, and restarted on the same directory and ports. This is what
-`pykraft-server cluster` runs and what jepsen_like builds its faults on.
+(SIGSTOP) and resumed, and restarted on the same directory and ports. jepsen_like
+builds its faults on it. `Supervisor` is what `pykraft-server cluster` runs: it keeps
+the cluster up when a node dies, says how it died, and restarts it on request
+(`pykraft-server cluster restart N --root DIR`, see `request_restart`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import trio
 
 from broker import meta_properties
 from broker.cluster_plan import plan_cluster
-from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, NodeConfig
+from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, ConfigError, NodeConfig, load
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.rpc import RpcClient
 
@@ -41,6 +43,8 @@ SUPERVISOR_PID_FILE = "supervisor.pid"
 CONTROL_DIR = "control"  # restart requests and their replies, under the cluster's root
 REQUEST_NAME = re.compile(r"restart-(\d+)-(\d+)\.request")
 REQUESTS_PER_POLL_MAX = 100
+NODE_CONFIG_NAME = re.compile(r"node-\d+\.toml")
+NODES_MAX = 1000  # node configs looked at under one root
 
 
 class NodeFailedToStart(RuntimeError):
@@ -171,16 +175,8 @@ class LocalCluster:
 
     def port_taken(self, node_id: int) -> tuple[str, int] | None:
         """One of the node's listener addresses something already listens on (the node
-        itself, started by hand?), or None. SO_REUSEADDR as the server binds, so a
-        connection in TIME_WAIT does not count."""
-        for address in sorted(self.configs[node_id].listeners.values()):
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(address)
-                except OSError:
-                    return address
-        return None
+        itself, started by hand?), or None."""
+        return address_taken(self.configs[node_id])
 
     def start_all(self) -> None:
         for node_id in sorted(self.configs):
@@ -251,6 +247,19 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def address_taken(config: NodeConfig) -> tuple[str, int] | None:
+    """One of `config`'s listener addresses that something listens on, or None.
+    SO_REUSEADDR as the server binds, so a connection in TIME_WAIT does not count."""
+    for address in sorted(config.listeners.values()):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError:
+                return address
+    return None
 
 
 def describe_exit(code: int) -> str:
@@ -524,6 +533,22 @@ def request_restart(root: str, node_id: int, timeout_s: float = RESTART_TIMEOUT_
     return 1
 
 
+def _nodes_still_listening(root: str) -> list[int]:
+    """Nodes whose `<root>/node-N.toml` ports are taken: left running by a supervisor
+    that was SIGKILLed, or started by hand. A new cluster would rewrite their configs
+    and start a second process on each of their data directories."""
+    taken = []
+    names = sorted(n for n in os.listdir(root) if NODE_CONFIG_NAME.fullmatch(n))
+    for name in names[:NODES_MAX]:
+        try:
+            config = load(os.path.join(root, name))
+        except (ConfigError, OSError):
+            continue  # not a config any node can be running on
+        if address_taken(config) is not None:
+            taken.append(config.node_id)
+    return taken
+
+
 def _read_answer(path: str) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as file:
@@ -557,6 +582,14 @@ def run_until_stopped(root: str, *, controllers: int, brokers: int, combined: in
                 print(
                     f"pykraft-server: a supervisor (pid {lock.holder_pid()}) already runs "
                     f"the cluster in {root}",
+                    file=sys.stderr,
+                )
+                return 1
+            leftover = _nodes_still_listening(root)
+            if leftover:
+                print(
+                    f"pykraft-server: nodes {leftover} of an earlier cluster in {root} are "
+                    "still running (their ports are taken); stop them first",
                     file=sys.stderr,
                 )
                 return 1
