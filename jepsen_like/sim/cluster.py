@@ -57,6 +57,9 @@ class SimCluster:
         self.environments: dict[int, SimEnvironment] = {}
         self.deaths: list[str] = []  # nodes whose tasks raised
         self.on_start: list[Any] = []  # callbacks(node, server), e.g. the invariant checker
+        # The harness keeps one connection per node and listener, as a real client
+        # would; a fresh one per request cost more than the request (observer polls).
+        self._clients: dict[tuple[str, int], RpcClient] = {}
 
     @property
     def controller_ids(self) -> list[int]:
@@ -81,11 +84,11 @@ class SimCluster:
         name = listener or (BROKER_LISTENER if config.is_broker else CONTROLLER_LISTENER)
         host, port = config.listeners[name]
         with environment.using(self.harness):
-            client = RpcClient(host, port, client_id="sim-harness", rng=self.harness.new_rng())
-            try:
-                return await client.request(api_key, API_VERSION, body, timeout_s=timeout_s)
-            finally:
-                await client.aclose()
+            client = self._clients.get((host, port))
+            if client is None:
+                client = RpcClient(host, port, client_id="sim-harness", rng=self.harness.new_rng())
+                self._clients[(host, port)] = client
+            return await client.request(api_key, API_VERSION, body, timeout_s=timeout_s)
 
     async def wait_images_agree(self) -> str:
         while True:

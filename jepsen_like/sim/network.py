@@ -45,6 +45,9 @@ class _Pipe:
         self.lost_data = False
         self.lot = trio.lowlevel.ParkingLot()
         self.reverse: _Pipe | None = None
+        # The receiver's wait, while it waits: a write moves its deadline up to the
+        # write's delivery time rather than waking it early to wait again.
+        self.waiting: trio.CancelScope | None = None
 
     def break_connection(self) -> None:
         self.broken = True
@@ -76,13 +79,15 @@ class SimStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         pipe = self.incoming
+        waited = False  # a wait is this call's checkpoint; no second one is needed
         while True:
             if self.closed:
                 raise trio.ClosedResourceError("stream closed")
             if pipe.broken:
                 raise trio.BrokenResourceError("connection reset by peer")
             if self._eof:
-                await trio.lowlevel.checkpoint()
+                if not waited:
+                    await trio.lowlevel.checkpoint()
                 return b""
             wake_at = math.inf
             if pipe.queue and not self.network.holds(pipe):
@@ -95,11 +100,18 @@ class SimStream(trio.abc.Stream):
                     if max_bytes is not None and len(data) > max_bytes:
                         pipe.queue.appendleft((at, data[max_bytes:]))
                         data = data[:max_bytes]
-                    await trio.lowlevel.checkpoint()
+                    if not waited:
+                        await trio.lowlevel.checkpoint()
                     return data
                 wake_at = at
-            with trio.move_on_at(wake_at):
-                await pipe.lot.park()
+            if pipe.waiting is not None:
+                raise trio.BusyResourceError("another task is receiving on this stream")
+            with trio.move_on_at(wake_at) as pipe.waiting:
+                try:
+                    await pipe.lot.park()
+                finally:
+                    pipe.waiting = None
+            waited = True
 
     def close_now(self) -> None:
         if not self.closed:
@@ -172,7 +184,8 @@ class SimNetwork(LinkFaults):
         pipe.last_at = at
         pipe.queue.append((at, data))
         self.bytes_delivered += len(data or b"")
-        pipe.wake()
+        if pipe.waiting is not None and not self.holds(pipe):
+            pipe.waiting.deadline = min(pipe.waiting.deadline, at)
 
     # ------------------------------------------------------------ connections
 
