@@ -21,6 +21,7 @@ import time
 import trio
 
 from jepsen_like.nemesis import FAULTS
+from jepsen_like.report import describe_report
 from jepsen_like.run import RunConfig, run
 from jepsen_like.sim import cli as sim_cli
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = trio.run(run, config)
     print(result.summary)
-    print(f"\nreport: {result.out} (summary.txt, history.jsonl, timeline.png, cluster/node-*.log)")
+    print("\n" + describe_report(result.out))
     return 0 if result.valid else 1
 
 

@@ -4,16 +4,33 @@ The plot has three panels sharing one time axis, fault windows shaded on each:
 acknowledged / failed / indeterminate sends per second; the latency of each
 acknowledged send; and the controller timeline (which node was the active controller,
 with its epoch, and when partition 0's leader moved). matplotlib is optional
-(`pip install 'pykraft[lab]'`); without it the summary says so and no PNG is drawn.
+(`pip install -e '.[lab]'`); without it no PNG is drawn, and the summary and
+`describe_report` say so and how to get it.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Any
 
 from jepsen_like.checkers import WRITES
 from jepsen_like.history import FAIL, INFO, OK, Op
+
+NO_PLOT = "no timeline plot: matplotlib is not installed; pip install -e '.[lab]' draws it"
+# What a run directory may hold, in the order a reader wants them.
+REPORT_FILES = ("summary.txt", "history.jsonl", "stats.json", "timeline.png")
+
+
+def describe_report(out: str) -> str:
+    """One line naming the files a run left in `out` (only those that exist)."""
+    present = [name for name in REPORT_FILES if os.path.exists(os.path.join(out, name))]
+    if glob.glob(os.path.join(out, "cluster", "node-*.log")):
+        present.append("cluster/node-*.log")
+    line = f"report: {out} ({', '.join(present) or 'no files'})"
+    if "timeline.png" not in present:
+        line += f"\n({NO_PLOT})"
+    return line
 
 
 def write_report(
@@ -24,9 +41,7 @@ def write_report(
     avail: dict[str, Any],
 ) -> str | None:
     png = _plot(out, ops, fault_intervals, avail)
-    text = summary + (
-        "\n\ntimeline: " + png if png else "\n\n(no timeline: matplotlib is not installed)"
-    )
+    text = summary + ("\n\ntimeline: " + png if png else f"\n\n({NO_PLOT})")
     with open(os.path.join(out, "summary.txt"), "w", encoding="utf-8") as file:
         file.write(text + "\n")
     return png
