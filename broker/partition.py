@@ -55,6 +55,7 @@ class Partition:
         self.replicas: tuple[int, ...] = ()
         self.isr: tuple[int, ...] = ()
         self.pending_isr: tuple[int, ...] | None = None  # asked of the controller
+        self.isr_change_backoff_until_ms = 0  # after a refusal
         self.high_watermark = 0
         self.epoch_start_offset = 0
         self.followers: dict[int, FollowerState] = {}

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 PARTITION_METADATA = "partition.metadata"
 # Kafka's log.retention.check.interval.ms is 5 minutes.
 RETENTION_CHECK_INTERVAL_MS = 300_000
+# A refused AlterPartition is asked again no sooner than this (Kafka's retry.backoff.ms
+# is 100 ms; refusals here are mostly a stale view, which the metadata soon mends).
+ISR_CHANGE_BACKOFF_MS = 500
 # How often partitions with flush.ms are looked at, at most.
 FLUSH_CHECK_INTERVAL_MS_MIN = 10
 
@@ -83,6 +86,7 @@ class ReplicaManager:
         self.broker_address_overrides = broker_address_overrides or {}
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.image = MetadataImage()
+        self.caught_up = False  # has the image reached our own registration yet?
         self.fetchers = FetcherManager(broker_id=broker_id, replica_manager=self)
         self._changed = trio.Event()
         self._isr_wake = trio.Event()
@@ -116,8 +120,21 @@ class ReplicaManager:
     # ------------------------------------------------------------------ metadata
 
     def on_metadata(self, delta: MetadataDelta | None, image: MetadataImage) -> None:
-        """Loader subscriber: called in log order with each new image."""
+        """Loader subscriber: called in log order with each new image.
+
+        Nothing is applied until the image holds this broker's own registration: a
+        restarting broker replays an old log first, and acting on it would make it
+        the leader of partitions it led long ago, serving a log a crash may have cut
+        short to followers that still trust that leader epoch (Kafka's brokers, too,
+        publish metadata to their replica manager only after the initial catch-up).
+        """
         self.image = image
+        if not self.caught_up:
+            epoch = self.broker_epoch()
+            if epoch < 0 or image.offset < epoch:
+                return
+            self.caught_up = True
+            delta = None  # everything, at once
         now = self.now_ms()
         topic_ids = image.topics.keys() if delta is None else delta.changed_topics
         for topic_id in topic_ids:
@@ -230,6 +247,8 @@ class ReplicaManager:
             self._isr_wake = trio.Event()
             now = self.now_ms()
             for partition in list(self.partitions.values()):
+                if now < partition.isr_change_backoff_until_ms:
+                    continue
                 new_isr = partition.isr_expansion() or partition.isr_shrink(
                     now, self.replica_lag_time_max_ms
                 )
@@ -266,8 +285,9 @@ class ReplicaManager:
             log.info("%s: ISR change refused: %s", partition, outcome)
             if partition.pending_isr == new_isr:
                 partition.pending_isr = None  # the metadata will tell us what is current
-                # Retry a little later, not in a hot loop.
-                await trio.sleep(0.5)
+                # Not again before the backoff, however often followers fetch meanwhile.
+                partition.isr_change_backoff_until_ms = self.now_ms() + ISR_CHANGE_BACKOFF_MS
+                await trio.sleep(ISR_CHANGE_BACKOFF_MS / 1000)
                 self._isr_wake.set()
 
     # ------------------------------------------------------------------ flush.ms

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 
+import attrs
 import pytest
 import trio
 
@@ -171,3 +172,32 @@ async def test_a_truncation_during_a_flush_never_vouches_for_what_came_after(tmp
     log.complete_flush(pending)
     assert log.durable_end_offset == 2
     log.close()
+
+
+async def test_a_restarting_broker_acts_on_no_image_older_than_its_registration() -> None:
+    """A broker replaying its metadata log from the start must not lead what it led
+    before its crash: it would serve its cut-short log to followers that still follow
+    that leader epoch, and they would truncate committed records (the simulator found
+    this with `--faults crash,kill-leader`)."""
+    from broker.replica_manager import ReplicaManager
+    from kraft.controller.replication import CreateTopic, create_topics
+    from tests.kraft.test_replication_control import apply, cluster
+
+    image = cluster(1)
+    created = create_topics(
+        image, [CreateTopic(name="t", partitions=1, replication_factor=1)], random.Random(0)
+    )
+    old = apply(image, created)  # broker 1 leads t-0 here
+    registration_offset = old.offset + 5
+    manager = ReplicaManager(
+        broker_id=1,
+        data_dir="/data",
+        channel=None,  # type: ignore[arg-type]
+        broker_epoch=lambda: registration_offset,
+        fs=MemoryFileSystem(),
+    )
+    manager.on_metadata(None, old)
+    assert manager.partitions == {} and not manager.caught_up
+    caught_up = attrs.evolve(old, offset=registration_offset)
+    manager.on_metadata(None, caught_up)
+    assert manager.caught_up and manager.partition("t", 0).is_leader
