@@ -9,6 +9,9 @@ the brokers', not the client's record encoding. Prints one JSON line:
 - msgs_per_s_rf1_acks1 / msgs_per_s_rf3_acksall: 3 partitions (one led by each
   broker), 8 requests in flight per partition;
 - produce_p50_ms / produce_p99_ms: request latency in the rf3 acks=all run;
+- msgs_per_s_rf3_acksall_flush1: the same with the topic's flush.messages=1 (every
+  replica fsyncs each append before it counts, group-committed off the event loop);
+  ratio_flush1_vs_plain is the cost of that durability;
 - e2e_p99_ms: produce (record timestamp) to a long-polling consumer's receipt, at a
   steady e2e_target_msgs_per_s (rf3, acks=all);
 - ratio_vs_log_append: rf1 acks=1 throughput over SegmentedLog.append of the same
@@ -54,8 +57,13 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-async def create(cluster: LocalCluster, name: str, factor: int) -> dict[int, int]:
-    body = {"topics": [{"name": name, "partitions": PARTITIONS, "replication_factor": factor}]}
+async def create(
+    cluster: LocalCluster, name: str, factor: int, configs: dict[str, str] | None = None
+) -> dict[int, int]:
+    topic: dict[str, Any] = {"name": name, "partitions": PARTITIONS, "replication_factor": factor}
+    if configs:
+        topic["configs"] = [[key, value] for key, value in configs.items()]
+    body = {"topics": [topic]}
     answer = await cluster.request(2, ApiKey.CREATE_TOPICS, body)
     assert answer["topics"][0]["error_code"] == ErrorCode.NONE, answer
     while True:
@@ -208,6 +216,8 @@ async def main_async(seconds: float) -> dict[str, Any]:
             rf1_rate, _ = await saturate(clients, rf1, "rf1", 1, seconds)
             rf3 = await create(cluster, "rf3", 3)
             rf3_rate, latencies = await saturate(clients, rf3, "rf3", -1, seconds)
+            flushed = await create(cluster, "rf3flush", 3, {"flush.messages": "1"})
+            flush_rate, flush_latencies = await saturate(clients, flushed, "rf3flush", -1, seconds)
             e2e = await create(cluster, "e2e", 3)
             delays = await end_to_end(clients, e2e, "e2e", seconds)
             await clients.close()
@@ -221,6 +231,9 @@ async def main_async(seconds: float) -> dict[str, Any]:
         "msgs_per_s_rf3_acksall": round(rf3_rate),
         "produce_p50_ms": round(statistics.median(latencies), 2),
         "produce_p99_ms": round(percentile(latencies, 0.99), 2),
+        "msgs_per_s_rf3_acksall_flush1": round(flush_rate),
+        "produce_p99_ms_flush1": round(percentile(flush_latencies, 0.99), 2),
+        "ratio_flush1_vs_plain": round(flush_rate / rf3_rate, 3),
         "e2e_target_msgs_per_s": E2E_RATE,
         "e2e_p50_ms": round(statistics.median(delays), 1),
         "e2e_p99_ms": round(percentile(delays, 0.99), 1),
