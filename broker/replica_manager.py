@@ -29,7 +29,7 @@ from kraft.controller.replication import (
     AlterPartition,
     AlterPartitionOutcome,
 )
-from kraft.metadata.image import MetadataDelta, MetadataImage
+from kraft.metadata.image import MetadataDelta, MetadataImage, TopicImage
 from storage.checkpoint import read_file, write_atomically
 from storage.fs import FileSystem, OsFileSystem
 from storage.log import LogConfig, LogError, SegmentedLog
@@ -42,6 +42,7 @@ RETENTION_CHECK_INTERVAL_MS = 300_000
 # A refused AlterPartition is asked again no sooner than this (Kafka's retry.backoff.ms
 # is 100 ms; refusals here are mostly a stale view, which the metadata soon mends).
 ISR_CHANGE_BACKOFF_MS = 500
+OPEN_RETRY_INTERVAL_S = 1.0
 # How often partitions with flush.ms are looked at, at most.
 FLUSH_CHECK_INTERVAL_MS_MIN = 10
 
@@ -87,6 +88,8 @@ class ReplicaManager:
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.image = MetadataImage()
         self.caught_up = False  # has the image reached our own registration yet?
+        self._unopened: set[str] = set()  # topic ids with a log we failed to open
+        self._open_failed = trio.Event()
         self.fetchers = FetcherManager(broker_id=broker_id, replica_manager=self)
         self._changed = trio.Event()
         self._isr_wake = trio.Event()
@@ -100,6 +103,7 @@ class ReplicaManager:
             nursery.start_soon(self._maintain_isr)
             nursery.start_soon(self._enforce_retention)
             nursery.start_soon(self._flush_on_interval)
+            nursery.start_soon(self._retry_unopened)
             task_status.started()
             await trio.sleep_forever()
 
@@ -136,41 +140,69 @@ class ReplicaManager:
             self.caught_up = True
             delta = None  # everything, at once
         now = self.now_ms()
-        topic_ids = image.topics.keys() if delta is None else delta.changed_topics
-        for topic_id in topic_ids:
+        topic_ids = set(image.topics) if delta is None else set(delta.changed_topics)
+        # Partitions whose log could not be opened (a full disk) are tried again.
+        topic_ids |= self._unopened
+        self._unopened = set()
+        for topic_id in sorted(topic_ids):
             topic = image.topics.get(topic_id)
-            if topic is None:
-                continue
-            for index, registration in topic.partitions.items():
-                key = (topic.name, index)
-                partition = self.partitions.get(key)
-                if self.broker_id not in registration.replicas:
-                    if partition is not None:
-                        self._remove(key, "moved away")
-                    continue
-                if partition is None or partition.topic_id != topic_id:
-                    if partition is not None:
-                        self._remove(key, "topic re-created")
-                    partition = self._open(topic.name, topic_id, index)
-                    if partition is None:
-                        continue
-                settings = dict(image.configs.get(("topic", topic.name), {}))
-                partition.log.config = log_config_for(settings)
-                partition.min_insync_replicas = image.min_insync_replicas(topic.name)
-                partition.elr_enabled = image.elr_enabled
-                partition.unclean_election = settings.get(UNCLEAN_ELECTION_CONFIG) == "true"
-                change = partition.apply(registration, now)
-                if change == "leader":
-                    self.fetchers.remove(partition)
-                    log.info("%s: leader at epoch %d", partition, partition.leader_epoch)
-                elif change == "follower":
-                    self.fetchers.add(partition, registration.leader)
+            if topic is not None:
+                self._apply_topic(image, topic_id, topic, now)
+        if delta is not None and (delta.changed_configs or delta.changed_features):
+            # Settings changed without a partition change: every partition they reach.
+            for partition in self.partitions.values():
+                if delta.changed_features or ("topic", partition.topic) in delta.changed_configs:
+                    self._configure(partition, image)
         self._flush_config_changed.set()
         # Topics gone from the image: their partitions go too.
         for key, partition in list(self.partitions.items()):
             if partition.topic_id not in image.topics:
                 self._remove(key, "topic deleted")
         self._isr_wake.set()
+
+    def _apply_topic(
+        self, image: MetadataImage, topic_id: str, topic: TopicImage, now: int
+    ) -> None:
+        for index, registration in topic.partitions.items():
+            key = (topic.name, index)
+            partition = self.partitions.get(key)
+            if self.broker_id not in registration.replicas:
+                if partition is not None:
+                    self._remove(key, "moved away")
+                continue
+            if partition is None or partition.topic_id != topic_id:
+                if partition is not None:
+                    self._remove(key, "topic re-created")
+                partition = self._open(topic.name, topic_id, index)
+                if partition is None:
+                    self._unopened.add(topic_id)
+                    self._open_failed.set()
+                    continue
+            self._configure(partition, image)
+            change = partition.apply(registration, now)
+            if change == "leader":
+                self.fetchers.remove(partition)
+                log.info("%s: leader at epoch %d", partition, partition.leader_epoch)
+            elif change == "follower":
+                self.fetchers.add(partition, registration.leader)
+
+    @staticmethod
+    def _configure(partition: Partition, image: MetadataImage) -> None:
+        settings = dict(image.configs.get(("topic", partition.topic), {}))
+        partition.log.config = log_config_for(settings)
+        partition.min_insync_replicas = image.min_insync_replicas(partition.topic)
+        partition.elr_enabled = image.elr_enabled
+        partition.unclean_election = settings.get(UNCLEAN_ELECTION_CONFIG) == "true"
+
+    async def _retry_unopened(self) -> None:
+        """A log that could not be opened (disk full, read-only) is tried again, so
+        its partition comes back by itself once the disk has room."""
+        while True:
+            await self._open_failed.wait()
+            await trio.sleep(OPEN_RETRY_INTERVAL_S)
+            self._open_failed = trio.Event()
+            if self._unopened:
+                self.on_metadata(MetadataDelta(self.image), self.image)
 
     def _open(self, topic: str, topic_id: str, index: int) -> Partition | None:
         directory = os.path.join(self.data_dir, f"{topic}-{index}")

@@ -30,7 +30,7 @@ from storage.records import (
 
 SUFFIX = ".checkpoint"
 PARTIAL_SUFFIX = ".checkpoint.part"
-_NAME = re.compile(r"^(\d{20})-(\d{10})\.checkpoint$")
+_NAME = re.compile(r"(\d{20})-(\d{10})\.checkpoint")
 RECORDS_PER_BATCH = 1_000
 
 
@@ -55,7 +55,7 @@ def list_snapshots(fs: FileSystem, directory: str) -> list[SnapshotId]:
         if name.endswith(PARTIAL_SUFFIX):
             fs.remove(posixpath.join(directory, name))
             continue
-        match = _NAME.match(name)
+        match = _NAME.fullmatch(name)
         if match:
             found.append(SnapshotId(int(match.group(1)), int(match.group(2))))
     return sorted(found)

@@ -35,7 +35,7 @@ from kraft.metadata.records import (
 )
 
 # Kafka's Topic.validate: legal characters and length.
-TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # whole names only: fullmatch
 UNCLEAN_ELECTION_CONFIG = "unclean.leader.election.enable"
 # Its partition directory sits beside the data partitions' (`<topic>-<n>`).
 METADATA_TOPIC = "__cluster_metadata"
@@ -86,7 +86,7 @@ def validate_topic_name(name: str) -> str | None:
         return "topic name cannot be '.' or '..'"
     if name == METADATA_TOPIC:
         return f"{METADATA_TOPIC} is the metadata log's name"
-    if not TOPIC_NAME.match(name):
+    if not TOPIC_NAME.fullmatch(name):
         return "topic names are 1-249 characters of [a-zA-Z0-9._-]"
     return None
 

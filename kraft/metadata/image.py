@@ -186,6 +186,8 @@ class MetadataDelta:
         self._offset = image.offset
         self.changed_topics: set[str] = set()  # topic ids created, changed or removed
         self.changed_brokers: set[int] = set()
+        self.changed_configs: set[tuple[str, str]] = set()  # (resource type, name)
+        self.changed_features = False
 
     def replay(self, record: MetadataRecord, offset: int) -> None:
         handler = _HANDLERS.get(type(record))
@@ -322,6 +324,7 @@ class MetadataDelta:
         self.changed_topics.add(record.topic_id)
 
     def _config(self, record: ConfigRecord) -> None:
+        self.changed_configs.add((record.resource_type, record.resource_name))
         settings = self._configs.setdefault((record.resource_type, record.resource_name), {})
         if record.value is None:
             settings.pop(record.name, None)
@@ -338,6 +341,7 @@ class MetadataDelta:
 
     def _feature(self, record: FeatureLevelRecord) -> None:
         self._features[record.name] = record.level
+        self.changed_features = True
 
     def _no_op(self, record: NoOpRecord) -> None:
         pass

@@ -201,3 +201,37 @@ async def test_a_restarting_broker_acts_on_no_image_older_than_its_registration(
     caught_up = attrs.evolve(old, offset=registration_offset)
     manager.on_metadata(None, caught_up)
     assert manager.caught_up and manager.partition("t", 0).is_leader
+
+
+async def test_a_partition_whose_log_could_not_be_opened_comes_back_by_itself(
+    autojump_clock,
+) -> None:
+    """Disk full while a topic is created: the partition is missing, not lost for good."""
+    from broker.replica_manager import ReplicaManager
+    from kraft.controller.replication import CreateTopic, create_topics
+    from tests.kraft.test_replication_control import apply, cluster
+
+    image = cluster(1)
+    created = create_topics(
+        image, [CreateTopic(name="t", partitions=1, replication_factor=1)], random.Random(0)
+    )
+    image = apply(image, created)
+    fs = MemoryFileSystem(capacity_bytes=0)
+    fs.makedirs("/data")
+    manager = ReplicaManager(
+        broker_id=1,
+        data_dir="/data",
+        channel=None,  # type: ignore[arg-type]
+        broker_epoch=lambda: 0,
+        fs=fs,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        manager.on_metadata(None, image)
+        assert ("t", 0) not in manager.partitions
+        await trio.sleep(5)
+        assert ("t", 0) not in manager.partitions  # still full: still missing, no crash
+        fs.capacity_bytes = None  # space freed
+        await trio.sleep(5)
+        assert manager.partition("t", 0).is_leader
+        nursery.cancel_scope.cancel()
