@@ -123,6 +123,15 @@ class _InFlight:
     sent_ms: int
 
 
+def _claimant(request: Request) -> int:
+    """The member a request says it comes from."""
+    if isinstance(request, VoteRequest):
+        return request.candidate_id
+    if isinstance(request, (BeginQuorumEpochRequest, EndQuorumEpochRequest)):
+        return request.leader_id
+    return request.replica_id
+
+
 class RaftCore:
     def __init__(
         self,
@@ -513,8 +522,12 @@ class RaftCore:
 
         The ranges follow Kafka's KafkaRaftClient where it has them (a Vote's last
         epoch below the candidate's, a Fetch's last_fetched_epoch within [0,
-        current_leader_epoch], else INVALID_REQUEST).
+        current_leader_epoch], else INVALID_REQUEST). No member sends itself a request,
+        so one that claims to come from us is false (a Fetch in our name would move our
+        own end offset in the leader's progress, and the high-water mark with it).
         """
+        if _claimant(request) == self.config.local_id:
+            return ErrorCode.INVALID_REQUEST
         if isinstance(request, VoteRequest):
             if not self.quorum.is_voter or request.candidate_id not in self.config.voters:
                 return ErrorCode.INCONSISTENT_VOTER_SET

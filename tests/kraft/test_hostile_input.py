@@ -374,3 +374,29 @@ def test_a_state_no_node_can_act_on_is_never_written() -> None:
     with pytest.raises(AssertionError):
         store.write(ElectionState(epoch=INT32_MAX))
     assert store.read() == ElectionState(epoch=0)
+
+
+def test_a_request_in_the_receivers_own_name_is_refused() -> None:
+    """No member asks itself anything; a Fetch in the leader's name would move its hwm."""
+    cluster, leader, _ = elected()
+    core = cluster.nodes[leader].core
+    cluster.propose(leader, b"not yet on a majority")
+    before, hwm = core.state, core.high_watermark
+    in_its_name = [
+        fetch(cluster, leader, replica_id=leader),
+        VoteRequest(
+            cluster_id=CLUSTER_ID,
+            candidate_epoch=core.epoch + 1,
+            candidate_id=leader,
+            last_offset_epoch=core.epoch,
+            last_offset=INT64_MAX,
+        ),
+        BeginQuorumEpochRequest(
+            cluster_id=CLUSTER_ID, leader_epoch=core.epoch + 1, leader_id=leader
+        ),
+    ]
+    for request in in_its_name:
+        answer = core.handle_request(cluster.now_ms, leader, request)
+        assert answer.error_code == ErrorCode.INVALID_REQUEST, request
+        assert_untouched(cluster, leader, before)
+    assert core.high_watermark == hwm

@@ -150,10 +150,10 @@ def test_fetch_epoch_fencing_and_redirect() -> None:
     follower_id = next(i for i in cluster.nodes if i != leader_id)
     follower = cluster.nodes[follower_id].core
 
-    def fetch(epoch: int) -> FetchRequest:
+    def fetch(epoch: int, replica_id: int = follower_id) -> FetchRequest:
         return FetchRequest(
             cluster_id=CLUSTER_ID,
-            replica_id=follower_id,
+            replica_id=replica_id,
             current_leader_epoch=epoch,
             fetch_offset=0,
             last_fetched_epoch=0,
@@ -168,7 +168,8 @@ def test_fetch_epoch_fencing_and_redirect() -> None:
         leader.handle_request(cluster.now_ms, follower_id, fetch(leader.epoch + 1)).error_code
         == ErrorCode.UNKNOWN_LEADER_EPOCH
     )
-    redirected = follower.handle_request(cluster.now_ms, 9, fetch(follower.epoch))
+    # From an observer (9): a fetch in the follower's own name would be refused.
+    redirected = follower.handle_request(cluster.now_ms, 9, fetch(follower.epoch, 9))
     assert (
         redirected.error_code == ErrorCode.NOT_LEADER_OR_FOLLOWER
         and redirected.leader_id == leader_id
