@@ -48,7 +48,7 @@ from storage.log import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
 )
-from storage.records import RecordBatchError
+from storage.records import ControlBatchError, RecordBatchError, UnsupportedCompressionError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ def _error_of(error: Exception) -> tuple[int, str]:
         return error.code, error.message
     if isinstance(error, RecordTooLargeError):
         return ErrorCode.MESSAGE_TOO_LARGE, str(error)
+    if isinstance(error, UnsupportedCompressionError):
+        return ErrorCode.UNSUPPORTED_COMPRESSION_TYPE, str(error)
+    if isinstance(error, ControlBatchError):
+        return ErrorCode.INVALID_RECORD, str(error)
     if isinstance(error, RecordBatchError):
         return ErrorCode.CORRUPT_MESSAGE, str(error)
     if isinstance(error, InvalidLeaderEpochError):

@@ -29,8 +29,13 @@ from client.protocol.errors import ErrorCode, KafkaError
 from kraft.metadata.image import PartitionRegistration
 from storage.divergence import EpochEnd, diverging_epoch, truncation_offset
 from storage.log import AppendInfo, SegmentedLog
+from storage.records import check_producer_batches
 
 log = logging.getLogger(__name__)
+
+# A gzip batch may inflate to this many times max.message.bytes, no more (a 255 KB
+# "gzip bomb" would otherwise cost 250 MB of memory to read).
+INFLATION_RATIO_MAX = 32
 
 
 class Partition:
@@ -151,6 +156,11 @@ class Partition:
         return set(self.isr) | set(self.pending_isr or ())
 
     def append_as_leader(self, records: bytes) -> AppendInfo:
+        """A producer's batches: checked as Kafka's LogValidator does, then appended."""
+        check_producer_batches(
+            records,
+            inflated_bytes_max=self.log.config.max_message_bytes * INFLATION_RATIO_MAX,
+        )
         info = self.log.append(records, self.leader_epoch)
         self._maybe_advance_high_watermark()  # a lone ISR commits at once
         self._notify()

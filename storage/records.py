@@ -296,6 +296,59 @@ def iter_records(batch: Buffer, position: int = 0) -> Iterator[Record]:
     return _decode_records(header, section)
 
 
+# The smallest v2 record: length, attributes, timestamp delta, offset delta, key and
+# value lengths and header count, one byte each.
+MIN_RECORD_BYTES = 7
+
+
+class ControlBatchError(InvalidRecordError):
+    """A control batch from a producer: only the broker writes transaction markers."""
+
+
+def check_producer_batch(
+    batch: Buffer, position: int, header: BatchHeader, *, inflated_bytes_max: int
+) -> None:
+    """Kafka's LogValidator for what a producer sent, once its CRC has been checked.
+
+    The header must describe its records: a record count and a last offset delta
+    that agree (the offsets of a producer's batch run on without gaps), and no more
+    records than its bytes can hold. A gzip batch is inflated (at most
+    `inflated_bytes_max`) and every record decoded, since it is inflated to be read
+    anyway; an uncompressed one is taken by its header (its records are checked by
+    the reader, which names the partition and offset of a bad one).
+    """
+    if header.is_control:
+        raise ControlBatchError("control batches are written by the broker, not by producers")
+    count = header.record_count
+    if count < 1 or header.last_offset_delta != count - 1:
+        raise InvalidRecordError(
+            f"batch declares {count} records but a last offset delta of {header.last_offset_delta}"
+        )
+    codec = header.compression
+    if codec == Compression.NONE:
+        room = (header.size_bytes - BATCH_HEADER_BYTES) // MIN_RECORD_BYTES
+        if count > room:
+            raise InvalidRecordError(f"batch declares {count} records in {header.size_bytes} bytes")
+        return
+    if codec != Compression.GZIP:
+        raise UnsupportedCompressionError(_codec_message(codec))
+    end = position + header.size_bytes
+    section = memoryview(batch)[position + BATCH_HEADER_BYTES : end]
+    inflated = _gunzip(section, inflated_bytes_max)
+    for expected, record in enumerate(_decode_records(header, inflated)):
+        if record.offset != header.base_offset + expected:
+            raise InvalidRecordError(
+                f"record {expected} of the batch has offset delta "
+                f"{record.offset - header.base_offset}"
+            )
+
+
+def check_producer_batches(batches: Buffer, *, inflated_bytes_max: int) -> None:
+    """`check_producer_batch` for every batch of a producer's request (CRCs checked)."""
+    for position, header in iter_batches(batches, validate=True):
+        check_producer_batch(batches, position, header, inflated_bytes_max=inflated_bytes_max)
+
+
 def _codec_message(codec: int) -> str:
     try:
         name = Compression(codec).name.lower()
@@ -304,14 +357,14 @@ def _codec_message(codec: int) -> str:
     return f"compression codec {name} is not supported (only none and gzip)"
 
 
-def _gunzip(data: Buffer) -> bytes:
+def _gunzip(data: Buffer, limit: int = DECOMPRESSED_BYTES_MAX) -> bytes:
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        out = inflater.decompress(data, DECOMPRESSED_BYTES_MAX)
+        out = inflater.decompress(data, limit)
     except zlib.error as error:
         raise CorruptRecordError(f"gzip records section does not inflate: {error}") from None
     if inflater.unconsumed_tail:
-        raise CorruptRecordError(f"gzip records inflate past {DECOMPRESSED_BYTES_MAX} bytes")
+        raise CorruptRecordError(f"gzip records inflate past {limit} bytes")
     return out
 
 

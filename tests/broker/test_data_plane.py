@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from broker.cluster_plan import plan_cluster
 from broker.server import Server
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode
-from storage.records import RecordInput, build_batch, iter_records
+from storage.records import RecordInput, build_batch, compute_crc, iter_records
 from tests.broker.test_controller_cluster import FAST, InProcessCluster, create_topics_body
 
 SETTINGS = {**FAST, "replica_lag_time_max_ms": 60_000}
@@ -19,6 +20,14 @@ SETTINGS = {**FAST, "replica_lag_time_max_ms": 60_000}
 
 def batch(values: list[bytes], timestamp: int = 1_000) -> bytes:
     return build_batch([RecordInput(timestamp=timestamp, value=v) for v in values])
+
+
+def forged(batch: bytes, position: int, fmt: str, value: int) -> bytes:
+    """`batch` with one header field changed and its CRC made valid again."""
+    changed = bytearray(batch)
+    struct.pack_into(fmt, changed, position, value)
+    struct.pack_into(">I", changed, 17, compute_crc(changed))
+    return bytes(changed)
 
 
 def produce_body(topic: str, records: bytes, *, acks: int = -1, partition: int = 0, **extra: Any):
@@ -203,6 +212,17 @@ async def test_bad_produce_and_fetch_requests_get_their_error_codes(nursery, tmp
             (leader, produce_body("t", bytes(corrupt)), ErrorCode.CORRUPT_MESSAGE),
             (leader, produce_body("t", batch([b"y" * 2000])), ErrorCode.MESSAGE_TOO_LARGE),
             (leader, produce_body("t", b"\x00" * 10), ErrorCode.CORRUPT_MESSAGE),
+            (
+                leader,
+                produce_body("t", forged(good, 23, ">i", 2**31 - 1)),
+                ErrorCode.CORRUPT_MESSAGE,
+            ),
+            (leader, produce_body("t", forged(good, 21, ">h", 0x20)), ErrorCode.INVALID_RECORD),
+            (
+                leader,
+                produce_body("t", forged(good, 21, ">h", 3)),
+                ErrorCode.UNSUPPORTED_COMPRESSION_TYPE,
+            ),
             (follower, produce_body("t", good), ErrorCode.NOT_LEADER_OR_FOLLOWER),
             (leader, produce_body("nope", good), ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
             (leader, produce_body("t", good, partition=7), ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
