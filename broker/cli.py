@@ -32,12 +32,27 @@ from broker.config import (
     load,
 )
 from broker.server import Server
+from kraft.metadata.image import MetadataReplayError
+from kraft.metadata.records import MetadataRecordError
+from kraft.quorum_state_file import QuorumStateError
+from storage.checkpoint import CheckpointError
+from storage.snapshot import SnapshotError
 
 log = logging.getLogger("pykraft")
 
 DEFAULT_DATA_DIR = "pykraft-data"
 DEFAULT_BROKER_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
+
+
+# Errors that mean the data directory holds state this node cannot act on.
+UNUSABLE_STATE = (
+    QuorumStateError,
+    CheckpointError,
+    SnapshotError,
+    MetadataRecordError,
+    MetadataReplayError,
+)
 
 
 def embedded_default(data_dir: str, broker_port: int, controller_port: int) -> NodeConfig:
@@ -103,10 +118,29 @@ def _start(config: NodeConfig, *, format_if_new: bool) -> int:
         )
     try:
         trio.run(serve, config, cluster_id)
+    except UNUSABLE_STATE as error:
+        # State on disk this node cannot act on: one line naming the file and why.
+        print(f"pykraft-server: cannot start: {error}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        leaf = _first(group)
+        if isinstance(leaf, UNUSABLE_STATE):
+            print(f"pykraft-server: cannot start: {leaf}", file=sys.stderr)
+            return 2
+        if isinstance(leaf, OSError):
+            print(f"pykraft-server: {leaf}", file=sys.stderr)
+            return 1
+        raise
     except OSError as error:
         print(f"pykraft-server: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _first(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:
