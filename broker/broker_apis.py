@@ -40,6 +40,10 @@ FORWARDED = frozenset(
 )
 
 
+# A Metadata request names at most this many topics (none at all asks for every one).
+METADATA_TOPICS_MAX = 10_000
+
+
 def metadata(
     image: MetadataImage, request: MetadataRequest, cluster_id: str, controller_id: int
 ) -> MetadataResponse:
@@ -52,7 +56,15 @@ def metadata(
                 broker_id=broker_id, host=listener.host, port=listener.port, rack=registration.rack
             )
         )
-    names = sorted(image.topic_ids) if request.topics is None else list(request.topics)
+    if request.topics is None:
+        names = sorted(image.topic_ids)
+    else:
+        names = list(dict.fromkeys(request.topics))  # each named topic once
+        if len(names) > METADATA_TOPICS_MAX:
+            raise KafkaError(
+                ErrorCode.INVALID_REQUEST,
+                f"{len(names)} topics named; at most {METADATA_TOPICS_MAX} (or none for all)",
+            )
     topics = []
     for name in names:
         topic = image.topic(name)

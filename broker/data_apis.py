@@ -53,6 +53,21 @@ from storage.records import ControlBatchError, RecordBatchError, UnsupportedComp
 log = logging.getLogger(__name__)
 
 ACKS_NONE, ACKS_LEADER, ACKS_ALL = 0, 1, -1
+# Kafka's broker fetch.max.bytes (55 MiB): no fetch answer is larger, whatever it asks
+# (one batch larger than what is left still goes, KIP-74, bounded by the batch size).
+FETCH_MAX_BYTES = 55 * 1024 * 1024
+
+
+def _refuse_repeated_partitions(request: FetchRequest) -> None:
+    seen: set[tuple[str, int]] = set()
+    for topic in request.topics:
+        for item in topic.partitions:
+            key = (topic.name, item.partition)
+            if key in seen:
+                raise KafkaError(
+                    ErrorCode.INVALID_REQUEST, f"{topic.name}-{item.partition} is named twice"
+                )
+            seen.add(key)
 
 
 def _error_of(error: Exception) -> tuple[int, str]:
@@ -219,6 +234,7 @@ class DataApis:
 
     async def fetch(self, body: Any) -> Any:
         request = from_body(FetchRequest, body)
+        _refuse_repeated_partitions(request)
         from_follower = request.replica_id != CONSUMER_REPLICA_ID
         if from_follower and not self.is_registered(request.replica_id, request.broker_epoch):
             raise KafkaError(
@@ -244,7 +260,7 @@ class DataApis:
     def _read_all(self, request: FetchRequest, record_fetch: bool) -> tuple[FetchResponse, int]:
         """Read every partition; `record_fetch`: count this as the follower's fetch."""
         now_ms = self.replicas.now_ms()
-        budget = request.max_bytes
+        budget = min(request.max_bytes, FETCH_MAX_BYTES)
         total = 0
         topics = []
         for topic in request.topics:

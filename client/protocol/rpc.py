@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 RECEIVE_CHUNK_BYTES = 256 * 1024
 # Kafka's max.in.flight.requests.per.connection is 5 for clients; a server accepts more.
 MAX_IN_FLIGHT_PER_CONNECTION = 100
+# Answers computed but not yet taken by a peer, per connection: past this, no new
+# request of that connection is read (a client that pipelines fetches and never
+# reads their answers must not hold the broker's memory).
+RESPONSE_BYTES_UNSENT_MAX = 64 * 1024 * 1024
 RECONNECT_BACKOFF_MS = 50
 RECONNECT_BACKOFF_MAX_MS = 1000  # Kafka's reconnect.backoff.max.ms
 
@@ -73,6 +77,27 @@ class _Slot:
         self.frame = b""
         self.response: Any = None
         self.lost = False
+
+
+class _Backlog:
+    """Bytes of answers a connection's peer has not taken yet."""
+
+    def __init__(self) -> None:
+        self.unsent_bytes = 0
+        self._drained = trio.Event()
+
+    def add(self, size: int) -> None:
+        self.unsent_bytes += size
+
+    def sent(self, size: int) -> None:
+        self.unsent_bytes -= size
+        if self.unsent_bytes < RESPONSE_BYTES_UNSENT_MAX:
+            self._drained.set()
+            self._drained = trio.Event()
+
+    async def wait_room(self) -> None:
+        while self.unsent_bytes >= RESPONSE_BYTES_UNSENT_MAX:
+            await self._drained.wait()
 
 
 class RpcServer:
@@ -115,9 +140,10 @@ class RpcServer:
         decoder = FrameDecoder(self.frame_bytes_max)
         # Slots in request order; its capacity is the per-connection in-flight limit.
         send_slot, receive_slot = trio.open_memory_channel[_Slot](MAX_IN_FLIGHT_PER_CONNECTION)
+        backlog = _Backlog()
         try:
             async with stream, trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_in_order, stream, receive_slot)
+                nursery.start_soon(self._write_in_order, stream, receive_slot, backlog)
                 while True:
                     data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
                     if not data:
@@ -134,17 +160,20 @@ class RpcServer:
                         )
                         break
                     for api_key, version, correlation_id, body in requests:
+                        await backlog.wait_room()
                         slot = _Slot(correlation_id)
                         await send_slot.send(slot)
                         self.requests += 1
-                        nursery.start_soon(self._answer, slot, api_key, version, body)
+                        nursery.start_soon(self._answer, slot, api_key, version, body, backlog)
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             # The peer went away (a reset arrives wrapped in the nursery's exception
             # group); nothing to answer, and no reason for the server to stop.
             pass
 
-    async def _answer(self, slot: _Slot, api_key: int, version: int, body: Any) -> None:
+    async def _answer(
+        self, slot: _Slot, api_key: int, version: int, body: Any, backlog: _Backlog
+    ) -> None:
         try:
             response = await self.handler(api_key, version, body)
         except KafkaError as error:
@@ -160,24 +189,31 @@ class RpcServer:
                 ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(error).__name__}: {error}"
             )
         slot.frame = encode_frame([slot.correlation_id, response])
+        backlog.add(len(slot.frame))
         slot.done.set()
 
     @staticmethod
     async def _write_in_order(
-        stream: trio.abc.Stream, slots: trio.MemoryReceiveChannel[_Slot]
+        stream: trio.abc.Stream, slots: trio.MemoryReceiveChannel[_Slot], backlog: _Backlog
     ) -> None:
         chunks: list[bytes] = []
+
+        async def send() -> None:
+            data = b"".join(chunks)
+            chunks.clear()
+            await stream.send_all(data)
+            backlog.sent(len(data))
+
         async for slot in slots:
             if not slot.done.is_set():
                 # Send what is ready before waiting on the next answer in line.
                 if chunks:
-                    await stream.send_all(b"".join(chunks))
-                    chunks.clear()
+                    await send()
                 await slot.done.wait()
             chunks.append(slot.frame)
+            slot.frame = b""  # the joined copy is what stays alive until it is sent
             if slots.statistics().current_buffer_used == 0:
-                await stream.send_all(b"".join(chunks))
-                chunks.clear()
+                await send()
 
 
 def _parse_request(frame: Any) -> tuple[int, int, int, Any]:
