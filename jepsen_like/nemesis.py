@@ -1,8 +1,8 @@
 """Faults against a LocalCluster of real processes, on a schedule, recorded in the history.
 
 Each fault has a start and a heal: kill (SIGKILL, then restart on the same data
-directory), pause (SIGSTOP, then SIGCONT), targeted kills of the active controller
-or of a partition's leader, a rolling restart of every node, and network partitions
+directory), pause (SIGSTOP, then SIGCONT), targeted kills (and a pause) of the active
+controller, a kill of a partition's leader, a rolling restart of every node, and network partitions
 through the fault proxies (one node isolated, halves, a majorities ring, a bridge, the
 active controller or a partition leader isolated). Targets are chosen with a seeded random generator, so a
 schedule is repeatable. Optionally a killed node's newest segment gets its tail
@@ -26,7 +26,15 @@ from jepsen_like.proxy import LinkFaults
 
 log = logging.getLogger(__name__)
 
-KILLS = ("kill", "pause", "kill-controller", "kill-leader", "rolling-restart")
+KILLS = (
+    "kill",
+    "pause",
+    "kill-controller",
+    "pause-controller",
+    "kill-leader",
+    "kill-all",
+    "rolling-restart",
+)
 PARTITIONS = ("isolate", "halves", "ring", "bridge", "isolate-controller", "isolate-leader")
 # Only the simulator can lose unsynced writes: one node's machine ("crash") or
 # every node's at once ("power-loss").
@@ -79,12 +87,20 @@ class Nemesis:
             return
         start = self.history.now()
         self.history.add("nemesis", INFO, fault, {"node": node, "phase": "start"})
-        label = fault if fault == "rolling-restart" else f"{fault} {node}"
+        label = fault if fault in ("rolling-restart", "kill-all") else f"{fault} {node}"
         self.windows.append((start, label))
         if fault in PARTITIONS:
             await self._partition(fault, node, duration_s)
         elif fault == "rolling-restart":
             await self._rolling_restart(duration_s)
+        elif fault == "kill-all":
+            # Every node at once (SIGKILL: what was written stays), then all restart:
+            # every voter must come back with the election state it had.
+            for each in sorted(self.cluster.configs):
+                if self.cluster.is_running(each):
+                    self.cluster.kill(each)
+            await trio.sleep(duration_s)
+            await self.cluster.start_all()
         elif fault == "crash":
             self.cluster.crash(node)  # type: ignore[attr-defined]
             await trio.sleep(duration_s)
@@ -93,7 +109,7 @@ class Nemesis:
             self.cluster.power_loss()  # type: ignore[attr-defined]
             await trio.sleep(duration_s)
             await self.cluster.start_all()
-        elif fault == "pause":
+        elif fault in ("pause", "pause-controller"):
             self.cluster.pause(node)
             await trio.sleep(duration_s)
             self.cluster.resume(node)
@@ -150,11 +166,11 @@ class Nemesis:
 
     async def _target(self, fault: str) -> int | None:
         running = [n for n in sorted(self.cluster.configs) if self.cluster.is_running(n)]
-        if fault in ("kill-controller", "isolate-controller"):
+        if fault in ("kill-controller", "pause-controller", "isolate-controller"):
             return await self._active_controller()
         if fault in ("kill-leader", "isolate-leader"):
             return await self._leader_of(0)
-        # Never take down the last controller majority: a kill or pause of one node.
+        # Otherwise one node (kill-all takes the others with it).
         return self.rng.choice(running) if running else None
 
     async def _ask_any(self, api_key: ApiKey, body: Any) -> Any:

@@ -26,6 +26,7 @@ from client.admin import Admin, NewTopic
 from client.protocol.errors import KafkaError
 from jepsen_like.checkers import (
     ANOMALIES,
+    Finding,
     Verdict,
     availability,
     check_cluster,
@@ -42,6 +43,8 @@ from jepsen_like.report import write_report
 from jepsen_like.workload import ClusterObserver, QueueWorkload
 
 log = logging.getLogger(__name__)
+
+SETTLE_TIMEOUT_S = 30.0  # after the heal: every partition's ISR whole again, with a leader
 
 TOPIC = "jepsen"
 # Faster than Kafka's defaults so a short run sees several faults heal.
@@ -76,6 +79,30 @@ class RunConfig:
     corrupt_on_restart: bool = False
     scripted: tuple[str, ...] = ()  # run these faults in order instead of a random schedule
     report: bool = True  # summary.txt, stats.json and the plot in `out`
+    # Whether a cluster that does not converge after the heal (an ISR still short, a
+    # partition leaderless, SETTLE_TIMEOUT_S on) fails the run. The simulator says yes:
+    # its time is exact. Real processes on a slow machine may just be slow.
+    convergence_required: bool = False
+    settle_timeout_s: float = SETTLE_TIMEOUT_S
+
+
+@attrs.define
+class ListedVerdict(Verdict):
+    """A verdict that names its own anomalies: properties `checkers.ANOMALIES` does
+    not list (checked only here, or only in the simulator)."""
+
+    anomalies: tuple[str, ...] = ()
+
+    @property
+    def valid(self) -> bool:
+        mine = all(f.count == 0 for name, f in self.findings.items() if name in self.anomalies)
+        return mine and super().valid
+
+    def summary(self) -> str:
+        text = super().summary()
+        for name in self.anomalies:
+            text = text.replace(f"{name} (not an anomaly):", f"{name}:")
+        return text
 
 
 @attrs.frozen(kw_only=True)
@@ -177,14 +204,18 @@ async def drive(
                         until_s=config.time_s,
                     )
                 )
-        await _heal_and_settle(cluster, bootstrap, config)
+        settle_s = await _heal_and_settle(cluster, bootstrap, config.settle_timeout_s)
         await workload.final_read()
         await observer.observe()
         nursery.cancel_scope.cancel()
     ops = history.ops
     queue = check_metadata(ops) if config.workload == "metadata" else check_queue(ops)
     cluster_verdict = check_cluster(ops)
-    verdicts = {config.workload: queue, "cluster": cluster_verdict}
+    verdicts = {
+        config.workload: queue,
+        "cluster": cluster_verdict,
+        "recovery": _recovery_verdict(settle_s, config),
+    }
     if more_checks is not None:
         verdicts["invariants"] = more_checks()
     avail = availability(ops, nemesis.windows)
@@ -216,8 +247,9 @@ async def drive(
     first = next(
         (
             f"{name}: {f.examples[0] if f.examples else ''}"
-            for name, f in findings.items()
-            if f.count and name in ANOMALIES
+            for verdict in verdicts.values()
+            for name, f in verdict.findings.items()
+            if f.count and (name in ANOMALIES or name in getattr(verdict, "anomalies", ()))
         ),
         None,
     )
@@ -245,12 +277,30 @@ async def _scripted(nemesis: Nemesis, config: RunConfig) -> None:
         await nemesis.inject(fault, config.fault_duration_s)
 
 
-async def _heal_and_settle(cluster: ClusterControl, bootstrap: str, config: RunConfig) -> None:
-    """Every node back, every partition's ISR full again (bounded)."""
+def _recovery_verdict(settle_s: float | None, config: RunConfig) -> ListedVerdict:
+    finding = Finding("no-convergence")
+    if settle_s is None:
+        finding.add(
+            f"an ISR still short or a partition leaderless {config.settle_timeout_s:g} s "
+            "after the heal"
+        )
+    return ListedVerdict(
+        findings={finding.name: finding},
+        stats={"settle-s": None if settle_s is None else round(settle_s, 3)},
+        anomalies=(finding.name,) if config.convergence_required else (),
+    )
+
+
+async def _heal_and_settle(
+    cluster: ClusterControl, bootstrap: str, timeout_s: float
+) -> float | None:
+    """Every node back, every partition's ISR full again: how long it took (None: not
+    within `timeout_s`)."""
     for node in sorted(cluster.configs):
         if not cluster.is_running(node):
             await cluster.start(node)
-    with trio.move_on_after(30):
+    started = trio.current_time()
+    with trio.move_on_after(timeout_s):
         async with Admin(bootstrap) as admin:
             while True:
                 try:
@@ -258,7 +308,8 @@ async def _heal_and_settle(cluster: ClusterControl, bootstrap: str, config: RunC
                     if all(
                         len(p.isr) == len(p.replicas) and p.leader >= 0 for p in topic.partitions
                     ):
-                        return
+                        return trio.current_time() - started
                 except KafkaError:
                     pass
                 await trio.sleep(0.2)
+    return None

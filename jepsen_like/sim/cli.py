@@ -1,11 +1,15 @@
 """`jepsen-like sim`: many seeds of the deterministic simulation, or one replayed.
 
     jepsen-like sim --seeds 200                      # seeds 0..199, mixed faults
-    jepsen-like sim --seeds 200 --planted hwm-ignores-followers
+    jepsen-like sim --planted list                   # the planted bugs, what each re-creates
+    jepsen-like sim --seeds 20 --planted no-check-quorum    # with its targeted schedule
+    jepsen-like sim --seeds 20 --scenario controller-cut-off  # the same, real code
     jepsen-like sim --replay 17 --out /tmp/seed-17   # the same run again, with a report
 
-One line per failing seed: the seed and the first violated property. Exit 1 if any
-seed failed.
+A scenario (`jepsen_like/sim/scenarios.py`) fixes the faults, their timing and cluster
+settings; `--planted NAME` runs its bug's scenario unless `--scenario` says otherwise;
+`--faults` and `--time` override the scenario's. One line per failing seed: the seed
+and the first violated property. Exit 1 if any seed failed.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import os
 import time
 from typing import Any
 
-from jepsen_like.sim.planted import PLANTED_BUGS
+from jepsen_like.report import describe_report
+from jepsen_like.sim import planted
 from jepsen_like.sim.runner import LOSSY_FAULTS, SIM_FAULTS, SimConfig, SimResult, simulate
+from jepsen_like.sim.scenarios import SCENARIOS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,26 +32,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay", type=int, help="run this one seed and write its report")
     parser.add_argument("--out", help="where --replay writes its report")
     parser.add_argument(
-        "--faults",
-        default=",".join(SIM_FAULTS),
-        help=f"comma-separated, from {', '.join(SIM_FAULTS + LOSSY_FAULTS)}",
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        help="a named fault schedule (default: the planted bug's, else mixed)",
     )
-    parser.add_argument("--time", type=float, default=10.0, help="simulated seconds of workload")
+    parser.add_argument(
+        "--faults",
+        help=f"comma-separated, from {', '.join(SIM_FAULTS + LOSSY_FAULTS + ('kill-all',))}",
+    )
+    parser.add_argument("--time", type=float, help="simulated seconds of workload")
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--planted", choices=PLANTED_BUGS, help="a deliberate bug to find")
+    parser.add_argument(
+        "--planted",
+        help=f"a deliberate bug to find, or 'list': {', '.join(planted.PLANTED_BUGS)}",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
 
 
+def _scenario_name(args: argparse.Namespace) -> str:
+    if args.scenario:
+        return str(args.scenario)
+    return planted.get(args.planted).scenario if args.planted else "mixed"
+
+
+def _faults(args: argparse.Namespace) -> tuple[str, ...] | None:
+    if args.faults is None:
+        return None
+    return tuple(f.strip() for f in args.faults.split(",") if f.strip())
+
+
 def _config(args: argparse.Namespace, seed: int, out: str | None = None) -> SimConfig:
-    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
-    return SimConfig(
-        seed=seed,
-        nodes=args.nodes,
-        faults=faults,
-        time_s=args.time,
-        planted_bug=args.planted,
-        out=out,
-    )
+    more: dict[str, Any] = {"nodes": args.nodes, "planted_bug": args.planted, "out": out}
+    faults = _faults(args)
+    if faults is not None:
+        more["faults"] = faults
+    if args.time is not None:
+        more["time_s"] = args.time
+    return SCENARIOS[_scenario_name(args)].config(seed, **more)
+
+
+def _replay_options(args: argparse.Namespace) -> str:
+    options = f" --scenario {_scenario_name(args)}"
+    options += f" --planted {args.planted}" if args.planted else ""
+    options += f" --faults {args.faults}" if args.faults is not None else ""
+    options += f" --time {args.time:g}" if args.time is not None else ""
+    return options + f" --nodes {args.nodes}"
 
 
 def _one(config: SimConfig) -> SimResult:
@@ -53,9 +84,16 @@ def _one(config: SimConfig) -> SimResult:
 
 
 def main(args: argparse.Namespace) -> int:
-    unknown = {f.strip() for f in args.faults.split(",") if f.strip()} - set(
-        SIM_FAULTS + LOSSY_FAULTS
-    )
+    if args.planted == "list":
+        print(planted.describe())
+        return 0
+    if args.planted is not None:
+        try:
+            planted.get(args.planted)
+        except ValueError as error:
+            print(error)
+            return 2
+    unknown = set(_faults(args) or ()) - set(SIM_FAULTS + LOSSY_FAULTS + ("kill-all",))
     if unknown:
         print(f"unknown faults: {', '.join(sorted(unknown))}")
         return 2
@@ -67,8 +105,9 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"\nseed {result.seed}: {'VALID' if result.valid else 'INVALID'}; "
             f"history digest {result.digest[:16]}; {result.simulated_s:.1f} simulated s "
-            f"in {time.monotonic() - started:.1f} s; report: {out}"
+            f"in {time.monotonic() - started:.1f} s"
         )
+        print(describe_report(out))
         return 0 if result.valid else 1
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     configs = [_config(args, seed) for seed in seeds]
@@ -90,7 +129,6 @@ def main(args: argparse.Namespace) -> int:
         f"{60 * len(configs) / wall:.0f} seeds per minute with {args.jobs} jobs)"
     )
     if failures:
-        extra = f" --planted {args.planted}" if args.planted else ""
-        extra += f" --faults {args.faults} --time {args.time:g} --nodes {args.nodes}"
+        extra = _replay_options(args)
         print(f"replay one: jepsen-like sim --replay {failures[0].seed}{extra} --out DIR")
     return 1 if failures else 0

@@ -1,0 +1,86 @@
+"""Named fault schedules for the simulator: the default mix, and targeted ones.
+
+A targeted scenario picks faults, their timing and cluster settings that provoke one
+kind of failure often, so that a planted bug of that kind is found within a few seeds
+(`jepsen_like/sim/planted.py` names each bug's scenario) and the real code is shown
+to pass the same schedule. `jepsen-like sim --scenario NAME` runs one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from jepsen_like.sim.runner import LOSSY_FAULTS, SIM_FAULTS, SimConfig
+
+
+@attrs.frozen(kw_only=True)
+class Scenario:
+    name: str
+    about: str
+    faults: tuple[str, ...]
+    time_s: float = 10.0
+    interval_s: float = 2.0
+    fault_duration_s: float = 2.0
+    rate: float = 100.0
+    settings: tuple[tuple[str, int], ...] = ()  # over run.CLUSTER_SETTINGS
+
+    def config(self, seed: int, **more: Any) -> SimConfig:
+        """The SimConfig of one seed of this scenario (`more` overrides any field)."""
+        fields: dict[str, Any] = {
+            "faults": self.faults,
+            "time_s": self.time_s,
+            "interval_s": self.interval_s,
+            "fault_duration_s": self.fault_duration_s,
+            "rate": self.rate,
+            "settings": self.settings,
+        }
+        fields.update(more)
+        return SimConfig(seed=seed, **fields)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            name="mixed",
+            about="the default: one fault of the mix every 2 s, for 2 s",
+            faults=SIM_FAULTS,
+        ),
+        Scenario(
+            name="leader-isolations",
+            about="partition leaders cut off from their followers (clients still reach "
+            "them: every write they take is a tail the next leader's log diverges "
+            "from) for longer than a broker session, or killed",
+            faults=("isolate-leader", "kill-leader"),
+            time_s=12.0,
+            interval_s=1.0,
+            fault_duration_s=3.0,
+        ),
+        Scenario(
+            name="election-kills",
+            about="the active controller, or every node at once, killed and restarted "
+            "every second, with short election timeouts: elections follow restarts "
+            "closely, and a voter that forgot an epoch it voted in meets it again",
+            faults=("kill-all", "kill-controller"),
+            interval_s=1.0,
+            fault_duration_s=0.5,
+            settings=(("election_timeout_ms", 150),),
+        ),
+        Scenario(
+            name="controller-cut-off",
+            about="the active controller paused or isolated for twice the check-quorum "
+            "bound (1.5 fetch timeouts): it must resign in time",
+            faults=("isolate-controller", "pause-controller"),
+            interval_s=1.5,
+            fault_duration_s=3.0,
+        ),
+        Scenario(
+            name="power-losses",
+            about="machines losing their unsynced writes, one or all at once (lossy by "
+            "design without flush.messages: for planted controller bugs to come)",
+            faults=LOSSY_FAULTS,
+        ),
+    )
+}
