@@ -13,6 +13,7 @@ from typing import Any
 
 from broker.controller_channel import ControllerChannel
 from broker.data_apis import DataApis
+from broker.listeners import BROKER_LISTENER
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
@@ -50,7 +51,9 @@ def metadata(
     brokers = []
     for broker_id in image.unfenced_brokers():
         registration = image.brokers[broker_id]
-        listener = registration.listeners[0]
+        listener = registration.listener(BROKER_LISTENER)
+        if listener is None:
+            continue
         brokers.append(
             BrokerEndpoint(
                 broker_id=broker_id, host=listener.host, port=listener.port, rack=registration.rack
@@ -123,7 +126,7 @@ class BrokerApis:
         self.forward_timeout_s = forward_timeout_ms / 1000
         self.data_handlers: dict[int, Callable[[Any], Awaitable[Any]]] = {
             ApiKey.PRODUCE: data.produce,
-            ApiKey.FETCH: data.fetch,
+            ApiKey.FETCH: data.consumer_fetch,
             ApiKey.LIST_OFFSETS: data.list_offsets,
             ApiKey.DELETE_RECORDS: data.delete_records,
         }
@@ -143,3 +146,18 @@ class BrokerApis:
         if api_key == ApiKey.DESCRIBE_IMAGE:
             return to_body(describe_image(self.node_id, self.loader))
         raise KafkaError(ErrorCode.INVALID_REQUEST, f"api {api_key} is not served by a broker")
+
+
+class ReplicationApis:
+    """The REPLICATION listener: other brokers' replica fetches, and nothing else."""
+
+    def __init__(self, data: DataApis) -> None:
+        self.data = data
+
+    async def handle(self, api_key: int, version: int, body: Any) -> Any:
+        if api_key != ApiKey.FETCH:
+            raise KafkaError(
+                ErrorCode.INVALID_REQUEST,
+                f"api {api_key} is not served on the REPLICATION listener",
+            )
+        return await self.data.replica_fetch(body)

@@ -27,6 +27,7 @@ from broker.config import (
     BROKER_LISTENER,
     CONTROLLER,
     CONTROLLER_LISTENER,
+    REPLICATION_LISTENER,
     ConfigError,
     NodeConfig,
     load,
@@ -64,6 +65,8 @@ def embedded_default(data_dir: str, broker_port: int, controller_port: int) -> N
         listeners={
             BROKER_LISTENER: ("127.0.0.1", broker_port),
             CONTROLLER_LISTENER: ("127.0.0.1", controller_port),
+            # One node replicates to no one; any free port will do.
+            REPLICATION_LISTENER: ("127.0.0.1", 0),
         },
     )
 

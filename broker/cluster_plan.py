@@ -11,9 +11,19 @@ import random
 import socket
 from typing import Any
 
-from broker.config import BROKER, BROKER_LISTENER, CONTROLLER, CONTROLLER_LISTENER, NodeConfig
+from broker.config import (
+    BROKER,
+    BROKER_LISTENER,
+    CONTROLLER,
+    CONTROLLER_LISTENER,
+    REPLICATION_LISTENER,
+    NodeConfig,
+)
 
 HOST = "127.0.0.1"
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def free_ports(count: int) -> list[int]:
@@ -23,7 +33,9 @@ def free_ports(count: int) -> list[int]:
     where outgoing connections get their local ports: while a node is down, a client's
     connection may take its port, and the node cannot listen again when it restarts
     (EADDRINUSE, seen in a rolling restart). Ports below the range are never taken
-    that way. Held together while chosen, so that they differ.
+    that way. Held together while chosen, so that they differ; and never one this
+    process chose before, since a port chosen earlier may not be bound yet (a cluster
+    plan, then the proxies in front of it).
     """
     low = _ephemeral_range()[0]
     rng = random.Random()
@@ -34,7 +46,7 @@ def free_ports(count: int) -> list[int]:
         while len(chosen) < count and attempts < 50 * count and low > 10_000:
             attempts += 1
             port = rng.randrange(10_000, low)
-            if port in chosen:
+            if port in chosen or port in _HANDED_OUT:
                 continue
             sock = socket.socket()
             try:
@@ -49,6 +61,7 @@ def free_ports(count: int) -> list[int]:
             sock.bind((HOST, 0))
             sockets.append(sock)
             chosen.append(sock.getsockname()[1])
+        _HANDED_OUT.update(chosen)
         return chosen
     finally:
         for sock in sockets:
@@ -83,7 +96,7 @@ def plan_cluster(
         raise ValueError("a cluster needs at least one controller or combined node")
     both: tuple[str, ...] = (CONTROLLER, BROKER)
     roles = [both] * combined + [(CONTROLLER,)] * controllers + [(BROKER,)] * brokers
-    count = 2 * len(roles)
+    count = 3 * len(roles)
     ports = iter(free_ports(count) if first_port is None else range(first_port, first_port + count))
     voters: dict[int, tuple[str, int]] = {}
     listeners: dict[int, dict[str, tuple[str, int]]] = {}
@@ -94,6 +107,7 @@ def plan_cluster(
             listeners[node_id][CONTROLLER_LISTENER] = voters[node_id]
         if BROKER in node_roles:
             listeners[node_id][BROKER_LISTENER] = (HOST, next(ports))
+            listeners[node_id][REPLICATION_LISTENER] = (HOST, next(ports))
     return [
         NodeConfig(
             node_id=node_id,

@@ -18,6 +18,12 @@ from typing import Any
 
 import attrs
 
+from broker.listeners import (
+    BROKER_LISTENER,
+    CONTROLLER_LISTENER,
+    LISTENER_NAMES,
+    REPLICATION_LISTENER,
+)
 from broker.replica_manager import RETENTION_CHECK_INTERVAL_MS
 from broker.replica_state import REPLICA_LAG_TIME_MAX_MS
 from kraft.controller.cluster import BROKER_HEARTBEAT_INTERVAL_MS, BROKER_SESSION_TIMEOUT_MS
@@ -26,8 +32,7 @@ from kraft.raft.core import RaftConfig
 
 CONTROLLER = "controller"
 BROKER = "broker"
-BROKER_LISTENER = "PLAINTEXT"
-CONTROLLER_LISTENER = "CONTROLLER"
+
 _RAFT_DEFAULTS = RaftConfig(local_id=0, voters=frozenset({0}), cluster_id="")
 
 
@@ -149,9 +154,10 @@ def parse_listeners(text: str) -> dict[str, tuple[str, int]]:
     listeners: dict[str, tuple[str, int]] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, address = item.partition("://")
-        if not sep or name not in (BROKER_LISTENER, CONTROLLER_LISTENER):
+        if not sep or name not in LISTENER_NAMES:
             raise ConfigError(
-                f"listeners: {item!r} is not PLAINTEXT://host:port or CONTROLLER://host:port"
+                f"listeners: {item!r} is not NAME://host:port with NAME one of "
+                f"{', '.join(LISTENER_NAMES)}"
             )
         listeners[name] = _address(address, "listeners")
     return listeners
@@ -210,6 +216,10 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError(f"broker-only node {config.node_id} is listed as a voter")
     if config.is_broker and BROKER_LISTENER not in config.listeners:
         raise ConfigError("a broker needs a PLAINTEXT listener")
+    if config.is_broker and REPLICATION_LISTENER not in config.listeners:
+        raise ConfigError(
+            "a broker needs a REPLICATION listener (other brokers fetch its partitions there)"
+        )
     if config.broker_heartbeat_interval_ms >= config.broker_session_timeout_ms:
         raise ConfigError("broker_heartbeat_interval_ms must be below broker_session_timeout_ms")
 

@@ -232,10 +232,24 @@ class DataApis:
 
     # ------------------------------------------------------------------ fetch
 
-    async def fetch(self, body: Any) -> Any:
+    async def consumer_fetch(self, body: Any) -> Any:
+        """Fetch on the client listener: consumers only."""
+        return await self.fetch(body, replication=False)
+
+    async def replica_fetch(self, body: Any) -> Any:
+        """Fetch on the REPLICATION listener: followers only."""
+        return await self.fetch(body, replication=True)
+
+    async def fetch(self, body: Any, *, replication: bool) -> Any:
         request = from_body(FetchRequest, body)
         _refuse_repeated_partitions(request)
         from_follower = request.replica_id != CONSUMER_REPLICA_ID
+        if from_follower != replication:
+            raise KafkaError(
+                ErrorCode.INVALID_REQUEST,
+                "follower fetches are served on the REPLICATION listener, consumer fetches "
+                "on the client listener",
+            )
         if from_follower and not self.is_registered(request.replica_id, request.broker_epoch):
             raise KafkaError(
                 ErrorCode.STALE_BROKER_EPOCH,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from broker.listeners import REPLICATION_LISTENER
 from client.protocol import environment
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
@@ -86,10 +87,8 @@ class ReplicaFetcher:
         if override is not None:
             return override
         registration = self.manager.replica_manager.image.brokers.get(self.leader_id)
-        if registration is None or not registration.listeners:
-            return None
-        listener = registration.listeners[0]
-        return listener.host, listener.port
+        listener = registration.listener(REPLICATION_LISTENER) if registration else None
+        return None if listener is None else (listener.host, listener.port)
 
     async def run(self) -> None:
         try:

@@ -19,8 +19,8 @@ import random
 import trio
 
 from broker import clean_shutdown
-from broker.broker_apis import BrokerApis
-from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, NodeConfig
+from broker.broker_apis import BrokerApis, ReplicationApis
+from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, REPLICATION_LISTENER, NodeConfig
 from broker.controller_channel import ControllerChannel
 from broker.data_apis import DataApis
 from broker.lifecycle import BrokerLifecycle
@@ -133,6 +133,7 @@ class Server:
             registration = loader.image.brokers.get(broker_id)
             return registration is not None and registration.broker_epoch == broker_epoch
 
+        data = DataApis(replicas, is_registered=is_registered)
         apis = BrokerApis(
             node_id=config.node_id,
             cluster_id=self.cluster_id,
@@ -140,14 +141,23 @@ class Server:
             loader=loader,
             channel=channel,
             forward_timeout_ms=config.request_timeout_ms * 5,
-            data=DataApis(replicas, is_registered=is_registered),
+            data=data,
         )
         host, port = config.listeners[BROKER_LISTENER]
         server = RpcServer(apis.handle, name=f"broker-{config.node_id}")
         port = await nursery.start(server.serve, host, port)
+        replication_host, replication_port = config.listeners[REPLICATION_LISTENER]
+        replication = RpcServer(ReplicationApis(data).handle, name=f"replication-{config.node_id}")
+        replication_port = await nursery.start(
+            replication.serve, replication_host, replication_port
+        )
         self.lifecycle = BrokerLifecycle(
             broker_id=config.node_id,
-            listeners=(Listener(name=BROKER_LISTENER, host=host, port=port),),
+            # The client listener first: what DescribeCluster and older readers take.
+            listeners=(
+                Listener(name=BROKER_LISTENER, host=host, port=port),
+                Listener(name=REPLICATION_LISTENER, host=replication_host, port=replication_port),
+            ),
             rack=config.rack,
             channel=channel,
             loader=loader,

@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from broker.cluster_plan import free_ports
-from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, NodeConfig
+from broker.config import CONTROLLER_LISTENER, REPLICATION_LISTENER, NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,10 @@ def route_through_proxies(configs: list[NodeConfig]) -> tuple[list[NodeConfig], 
         for destination in configs:
             if destination.node_id == source.node_id:
                 continue
-            for listener in (CONTROLLER_LISTENER, BROKER_LISTENER):
-                if listener == BROKER_LISTENER and not (source.is_broker and destination.is_broker):
+            for listener in (CONTROLLER_LISTENER, REPLICATION_LISTENER):
+                if listener == REPLICATION_LISTENER and not (
+                    source.is_broker and destination.is_broker
+                ):
                     continue
                 if listener in destination.listeners:
                     wanted.append((source.node_id, destination.node_id, listener))

@@ -108,7 +108,7 @@ def describe_cluster(
     brokers = []
     for broker_id in sorted(image.brokers):
         registration = image.brokers[broker_id]
-        listener = registration.listeners[0]
+        listener = registration.listeners[0]  # brokers register their client listener first
         brokers.append(
             BrokerDescription(
                 broker_id=broker_id,

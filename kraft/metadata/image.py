@@ -56,6 +56,9 @@ class BrokerRegistration:
     fenced: bool
     in_controlled_shutdown: bool = False
 
+    def listener(self, name: str) -> Listener | None:
+        return next((entry for entry in self.listeners if entry.name == name), None)
+
 
 @attrs.frozen(kw_only=True)
 class PartitionRegistration:

@@ -22,7 +22,7 @@ VALID = {
     "node_id": 1,
     "roles": ["controller", "broker"],
     "data_dir": "/tmp/x",
-    "listeners": "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093",
+    "listeners": "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,REPLICATION://127.0.0.1:9094",
     "controller_quorum_voters": "1@127.0.0.1:9093",
 }
 
@@ -43,8 +43,12 @@ def test_a_valid_config_round_trips_through_toml(tmp_path) -> None:
         ({"controller_quorum_voters": "1@127.0.0.1:9094"}, "voter address"),
         ({"controller_quorum_voters": "2@127.0.0.1:9093"}, "not in controller_quorum_voters"),
         ({"controller_quorum_voters": "x@h:1"}, "is not id@host:port"),
-        ({"listeners": "SSL://127.0.0.1:1"}, "is not PLAINTEXT"),
+        ({"listeners": "SSL://127.0.0.1:1"}, "is not NAME://host:port"),
         ({"listeners": "CONTROLLER://127.0.0.1:9093"}, "needs a PLAINTEXT listener"),
+        (
+            {"listeners": "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"},
+            "needs a REPLICATION listener",
+        ),
         ({"broker_heartbeat_interval_ms": 10_000}, "must be below"),
     ],
 )

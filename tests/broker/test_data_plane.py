@@ -305,3 +305,29 @@ async def test_list_offsets_and_delete_records(nursery, tmp_path) -> None:
         too_far = {"topics": [{"name": "t", "partitions": [{"partition": 0, "offset": 99}]}]}
         refused = first(await cluster.call(leader, ApiKey.DELETE_RECORDS, too_far))
         assert refused["error_code"] == ErrorCode.OFFSET_OUT_OF_RANGE
+
+
+async def test_a_client_cannot_pose_as_a_follower(nursery, tmp_path) -> None:
+    """Issue 14, finding 4: follower fetches only on the REPLICATION listener, and even
+    there an offset past the log end is never recorded as a follower's progress."""
+    with trio.fail_after(30):
+        cluster = await started(nursery, tmp_path, combined=3)
+        leader = await topic_ready(cluster, "t", 3)
+        answer = await cluster.call(leader, ApiKey.PRODUCE, produce_body("t", batch([b"a"])))
+        assert first(answer)["error_code"] == ErrorCode.NONE
+        partition = cluster.servers[leader].replicas.partitions[("t", 0)]
+        follower = next(r for r in partition.replicas if r != leader)
+        epoch = cluster.servers[follower].lifecycle.broker_epoch  # type: ignore[union-attr]
+        spoof = fetch_body("t", 10**6, current_leader_epoch=partition.leader_epoch)
+        spoof.update(replica_id=follower, broker_epoch=epoch)
+        refused = await cluster.call(leader, ApiKey.FETCH, spoof)
+        assert refused["error_code"] == ErrorCode.INVALID_REQUEST
+        consumer_on_replication = await cluster.call(
+            leader, ApiKey.FETCH, fetch_body("t", 0), listener="REPLICATION"
+        )
+        assert consumer_on_replication["error_code"] == ErrorCode.INVALID_REQUEST
+        before = partition.followers[follower].log_end_offset
+        beyond = await cluster.call(leader, ApiKey.FETCH, spoof, listener="REPLICATION")
+        assert first(beyond)["error_code"] == ErrorCode.OFFSET_OUT_OF_RANGE
+        assert partition.followers[follower].log_end_offset <= max(before, 1)
+        assert partition.high_watermark <= partition.log.log_end_offset
