@@ -195,7 +195,18 @@ def decode_response(
     frame: bytes | bytearray | memoryview, api_key: int, api_version: int
 ) -> tuple[Any, Any]:
     """A response frame (without its size prefix) to the request (api_key, api_version)."""
-    buf = _view(frame)
+    try:
+        return _decode_response(_view(frame), api_key, api_version)
+    except KafkaCodecError:
+        if api_key != API_VERSIONS_KEY or api_version == 0:
+            raise
+        # A broker that does not know our ApiVersions version answers with a v0 body
+        # (UNSUPPORTED_VERSION and its own ranges); Kafka's client reads it as v0 the
+        # same way, after the version it asked for failed.
+        return _decode_response(_view(frame), api_key, 0)
+
+
+def _decode_response(buf: memoryview, api_key: int, api_version: int) -> tuple[Any, Any]:
     api = APIS[api_key]
     assert api_version in api.versions, (api.name, api_version)
     try:
