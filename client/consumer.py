@@ -63,6 +63,25 @@ class OffsetOutOfRange(KafkaError):
         self.tp = tp
 
 
+class CorruptRecord(KafkaError):
+    """Kafka's CorruptRecordException: the record at `offset` of `tp` cannot be read.
+
+    Raised by `poll` once the records before it have been returned; fetching again
+    would bring the same bytes, so it is not retried. `seek(tp, offset + 1)` skips it.
+    """
+
+    def __init__(self, tp: TopicPartition, offset: int, reason: str) -> None:
+        super().__init__(
+            ErrorCode.CORRUPT_MESSAGE, f"{tp[0]}-{tp[1]}: the record at offset {offset}: {reason}"
+        )
+        self.tp = tp
+        self.offset = offset
+
+    @property
+    def retriable(self) -> bool:
+        return False
+
+
 class Consumer:
     def __init__(
         self,
@@ -88,6 +107,7 @@ class Consumer:
         )
         self._positions: dict[TopicPartition, int | None] = {}  # None: to be reset
         self._reset_to: dict[TopicPartition, int] = {}  # a pending seek to a timestamp
+        self._corrupt: CorruptRecord | None = None  # raised by the next poll
 
     async def __aenter__(self) -> Consumer:
         return self
@@ -220,6 +240,9 @@ class Consumer:
                 async with trio.open_nursery() as nursery:
                     for leader, tps in by_leader.items():
                         nursery.start_soon(self._fetch_from, leader, tps, wait_ms, records)
+                if self._corrupt is not None and not records:
+                    error, self._corrupt = self._corrupt, None
+                    raise error
         return records
 
     async def _fetch_from(
@@ -288,8 +311,10 @@ class Consumer:
                                 headers=record.headers,
                             )
                         )
+                        position = record.offset + 1
                 position = header.next_offset
         except RecordBatchError as error:
-            # A corrupt batch on the wire: keep what came before, fetch again from there.
-            log.warning("%s-%d: %s", tp[0], tp[1], error)
+            # Keep what came before it; the next poll (or this one, if nothing came
+            # before) raises, naming where. Fetching again would only loop on it.
+            self._corrupt = CorruptRecord(tp, position, str(error))
         self._positions[tp] = position

@@ -331,3 +331,33 @@ async def test_a_client_cannot_pose_as_a_follower(nursery, tmp_path) -> None:
         assert first(beyond)["error_code"] == ErrorCode.OFFSET_OUT_OF_RANGE
         assert partition.followers[follower].log_end_offset <= max(before, 1)
         assert partition.high_watermark <= partition.log.log_end_offset
+
+
+async def test_a_consumer_meeting_a_corrupt_record_raises_once_naming_where(
+    nursery, tmp_path
+) -> None:
+    """Issue 14, finding 6: never a loop on the same bytes."""
+    from client.consumer import Consumer, CorruptRecord
+
+    with trio.fail_after(60):
+        cluster = await started(nursery, tmp_path, combined=1)
+        leader = await topic_ready(cluster, "t", 1)
+        good = batch([b"a", b"b"])
+        garbage = bytearray(batch([b"c"]))
+        garbage[61:] = b"\x07" * (len(garbage) - 61)  # the record's bytes: not a record
+        struct.pack_into(">I", garbage, 17, compute_crc(garbage))
+        for records in (good, bytes(garbage)):
+            answer = await cluster.call(leader, ApiKey.PRODUCE, produce_body("t", records))
+            assert first(answer)["error_code"] == ErrorCode.NONE
+        host, port = cluster.configs[leader].listeners["PLAINTEXT"]
+        async with Consumer(f"{host}:{port}", auto_offset_reset="earliest") as consumer:
+            consumer.assign([("t", 0)])
+            got = []
+            while len(got) < 2:
+                got += [r.value for r in await consumer.poll(timeout_s=5)]
+            assert got == [b"a", b"b"]
+            with pytest.raises(CorruptRecord) as caught:
+                await consumer.poll(timeout_s=5)
+            assert caught.value.offset == 2 and caught.value.tp == ("t", 0)
+            consumer.seek(("t", 0), 3)  # past it: the consumer goes on
+            assert await consumer.poll(timeout_s=0.5) == []
