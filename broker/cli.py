@@ -37,6 +37,7 @@ from kraft.metadata.image import MetadataReplayError
 from kraft.metadata.records import MetadataRecordError
 from kraft.quorum_state_file import QuorumStateError
 from storage.checkpoint import CheckpointError
+from storage.handles import raise_descriptor_limit
 from storage.snapshot import SnapshotError
 
 log = logging.getLogger("pykraft")
@@ -100,6 +101,7 @@ async def _stop_on_signals(server: Server) -> None:
 
 
 def _start(config: NodeConfig, *, format_if_new: bool) -> int:
+    raise_descriptor_limit()
     if format_if_new and not os.path.exists(
         os.path.join(config.data_dir, meta_properties.FILE_NAME)
     ):

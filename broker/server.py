@@ -31,6 +31,7 @@ from kraft.metadata.loader import MetadataLoader
 from kraft.metadata.records import Listener
 from kraft.runtime import RaftNode
 from storage.fs import FileSystem, OsFileSystem
+from storage.handles import HandleLimitedFileSystem, handle_budget
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,9 @@ class Server:
             replica_lag_time_max_ms=config.replica_lag_time_max_ms,
             retention_check_interval_ms=config.log_retention_check_interval_ms,
             broker_address_overrides=config.broker_address_overrides,
-            fs=self.fs,
+            # Data logs may have many segments: their files are opened on use, within
+            # a share of the process's descriptors (connections need the rest).
+            fs=HandleLimitedFileSystem(self.fs, handle_budget()),
         )
         await nursery.start(replicas.run)
         loader.subscribe(replicas.on_metadata)

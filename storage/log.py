@@ -27,6 +27,7 @@ import attrs
 
 from storage.checkpoint import CheckpointError, read_offset_file, write_offset_file
 from storage.fs import File, FileSystem, OsFileSystem
+from storage.handles import CachedFile
 from storage.leader_epoch import LeaderEpochCache
 from storage.records import (
     BatchHeader,
@@ -89,6 +90,11 @@ class PendingFlush:
     end_offset: int  # everything below it is durable once `file` is synced
     records: int
     generation: int
+    pinned: CachedFile | None = None
+
+    def release(self) -> None:
+        if self.pinned is not None:
+            self.pinned.unpin()
 
 
 class LogError(Exception):
@@ -488,16 +494,19 @@ class SegmentedLog:
             self._dir_dirty = False
         active.offset_index.flush(sync=False)
         active.time_index.flush(sync=False)
-        pending = PendingFlush(
-            file=active.log,
+        cached = active.log if isinstance(active.log, CachedFile) else None
+        return PendingFlush(
+            # A handle the file-handle bound will not close while a thread syncs it.
+            file=cached.pin() if cached is not None else active.log,
             end_offset=self.log_end_offset,
             records=self._unflushed_records,
             generation=self._truncations,
+            pinned=cached,
         )
-        return pending
 
     def complete_flush(self, pending: PendingFlush) -> None:
         """`pending.file.sync()` returned: what it covered is durable."""
+        pending.release()
         if self._closed or pending.generation != self._truncations:
             return  # a truncation made its own durable point meanwhile
         if pending.end_offset > self.durable_end_offset:
@@ -510,6 +519,7 @@ class SegmentedLog:
     def fail_flush(self, pending: PendingFlush, error: OSError) -> None:
         """The fsync failed: what it should have covered may be lost, so the log stops
         serving (Kafka halts the broker on a failed flush)."""
+        pending.release()
         if self._closed or pending.generation != self._truncations:
             return  # the file was replaced by a truncation; its error is not ours
         self._offline_reason = f"fsync failed: {error}"
