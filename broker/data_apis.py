@@ -409,17 +409,10 @@ class DataApis:
 
 
 def _delete_before(partition: Partition, item: Any) -> PartitionLowWatermark:
-    offset = partition.high_watermark if item.offset == -1 else item.offset
-    if not 0 <= offset <= partition.high_watermark:
-        raise KafkaError(
-            ErrorCode.OFFSET_OUT_OF_RANGE, f"{offset} is outside [0, {partition.high_watermark}]"
-        )
-    if offset > partition.log.log_start_offset:
-        partition.log.advance_log_start_offset(offset)
     return PartitionLowWatermark(
         partition=item.partition,
         error_code=ErrorCode.NONE,
-        low_watermark=partition.log.log_start_offset,
+        low_watermark=partition.delete_records_before(item.offset),
     )
 
 

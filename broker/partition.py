@@ -284,6 +284,42 @@ class Partition:
         self.log.truncate_to(max(target, self.log.log_start_offset))
         self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
 
+    def restart_at(self, offset: int) -> None:
+        """Behind the leader's log start (retention took what we lack): start over there."""
+        log.info("%s: behind the leader's log start, restarting empty at %d", self, offset)
+        self.log.truncate_fully_and_start_at(offset)
+        self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
+
+    def follow_log_start(self, leader_log_start: int) -> None:
+        """The leader deleted records (retention, DeleteRecords): so do we."""
+        offset = min(leader_log_start, self.log.log_end_offset)
+        if offset > self.log.log_start_offset:
+            self.log.advance_log_start_offset(offset)
+
+    # ------------------------------------------------------------------ removing data
+
+    def delete_records_before(self, offset: int) -> int:
+        """DeleteRecords as leader: the log start moves to `offset` (-1: the high-water
+        mark), never past the high-water mark; the new log start."""
+        offset = self.high_watermark if offset == -1 else offset
+        if not 0 <= offset <= self.high_watermark:
+            raise KafkaError(
+                ErrorCode.OFFSET_OUT_OF_RANGE, f"{offset} is outside [0, {self.high_watermark}]"
+            )
+        if offset > self.log.log_start_offset:
+            self.log.advance_log_start_offset(offset)
+        return self.log.log_start_offset
+
+    def enforce_retention(self, now_wall_ms: int) -> int:
+        """Segments past retention.ms / retention.bytes, below the high-water mark."""
+        return self.log.delete_old_segments(now_wall_ms, max_offset=self.high_watermark)
+
+    def close(self) -> None:
+        """This broker no longer holds the partition (or is stopping)."""
+        self.offline = True
+        self._notify()
+        self.log.close()
+
     # ------------------------------------------------------------------ durability
 
     def flush_due(self) -> bool:

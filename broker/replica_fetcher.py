@@ -179,15 +179,12 @@ class ReplicaFetcher:
                     partition.truncate_to_divergence(diverging)
                     return True
                 partition.append_as_follower(result.records, result.high_watermark)
-                if result.log_start_offset > partition.log.log_start_offset:
-                    partition.log.advance_log_start_offset(
-                        min(result.log_start_offset, partition.log.log_end_offset)
-                    )
+                partition.follow_log_start(result.log_start_offset)
                 return True
             if result.error_code == ErrorCode.OFFSET_OUT_OF_RANGE:
                 # We are behind the leader's log start (retention): start over there.
                 if partition.log.log_end_offset < result.log_start_offset:
-                    partition.log.truncate_fully_and_start_at(result.log_start_offset)
+                    partition.restart_at(result.log_start_offset)
                     return True
                 # Ahead of the leader's end without a divergence answer: cut back.
                 if result.log_end_offset >= 0:

@@ -112,7 +112,7 @@ class ReplicaManager:
         closed = True
         for partition in self.partitions.values():
             try:
-                partition.log.close()
+                partition.close()
             except (LogError, OSError) as error:
                 log.error("%s: closing its log failed: %s", partition, error)
                 closed = False
@@ -232,11 +232,9 @@ class ReplicaManager:
     def _remove(self, key: tuple[str, int], why: str) -> None:
         partition = self.partitions.pop(key)
         log.info("%s: removing its log (%s)", partition, why)
-        partition.offline = True
         self.fetchers.remove(partition)
-        partition._notify()
         with contextlib.suppress(LogError):
-            partition.log.close()
+            partition.close()
         self._remove_directory(partition.log.directory)
 
     def _remove_directory(self, directory: str) -> None:
@@ -365,9 +363,7 @@ class ReplicaManager:
             if partition.offline:
                 continue
             try:
-                deleted += partition.log.delete_old_segments(
-                    now_wall_ms, max_offset=partition.high_watermark
-                )
+                deleted += partition.enforce_retention(now_wall_ms)
             except LogError as error:
                 log.error("%s: retention failed: %s", partition, error)
         return deleted
