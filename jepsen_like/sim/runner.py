@@ -159,8 +159,9 @@ _polling: dict[str, Any] = {"manager": None}  # the simulation's trio I/O manage
 
 @contextlib.contextmanager
 def _rare_idle_polls() -> Iterator[None]:
-    """While a simulation runs, its I/O manager skips most zero-timeout polls (under
-    autojump every poll has timeout 0); any other trio run in the process is untouched."""
+    """While a simulation runs, its I/O manager skips most zero-timeout polls (with a
+    JumpingClock every poll has timeout 0); any other trio run in the process is
+    untouched."""
     manager_class: Any = trio._core._run.TheIOManager
     real = manager_class.get_events
     skipped = 0
