@@ -1,6 +1,6 @@
 """The simulator's speed: simulated seconds per wall second per job, seeds per minute.
 
-    python bench/sim_bench.py [--seeds 6] [--time 10] [--jobs 1] [--faults kill,pause,...]
+    python bench/sim_bench.py [--seeds 6] [--time 10] [--jobs 1] [--rate 100] [--faults kill,...]
 
 Runs seeds `first..first+seeds-1` of `jepsen-like sim` with its defaults (3 combined
 nodes, the mixed fault schedule, `--time` simulated seconds of workload), each in its
@@ -44,10 +44,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--faults", default=",".join(SIM_FAULTS))
     parser.add_argument("--planted", default=None)
+    parser.add_argument("--rate", type=float, default=100.0, help="sends per simulated s")
     args = parser.parse_args()
     faults = tuple(f for f in args.faults.split(",") if f)
     configs = [
-        SimConfig(seed=seed, time_s=args.time, faults=faults, planted_bug=args.planted)
+        SimConfig(
+            seed=seed, time_s=args.time, faults=faults, planted_bug=args.planted, rate=args.rate
+        )
         for seed in range(args.first_seed, args.first_seed + args.seeds)
     ]
     started = time.perf_counter()
@@ -72,6 +75,7 @@ def main() -> None:
                 "seeds": args.seeds,
                 "first_seed": args.first_seed,
                 "time_s": args.time,
+                "rate": args.rate,
                 "jobs": args.jobs,
                 "faults": list(faults),
                 "planted": args.planted,
