@@ -101,7 +101,11 @@ class DataApis:
     # ------------------------------------------------------------------ produce
 
     async def produce(self, body: Any) -> Any:
-        request = from_body(ProduceRequest, body)
+        response = await self.produce_request(from_body(ProduceRequest, body))
+        return None if response is None else to_body(response)
+
+    async def produce_request(self, request: ProduceRequest) -> ProduceResponse | None:
+        """Produce, for either codec; None for acks=0 (no answer is due)."""
         if request.acks not in (ACKS_NONE, ACKS_LEADER, ACKS_ALL):
             raise KafkaError(ErrorCode.INVALID_REQUIRED_ACKS, f"acks={request.acks}")
         results: dict[tuple[str, int], PartitionProduceResult] = {}
@@ -136,7 +140,7 @@ class DataApis:
             await self._wait_replicated(waits, results, request.timeout_ms)
         if request.acks == ACKS_NONE:
             return None  # the RPC layer still answers; a Kafka client ignores it
-        return to_body(_produce_response(request, results))
+        return _produce_response(request, results)
 
     def _append(
         self, topic: str, item: PartitionProduce, acks: int
@@ -241,7 +245,10 @@ class DataApis:
         return await self.fetch(body, replication=True)
 
     async def fetch(self, body: Any, *, replication: bool) -> Any:
-        request = from_body(FetchRequest, body)
+        return to_body(await self.fetch_request(from_body(FetchRequest, body), replication))
+
+    async def fetch_request(self, request: FetchRequest, replication: bool) -> FetchResponse:
+        """Fetch, for either codec: long-polls until `min_bytes` or `max_wait_ms`."""
         _refuse_repeated_partitions(request)
         from_follower = request.replica_id != CONSUMER_REPLICA_ID
         if from_follower != replication:
@@ -267,7 +274,7 @@ class DataApis:
                 or trio.current_time() >= deadline
                 or _must_answer_now(response)
             ):
-                return to_body(response)
+                return response
             with trio.move_on_at(deadline):
                 await changed.wait()
 
@@ -387,7 +394,9 @@ class DataApis:
         return out
 
     async def list_offsets(self, body: Any) -> Any:
-        request = from_body(ListOffsetsRequest, body)
+        return to_body(self.list_offsets_request(from_body(ListOffsetsRequest, body)))
+
+    def list_offsets_request(self, request: ListOffsetsRequest) -> ListOffsetsResponse:
         answers = self._each_partition(
             request.topics,
             lambda partition, item: _offset_of(partition, item.partition, item.timestamp),
@@ -395,17 +404,19 @@ class DataApis:
             current_epoch=lambda item: item.current_leader_epoch,
         )
         topics = tuple(TopicOffsets(name=name, partitions=parts) for name, parts in answers)
-        return to_body(ListOffsetsResponse(topics=topics))
+        return ListOffsetsResponse(topics=topics)
 
     async def delete_records(self, body: Any) -> Any:
-        request = from_body(DeleteRecordsRequest, body)
+        return to_body(self.delete_records_request(from_body(DeleteRecordsRequest, body)))
+
+    def delete_records_request(self, request: DeleteRecordsRequest) -> DeleteRecordsResponse:
         answers = self._each_partition(
             request.topics,
             _delete_before,
             lambda item, code: PartitionLowWatermark(partition=item.partition, error_code=code),
         )
         topics = tuple(TopicLowWatermarks(name=name, partitions=parts) for name, parts in answers)
-        return to_body(DeleteRecordsResponse(topics=topics))
+        return DeleteRecordsResponse(topics=topics)
 
 
 def _delete_before(partition: Partition, item: Any) -> PartitionLowWatermark:

@@ -23,6 +23,8 @@ from broker.broker_apis import BrokerApis, ReplicationApis
 from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, REPLICATION_LISTENER, NodeConfig
 from broker.controller_channel import ControllerChannel
 from broker.data_apis import DataApis
+from broker.kafka_apis import KafkaApis
+from broker.kafka_connection import KafkaConnections
 from broker.lifecycle import BrokerLifecycle
 from broker.replica_manager import ReplicaManager
 from client.protocol.rpc import RpcServer
@@ -147,7 +149,9 @@ class Server:
             data=data,
         )
         host, port = config.listeners[BROKER_LISTENER]
-        server = RpcServer(apis.handle, name=f"broker-{config.node_id}")
+        # Both codecs on the client listener, chosen per connection (decision 0011).
+        kafka = KafkaConnections(KafkaApis(apis, data), name=f"kafka-{config.node_id}")
+        server = RpcServer(apis.handle, name=f"broker-{config.node_id}", other_protocol=kafka.serve)
         port = await nursery.start(server.serve, host, port)
         replication_host, replication_port = config.listeners[REPLICATION_LISTENER]
         replication = RpcServer(ReplicationApis(data).handle, name=f"replication-{config.node_id}")

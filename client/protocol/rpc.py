@@ -46,6 +46,13 @@ RECONNECT_BACKOFF_MS = 50
 RECONNECT_BACKOFF_MAX_MS = 1000  # Kafka's reconnect.backoff.max.ms
 
 Handler = Callable[[int, int, Any], Awaitable[Any]]
+# Another protocol served on the same listener (decision 0011): it gets the connection
+# and the bytes already read from it, and owns the connection from then on.
+OtherProtocol = Callable[[trio.abc.Stream, bytes], Awaitable[None]]
+# A native request is one CBOR array of 5 items: after the 4-byte size its first byte
+# is 0x85. A Kafka request starts with an int16 api key, whose high byte is 0x00.
+NATIVE_REQUEST_FIRST_BYTE = 0x85
+SNIFF_BYTES = 5
 
 # Kafka's request header types: api_key and api_version are int16, correlation_id int32.
 # A value outside them is a broken or hostile peer: refuse the frame, never act on (or
@@ -107,8 +114,11 @@ class RpcServer:
         *,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         name: str = "rpc",
+        other_protocol: OtherProtocol | None = None,
     ) -> None:
         self.handler = handler
+        # Connections whose first frame is not a native request go there, if given.
+        self.other_protocol = other_protocol
         self.frame_bytes_max = frame_bytes_max
         self.name = name
         self.connections = 0
@@ -135,6 +145,17 @@ class RpcServer:
             await trio.serve_listeners(self._serve_connection, listeners, handler_nursery=nursery)
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        first = b""
+        if self.other_protocol is not None:
+            try:
+                first = await _receive_at_least(stream, SNIFF_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await trio.aclose_forcefully(stream)
+                return
+            if len(first) >= SNIFF_BYTES and first[4] != NATIVE_REQUEST_FIRST_BYTE:
+                # The codec is chosen once, from the first request; it never switches.
+                await self.other_protocol(stream, first)
+                return
         self.connections += 1
         peer = _peer_name(stream)
         decoder = FrameDecoder(self.frame_bytes_max)
@@ -145,7 +166,8 @@ class RpcServer:
             async with stream, trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_in_order, stream, receive_slot, backlog)
                 while True:
-                    data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+                    data = first or await stream.receive_some(RECEIVE_CHUNK_BYTES)
+                    first = b""  # the sniffed bytes, fed once
                     if not data:
                         break
                     try:
@@ -235,6 +257,17 @@ def _parse_request(frame: Any) -> tuple[int, int, int, Any]:
     if client_id is not None and not isinstance(client_id, str):
         raise FrameError("client_id must be a string or null")
     return api_key, version, correlation_id, body
+
+
+async def _receive_at_least(stream: trio.abc.Stream, count: int) -> bytes:
+    """At least `count` bytes, or fewer if the peer closed first (each receive adds one)."""
+    data = b""
+    while len(data) < count:
+        chunk = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:

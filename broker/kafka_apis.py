@@ -1,0 +1,721 @@
+"""Kafka's client APIs on the PLAINTEXT listener (decision 0011).
+
+Each handler maps the messages generated from Kafka's definitions
+(`client.protocol.kafka`) to the broker's own typed calls and back; none holds logic
+of its own about the data or the metadata. Produce, Fetch, ListOffsets and
+DeleteRecords go to `DataApis`; Metadata and DescribeCluster are read from this
+node's image through the same functions as the native listener's; CreateTopics,
+DeleteTopics and CreatePartitions are forwarded to the active controller through
+the `ControllerChannel`, as the native ones are (KIP-590).
+
+`SERVED` is what is built, and so what ApiVersions advertises: an API absent from it
+is not advertised, and a request outside its range closes the connection (except
+ApiVersions, answered at v0). Produce is advertised from v0, as Kafka 4 does
+(KAFKA-18659: librdkafka compresses only when v0 is in range), though the codec
+cannot read v0-2 (Kafka 4 refuses them too). No InitProducerId, no group and no
+transaction API is built, so idempotent and transactional producers and consumer
+groups are not served yet.
+
+Errors are Kafka's codes (`ErrorCode` has Kafka's numbers). An error concerning the
+whole request (a `KafkaError` from the call, a handler's bug) is answered by
+`error_response`, which puts the code where that API carries errors: at the top where
+it has one, and at every topic or partition the request named.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+
+from broker.broker_apis import BrokerApis, metadata
+from broker.data_apis import DataApis
+from client.protocol.apis import ApiKey
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.kafka import API_VERSIONS_KEY, APIS
+from client.protocol.kafka import messages as kafka
+from client.protocol.messages import (
+    EARLIEST_TIMESTAMP,
+    DeleteRecordsRequest,
+    FetchRequest,
+    ListOffsetsRequest,
+    MetadataRequest,
+    PartitionDeleteRecords,
+    PartitionFetch,
+    PartitionListOffsets,
+    PartitionOffset,
+    PartitionProduce,
+    ProduceRequest,
+    TopicDeleteRecords,
+    TopicFetch,
+    TopicListOffsets,
+    TopicProduce,
+)
+from client.protocol.schema import from_body, to_body
+from kraft.controller.messages import (
+    CreatePartitionsRequest,
+    CreateTopicsRequest,
+    DeleteTopicsRequest,
+    PartitionsIncrease,
+    TopicsResponse,
+)
+from kraft.controller.quorum_controller import describe_cluster
+from kraft.controller.replication import CreateTopic, TopicOutcome
+
+ZERO_UUID = uuid.UUID(int=0)
+# CreateTopics with num_partitions / replication_factor -1 (v4+, KIP-464) takes the
+# broker's num.partitions and default.replication.factor; Kafka's defaults are 1.
+NUM_PARTITIONS_DEFAULT = 1
+REPLICATION_FACTOR_DEFAULT = 1
+# DescribeCluster's endpoint_type (v1+, KIP-919): 1 brokers, 2 controllers.
+ENDPOINT_TYPE_BROKERS = 1
+
+Handle = Callable[[Any, Any], Awaitable[Any]]
+ErrorBuilder = Callable[[Any, int, int, str], Any]  # (request, version, code, message)
+
+
+@attrs.frozen(kw_only=True)
+class Served:
+    """One API as built: the versions served, its handler and its error answer."""
+
+    low: int
+    high: int
+    handle: Handle
+    error: ErrorBuilder
+
+
+class KafkaApis:
+    def __init__(self, broker: BrokerApis, data: DataApis) -> None:
+        self.broker = broker
+        self.data = data
+        self.served: dict[int, Served] = {
+            API_VERSIONS_KEY: Served(
+                low=0, high=3, handle=self._api_versions, error=self._api_versions_error
+            ),
+            ApiKey.METADATA: Served(low=0, high=12, handle=self._metadata, error=_metadata_error),
+            ApiKey.PRODUCE: Served(low=0, high=9, handle=self._produce, error=_produce_error),
+            ApiKey.FETCH: Served(low=4, high=12, handle=self._fetch, error=_fetch_error),
+            ApiKey.LIST_OFFSETS: Served(
+                low=1, high=7, handle=self._list_offsets, error=_list_offsets_error
+            ),
+            ApiKey.DELETE_RECORDS: Served(
+                low=0, high=2, handle=self._delete_records, error=_delete_records_error
+            ),
+            ApiKey.CREATE_TOPICS: Served(
+                low=2, high=7, handle=self._create_topics, error=_create_topics_error
+            ),
+            ApiKey.DELETE_TOPICS: Served(
+                low=1, high=6, handle=self._delete_topics, error=_delete_topics_error
+            ),
+            ApiKey.CREATE_PARTITIONS: Served(
+                low=0, high=3, handle=self._create_partitions, error=_create_partitions_error
+            ),
+            ApiKey.DESCRIBE_CLUSTER: Served(
+                low=0, high=1, handle=self._describe_cluster, error=_describe_cluster_error
+            ),
+        }
+        for key, served in self.served.items():
+            codec = APIS[key].versions
+            # What is served the codec can read, except Produce v0-2 (advertised only).
+            assert served.high <= codec.high, (key, served.high)
+            assert served.low >= codec.low or key == ApiKey.PRODUCE, (key, served.low)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def serves(self, api_key: int, api_version: int) -> bool:
+        served = self.served.get(api_key)
+        return served is not None and served.low <= api_version <= served.high
+
+    async def handle(self, header: Any, request: Any) -> Any | None:
+        return await self.served[header.request_api_key].handle(header, request)
+
+    def error_response(self, header: Any, request: Any, code: int, message: str) -> Any:
+        served = self.served[header.request_api_key]
+        return served.error(request, header.request_api_version, code, message)
+
+    def api_versions_fallback(self) -> Any:
+        return self._api_versions_error(None, 0, ErrorCode.UNSUPPORTED_VERSION, "")
+
+    # ------------------------------------------------------------------ ApiVersions
+
+    def _api_keys(self) -> tuple[Any, ...]:
+        return tuple(
+            kafka.ApiVersionsResponse.ApiVersion(
+                api_key=key, min_version=served.low, max_version=served.high
+            )
+            for key, served in sorted(self.served.items())
+        )
+
+    async def _api_versions(self, header: Any, request: Any) -> Any:
+        return kafka.ApiVersionsResponse(error_code=ErrorCode.NONE, api_keys=self._api_keys())
+
+    def _api_versions_error(self, request: Any, version: int, code: int, message: str) -> Any:
+        return kafka.ApiVersionsResponse(error_code=code, api_keys=self._api_keys())
+
+    # ------------------------------------------------------------------ Metadata
+
+    def _controller_for_clients(self, broker_ids: set[int]) -> int:
+        """The controller id clients see: the active controller if it is a broker they
+        can reach, else this broker. Admin requests sent to it are forwarded (KIP-590),
+        and Kafka's brokers likewise name a broker, never a dedicated controller."""
+        leader = self.broker.node.leader().leader_id
+        return leader if leader in broker_ids else self.broker.node_id
+
+    async def _metadata(self, header: Any, request: Any) -> Any:
+        version = header.request_api_version
+        image = self.broker.loader.image
+        names: list[str] | None = None
+        unknown_ids: list[uuid.UUID] = []
+        # v0: an empty list asks for every topic; v1 on, null does.
+        if request.topics is not None and (version > 0 or request.topics):
+            names = []
+            for topic in request.topics:
+                if topic.name is not None:
+                    names.append(topic.name)
+                    continue
+                found = image.topics.get(str(topic.topic_id))
+                if found is None:
+                    unknown_ids.append(topic.topic_id)
+                else:
+                    names.append(found.name)
+        native = metadata(
+            image,
+            MetadataRequest(topics=None if names is None else tuple(names)),
+            self.broker.cluster_id,
+            self.broker.node.leader().leader_id,
+        )
+        brokers = tuple(
+            kafka.MetadataResponse.MetadataResponseBroker(
+                node_id=b.broker_id, host=b.host, port=b.port, rack=b.rack
+            )
+            for b in native.brokers
+        )
+        topics = [
+            kafka.MetadataResponse.MetadataResponseTopic(
+                error_code=t.error_code,
+                name=t.name,
+                topic_id=_uuid(t.topic_id) if version >= 10 else ZERO_UUID,
+                is_internal=False,
+                partitions=tuple(
+                    kafka.MetadataResponse.MetadataResponsePartition(
+                        error_code=p.error_code,
+                        partition_index=p.partition,
+                        leader_id=p.leader,
+                        leader_epoch=p.leader_epoch if version >= 7 else -1,
+                        replica_nodes=p.replicas,
+                        isr_nodes=p.isr,
+                    )
+                    for p in t.partitions
+                ),
+            )
+            for t in native.topics
+        ]
+        topics += [
+            kafka.MetadataResponse.MetadataResponseTopic(
+                error_code=ErrorCode.UNKNOWN_TOPIC_ID, name=None, topic_id=topic_id
+            )
+            for topic_id in unknown_ids
+        ]
+        return kafka.MetadataResponse(
+            brokers=brokers,
+            cluster_id=native.cluster_id if version >= 2 else None,
+            controller_id=(
+                self._controller_for_clients({b.broker_id for b in native.brokers})
+                if version >= 1
+                else -1
+            ),
+            topics=tuple(topics),
+        )
+
+    # ------------------------------------------------------------------ Produce
+
+    async def _produce(self, header: Any, request: Any) -> Any | None:
+        version = header.request_api_version
+        native = ProduceRequest(
+            acks=request.acks,
+            timeout_ms=request.timeout_ms,
+            topics=tuple(
+                TopicProduce(
+                    name=topic.name,
+                    partitions=tuple(
+                        PartitionProduce(partition=p.index, records=p.records or b"")
+                        for p in topic.partition_data
+                    ),
+                )
+                for topic in request.topic_data
+            ),
+        )
+        response = await self.data.produce_request(native)
+        if response is None:
+            return None  # acks=0: no answer is due
+        Response = kafka.ProduceResponse
+        return Response(
+            responses=tuple(
+                Response.TopicProduceResponse(
+                    name=topic.name,
+                    partition_responses=tuple(
+                        Response.PartitionProduceResponse(
+                            index=p.partition,
+                            error_code=p.error_code,
+                            base_offset=p.base_offset,
+                            log_start_offset=p.log_start_offset if version >= 5 else -1,
+                            error_message=_message(version, 8, p.error_message),
+                        )
+                        for p in topic.partitions
+                    ),
+                )
+                for topic in response.topics
+            )
+        )
+
+    # ------------------------------------------------------------------ Fetch
+
+    async def _fetch(self, header: Any, request: Any) -> Any:
+        version = header.request_api_version
+        # No fetch sessions (KIP-227): every fetch is a full one, answered with
+        # session id 0, which tells the client that no session was created.
+        native = FetchRequest(
+            topics=tuple(
+                TopicFetch(
+                    name=topic.topic,
+                    partitions=tuple(
+                        PartitionFetch(
+                            partition=p.partition,
+                            fetch_offset=p.fetch_offset,
+                            partition_max_bytes=p.partition_max_bytes,
+                            current_leader_epoch=p.current_leader_epoch,
+                        )
+                        for p in topic.partitions
+                    ),
+                )
+                for topic in request.topics
+            ),
+            replica_id=request.replica_id,
+            max_wait_ms=request.max_wait_ms,
+            min_bytes=request.min_bytes,
+            max_bytes=request.max_bytes,
+        )
+        response = await self.data.fetch_request(native, replication=False)
+        Response = kafka.FetchResponse
+        return Response(
+            responses=tuple(
+                Response.FetchableTopicResponse(
+                    topic=topic.name,
+                    partitions=tuple(
+                        Response.PartitionData(
+                            partition_index=p.partition,
+                            error_code=p.error_code,
+                            high_watermark=p.high_watermark,
+                            # No transactions yet: everything below it is stable.
+                            last_stable_offset=p.high_watermark,
+                            log_start_offset=p.log_start_offset if version >= 5 else -1,
+                            records=p.records,  # as stored, never re-encoded
+                        )
+                        for p in topic.partitions
+                    ),
+                )
+                for topic in response.topics
+            )
+        )
+
+    # ------------------------------------------------------------------ offsets
+
+    async def _list_offsets(self, header: Any, request: Any) -> Any:
+        version = header.request_api_version
+        # Only the earliest (-2), the latest (-1) and a point in time are built; the
+        # max timestamp (-3, KIP-734) and the local-tier specs are refused per partition.
+        wanted = tuple(
+            TopicListOffsets(
+                name=topic.name,
+                partitions=tuple(
+                    PartitionListOffsets(
+                        partition=p.partition_index,
+                        timestamp=p.timestamp,
+                        current_leader_epoch=p.current_leader_epoch,
+                    )
+                    for p in topic.partitions
+                    if p.timestamp >= EARLIEST_TIMESTAMP
+                ),
+            )
+            for topic in request.topics
+        )
+        native = self.data.list_offsets_request(ListOffsetsRequest(topics=wanted))
+        found = {(topic.name, p.partition): p for topic in native.topics for p in topic.partitions}
+        Response = kafka.ListOffsetsResponse
+
+        def answer(name: str, item: Any) -> Any:
+            result = found.get((name, item.partition_index))
+            if item.timestamp < EARLIEST_TIMESTAMP or result is None:
+                result = PartitionOffset(
+                    partition=item.partition_index, error_code=ErrorCode.UNSUPPORTED_VERSION
+                )
+            return Response.ListOffsetsPartitionResponse(
+                partition_index=item.partition_index,
+                error_code=result.error_code,
+                timestamp=result.timestamp,
+                offset=result.offset,
+                leader_epoch=result.leader_epoch if version >= 4 else -1,
+            )
+
+        return Response(
+            topics=tuple(
+                Response.ListOffsetsTopicResponse(
+                    name=topic.name,
+                    partitions=tuple(answer(topic.name, item) for item in topic.partitions),
+                )
+                for topic in request.topics
+            )
+        )
+
+    async def _delete_records(self, header: Any, request: Any) -> Any:
+        native = self.data.delete_records_request(
+            DeleteRecordsRequest(
+                topics=tuple(
+                    TopicDeleteRecords(
+                        name=topic.name,
+                        partitions=tuple(
+                            PartitionDeleteRecords(partition=p.partition_index, offset=p.offset)
+                            for p in topic.partitions
+                        ),
+                    )
+                    for topic in request.topics
+                ),
+                timeout_ms=request.timeout_ms,
+            )
+        )
+        Response = kafka.DeleteRecordsResponse
+        return Response(
+            topics=tuple(
+                Response.DeleteRecordsTopicResult(
+                    name=topic.name,
+                    partitions=tuple(
+                        Response.DeleteRecordsPartitionResult(
+                            partition_index=p.partition,
+                            low_watermark=p.low_watermark,
+                            error_code=p.error_code,
+                        )
+                        for p in topic.partitions
+                    ),
+                )
+                for topic in native.topics
+            )
+        )
+
+    # ------------------------------------------------------------------ forwarded
+
+    async def _forward(self, api_key: int, request: Any) -> TopicsResponse:
+        """A controller API, as the native listener forwards it; the answer decoded once."""
+        broker = self.broker
+        answer = await broker.channel.request(
+            api_key, to_body(request), timeout_s=broker.forward_timeout_s
+        )
+        if isinstance(answer, dict) and "topics" not in answer and "error_code" in answer:
+            raise KafkaError(answer["error_code"], str(answer.get("error_message", "")))
+        return from_body(TopicsResponse, answer)
+
+    async def _create_topics(self, header: Any, request: Any) -> Any:
+        version = header.request_api_version
+        refused: dict[str, TopicOutcome] = {}
+        creates = []
+        for topic in request.topics:
+            if topic.assignments:
+                refused[topic.name] = TopicOutcome(
+                    name=topic.name,
+                    error_code=ErrorCode.INVALID_REQUEST,
+                    message="manual replica assignment is not supported",
+                )
+                continue
+            creates.append(
+                CreateTopic(
+                    name=topic.name,
+                    partitions=(
+                        NUM_PARTITIONS_DEFAULT
+                        if topic.num_partitions == -1
+                        else topic.num_partitions
+                    ),
+                    replication_factor=(
+                        REPLICATION_FACTOR_DEFAULT
+                        if topic.replication_factor == -1
+                        else topic.replication_factor
+                    ),
+                    configs=tuple((c.name, c.value) for c in topic.configs if c.value is not None),
+                )
+            )
+        outcomes: dict[str, TopicOutcome] = {}
+        if creates:
+            answer = await self._forward(
+                ApiKey.CREATE_TOPICS,
+                CreateTopicsRequest(topics=tuple(creates), validate_only=request.validate_only),
+            )
+            outcomes = {outcome.name: outcome for outcome in answer.topics}
+        asked = {create.name: create for create in creates}
+        Response = kafka.CreateTopicsResponse
+        results = []
+        for topic in request.topics:
+            outcome = refused.get(topic.name) or outcomes.get(topic.name)
+            if outcome is None:
+                outcome = TopicOutcome(name=topic.name, error_code=ErrorCode.UNKNOWN_SERVER_ERROR)
+            created = outcome.error_code == ErrorCode.NONE and version >= 5
+            results.append(
+                Response.CreatableTopicResult(
+                    name=topic.name,
+                    topic_id=_uuid(outcome.topic_id) if version >= 7 else ZERO_UUID,
+                    error_code=outcome.error_code,
+                    error_message=outcome.message or None,
+                    num_partitions=asked[topic.name].partitions if created else -1,
+                    replication_factor=asked[topic.name].replication_factor if created else -1,
+                )
+            )
+        return Response(topics=tuple(results))
+
+    async def _delete_topics(self, header: Any, request: Any) -> Any:
+        version = header.request_api_version
+        image = self.broker.loader.image
+        Response = kafka.DeleteTopicsResponse
+        unknown_ids = []
+        names = []
+        if version >= 6:
+            for state in request.topics:
+                if state.name is not None:
+                    names.append(state.name)
+                    continue
+                topic = image.topics.get(str(state.topic_id))
+                if topic is None:
+                    unknown_ids.append(state.topic_id)
+                else:
+                    names.append(topic.name)
+        else:
+            names = list(request.topic_names)
+        outcomes: tuple[TopicOutcome, ...] = ()
+        if names:
+            answer = await self._forward(
+                ApiKey.DELETE_TOPICS, DeleteTopicsRequest(names=tuple(names))
+            )
+            outcomes = answer.topics
+        results = [
+            Response.DeletableTopicResult(
+                name=outcome.name,
+                topic_id=_uuid(image.topic_ids.get(outcome.name)) if version >= 6 else ZERO_UUID,
+                error_code=outcome.error_code,
+                error_message=_message(version, 5, outcome.message),
+            )
+            for outcome in outcomes
+        ]
+        results += [
+            Response.DeletableTopicResult(
+                name=None, topic_id=topic_id, error_code=ErrorCode.UNKNOWN_TOPIC_ID
+            )
+            for topic_id in unknown_ids
+        ]
+        return Response(responses=tuple(results))
+
+    async def _create_partitions(self, header: Any, request: Any) -> Any:
+        Response = kafka.CreatePartitionsResponse
+        refused = {}
+        increases = []
+        for topic in request.topics:
+            problem = None
+            if topic.assignments is not None:
+                problem = "manual replica assignment is not supported"
+            elif request.validate_only:
+                problem = "validate_only is not supported"
+            if problem is not None:
+                refused[topic.name] = TopicOutcome(
+                    name=topic.name, error_code=ErrorCode.INVALID_REQUEST, message=problem
+                )
+            else:
+                increases.append(PartitionsIncrease(name=topic.name, total=topic.count))
+        outcomes: dict[str, TopicOutcome] = {}
+        if increases:
+            answer = await self._forward(
+                ApiKey.CREATE_PARTITIONS, CreatePartitionsRequest(topics=tuple(increases))
+            )
+            outcomes = {outcome.name: outcome for outcome in answer.topics}
+        results = []
+        for topic in request.topics:
+            outcome = refused.get(topic.name) or outcomes.get(topic.name)
+            if outcome is None:
+                outcome = TopicOutcome(name=topic.name, error_code=ErrorCode.UNKNOWN_SERVER_ERROR)
+            results.append(
+                Response.CreatePartitionsTopicResult(
+                    name=topic.name,
+                    error_code=outcome.error_code,
+                    error_message=outcome.message or None,
+                )
+            )
+        return Response(results=tuple(results))
+
+    # ------------------------------------------------------------------ DescribeCluster
+
+    async def _describe_cluster(self, header: Any, request: Any) -> Any:
+        Response = kafka.DescribeClusterResponse
+        if request.endpoint_type != ENDPOINT_TYPE_BROKERS:
+            raise KafkaError(ErrorCode.INVALID_REQUEST, "only brokers are described")
+        native = describe_cluster(
+            self.broker.loader.image, self.broker.cluster_id, self.broker.node.leader().leader_id
+        )
+        brokers = [b for b in native.brokers if not b.fenced]
+        return Response(
+            error_code=ErrorCode.NONE,
+            cluster_id=native.cluster_id,
+            controller_id=self._controller_for_clients({b.broker_id for b in brokers}),
+            brokers=tuple(
+                Response.DescribeClusterBroker(
+                    broker_id=b.broker_id, host=b.host, port=b.port, rack=b.rack
+                )
+                for b in brokers
+            ),
+        )
+
+
+def _uuid(topic_id: str | None) -> uuid.UUID:
+    return ZERO_UUID if topic_id is None else uuid.UUID(topic_id)
+
+
+def _message(version: int, since: int, message: str) -> str | None:
+    """An error message, in versions that carry one (null when there is none)."""
+    return message if version >= since and message else None
+
+
+# ---------------------------------------------------------------------- error answers
+# Each puts `code` at every topic or partition the request named (Kafka's
+# getErrorResponse), and at the top where the API has a place for it.
+
+
+def _metadata_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.MetadataResponse
+    return Response(
+        topics=tuple(
+            Response.MetadataResponseTopic(
+                error_code=code,
+                name=topic.name,
+                topic_id=topic.topic_id if version >= 10 else ZERO_UUID,
+            )
+            for topic in request.topics or ()
+        )
+    )
+
+
+def _produce_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.ProduceResponse
+    if request.acks == 0:
+        return None
+    return Response(
+        responses=tuple(
+            Response.TopicProduceResponse(
+                name=topic.name,
+                partition_responses=tuple(
+                    Response.PartitionProduceResponse(
+                        index=p.index,
+                        error_code=code,
+                        base_offset=-1,
+                        error_message=_message(version, 8, message),
+                    )
+                    for p in topic.partition_data
+                ),
+            )
+            for topic in request.topic_data
+        )
+    )
+
+
+def _fetch_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.FetchResponse
+    return Response(
+        error_code=code if version >= 7 else 0,
+        responses=tuple(
+            Response.FetchableTopicResponse(
+                topic=topic.topic,
+                partitions=tuple(
+                    Response.PartitionData(
+                        partition_index=p.partition, error_code=code, high_watermark=-1
+                    )
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        ),
+    )
+
+
+def _list_offsets_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.ListOffsetsResponse
+    return Response(
+        topics=tuple(
+            Response.ListOffsetsTopicResponse(
+                name=topic.name,
+                partitions=tuple(
+                    Response.ListOffsetsPartitionResponse(
+                        partition_index=p.partition_index, error_code=code
+                    )
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        )
+    )
+
+
+def _delete_records_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.DeleteRecordsResponse
+    return Response(
+        topics=tuple(
+            Response.DeleteRecordsTopicResult(
+                name=topic.name,
+                partitions=tuple(
+                    Response.DeleteRecordsPartitionResult(
+                        partition_index=p.partition_index, low_watermark=-1, error_code=code
+                    )
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        )
+    )
+
+
+def _create_topics_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.CreateTopicsResponse
+    return Response(
+        topics=tuple(
+            Response.CreatableTopicResult(name=t.name, error_code=code, error_message=message)
+            for t in request.topics
+        )
+    )
+
+
+def _delete_topics_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.DeleteTopicsResponse
+    if version >= 6:
+        named = [(t.name, t.topic_id) for t in request.topics]
+    else:
+        named = [(name, ZERO_UUID) for name in request.topic_names]
+    return Response(
+        responses=tuple(
+            Response.DeletableTopicResult(
+                name=name,
+                topic_id=topic_id,
+                error_code=code,
+                error_message=_message(version, 5, message),
+            )
+            for name, topic_id in named
+        )
+    )
+
+
+def _create_partitions_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.CreatePartitionsResponse
+    return Response(
+        results=tuple(
+            Response.CreatePartitionsTopicResult(
+                name=t.name, error_code=code, error_message=message or None
+            )
+            for t in request.topics
+        )
+    )
+
+
+def _describe_cluster_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.DescribeClusterResponse(error_code=code, error_message=message or None)

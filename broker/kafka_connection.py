@@ -1,0 +1,215 @@
+"""One connection speaking Kafka's binary protocol on the client listener (decision 0011).
+
+The PLAINTEXT listener's `RpcServer` sniffs the first request of each connection and
+hands a Kafka one here, with the bytes it already read (`serve(stream, first)`). From
+then on this module owns the connection:
+
+- framing by `KafkaFrameDecoder`: the 4-byte size is checked against
+  `socket_request_max_bytes` (Kafka's default, 100 MiB) before a body byte is kept;
+- requests are decoded at once, handled concurrently (a long-polling Fetch does not
+  hold a Metadata behind it in the handler) but answered strictly in request order,
+  as Kafka's channel muting guarantees (clients close on a correlation-id mismatch);
+- an acks=0 Produce takes its place in line and sends nothing;
+- answers a peer has not taken are bounded per connection by the native server's
+  `_Backlog` (past `RESPONSE_BYTES_UNSENT_MAX` no new request is read), and written by
+  the native server's in-order writer: one `send_all` for every answer that is ready;
+- a peer's bad bytes (`KafkaCodecError`), an API or version not served, or a Produce
+  v0-2 (advertised, as Kafka 4 does for librdkafka's sake, but not decodable) close this
+  connection only; an ApiVersions of a version not served is answered with
+  UNSUPPORTED_VERSION in a v0 body carrying our ranges, which clients fall back on;
+- an `AssertionError` in a handler stops the node (the error leaves through the
+  listener's nursery, as in `RpcServer`); any other exception becomes an
+  UNKNOWN_SERVER_ERROR answer built by the handler for that request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol, cast
+
+import trio
+
+from client.protocol import environment
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.kafka import (
+    API_VERSIONS_KEY,
+    SOCKET_REQUEST_MAX_BYTES_DEFAULT,
+    KafkaCodecError,
+    KafkaFrameDecoder,
+    ResponseHeader,
+    UnsupportedApi,
+    decode_request,
+    encode_response,
+)
+from client.protocol.kafka import codec as kafka_codec
+from client.protocol.rpc import (
+    MAX_IN_FLIGHT_PER_CONNECTION,
+    RECEIVE_CHUNK_BYTES,
+    RpcServer,
+    _Backlog,
+    _Slot,
+)
+
+log = logging.getLogger(__name__)
+
+PRODUCE_KEY = 0
+
+
+def decode_request_lenient(frame: bytes) -> tuple[Any, Any, int]:
+    """(header, request, bytes left after the body), as Kafka's broker reads a request.
+
+    Kafka's parser stops at the end of the body and ignores what follows it, and
+    librdkafka 2.x sends bytes after some bodies (3 after a Metadata v12 body asking
+    for every topic), so a broker that refuses them (as the codec's `decode_request`
+    does) loses librdkafka's clients. The body itself is decoded as strictly as ever.
+    """
+    try:
+        header, request = decode_request(frame)
+        return header, request, 0
+    except UnsupportedApi:
+        raise
+    except KafkaCodecError:
+        if len(frame) < kafka_codec._REQUEST_HEADER_FIXED.size:
+            raise
+        # Decoded again below, so that bytes after the body are counted, not refused.
+    buf = memoryview(frame)
+    api_key, api_version, correlation_id = kafka_codec._REQUEST_HEADER_FIXED.unpack_from(buf, 0)
+    api = kafka_codec._api(api_key, api_version, correlation_id)
+    try:
+        header, pos = kafka_codec.REQUEST_HEADER.decoder(api.request_header_version(api_version))(
+            buf, 0
+        )
+        request, pos = api.request.decoder(api_version)(buf, pos)
+    except kafka_codec._DECODE_FAILURES as error:
+        raise KafkaCodecError(f"{api.name} v{api_version} request: {error}") from None
+    return header, request, len(buf) - pos
+
+
+class KafkaApiHandler(Protocol):
+    """What a connection needs from the API layer (`broker.kafka_apis.KafkaApis`)."""
+
+    def serves(self, api_key: int, api_version: int) -> bool: ...
+
+    async def handle(self, header: Any, request: Any) -> Any | None:
+        """The response body; None when none is due (acks=0 Produce)."""
+
+    def error_response(self, header: Any, request: Any, code: int, message: str) -> Any:
+        """A response to `request` with `code` in every place an error code goes."""
+
+    def api_versions_fallback(self) -> Any:
+        """ApiVersions v0 body: UNSUPPORTED_VERSION and the ranges served."""
+
+
+def _frame(header: Any, key: int, version: int, response: Any) -> bytes:
+    # A bytearray: the writer only joins it, so no copy of a large Fetch answer is made.
+    return cast(bytes, encode_response(header, key, version, response))
+
+
+class KafkaConnections:
+    def __init__(
+        self,
+        apis: KafkaApiHandler,
+        *,
+        frame_bytes_max: int = SOCKET_REQUEST_MAX_BYTES_DEFAULT,
+        name: str = "kafka",
+    ) -> None:
+        self.apis = apis
+        self.frame_bytes_max = frame_bytes_max
+        self.name = name
+        self.connections = 0
+        self.requests = 0
+        self.malformed_requests = 0
+        self.handler_errors = 0
+        self.requests_with_trailing_bytes = 0
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "connections": self.connections,
+            "requests": self.requests,
+            "malformed_requests": self.malformed_requests,
+            "handler_errors": self.handler_errors,
+            "requests_with_trailing_bytes": self.requests_with_trailing_bytes,
+        }
+
+    async def serve(self, stream: trio.abc.Stream, first: bytes) -> None:
+        """Serve one connection whose first bytes (`first`) were already read."""
+        self.connections += 1
+        peer = environment.current().peer_name(stream)
+        decoder = KafkaFrameDecoder(self.frame_bytes_max)
+        send_slot, receive_slot = trio.open_memory_channel[_Slot](MAX_IN_FLIGHT_PER_CONNECTION)
+        backlog = _Backlog()
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(RpcServer._write_in_order, stream, receive_slot, backlog)
+                data: bytes | bytearray = first
+                while data:
+                    try:
+                        frames = decoder.feed(data)
+                        for frame in frames:
+                            await backlog.wait_room()
+                            slot = self._start(nursery, frame, backlog)
+                            await send_slot.send(slot)
+                    except KafkaCodecError as error:
+                        self.malformed_requests += 1
+                        log.warning("%s: closing connection from %s: %s", self.name, peer, error)
+                        break
+                    data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the peer went away; nothing to answer
+
+    def _start(self, nursery: trio.Nursery, frame: bytes, backlog: _Backlog) -> _Slot:
+        """Decode one request and start answering it; its slot in the line of answers."""
+        try:
+            header, request, trailing = decode_request_lenient(frame)
+        except UnsupportedApi as error:
+            if error.api_key != API_VERSIONS_KEY:
+                raise  # Produce v0-2 among them: Kafka 4 closes too
+            return self._ready(error.correlation_id, API_VERSIONS_KEY, 0, self._fallback(), backlog)
+        key, version = header.request_api_key, header.request_api_version
+        if not self.apis.serves(key, version):
+            if key == API_VERSIONS_KEY:
+                return self._ready(header.correlation_id, key, 0, self._fallback(), backlog)
+            raise KafkaCodecError(f"api {key} v{version} is not served here")
+        self.requests += 1
+        if trailing:
+            self.requests_with_trailing_bytes += 1
+        slot = _Slot(header.correlation_id)
+        nursery.start_soon(self._answer, slot, header, request, backlog)
+        return slot
+
+    def _fallback(self) -> Any:
+        return self.apis.api_versions_fallback()
+
+    @staticmethod
+    def _ready(
+        correlation_id: int, key: int, version: int, response: Any, backlog: _Backlog
+    ) -> _Slot:
+        slot = _Slot(correlation_id)
+        slot.frame = _frame(ResponseHeader(correlation_id=correlation_id), key, version, response)
+        backlog.add(len(slot.frame))
+        slot.done.set()
+        return slot
+
+    async def _answer(self, slot: _Slot, header: Any, request: Any, backlog: _Backlog) -> None:
+        key, version = header.request_api_key, header.request_api_version
+        try:
+            response = await self.apis.handle(header, request)
+        except KafkaError as error:  # a user error concerning the whole request
+            response = self.apis.error_response(header, request, error.code, error.message)
+        except AssertionError:
+            # A broken invariant: this node's state is unknown, so it stops.
+            log.critical("%s: invariant broken in the handler for api %d", self.name, key)
+            raise
+        except Exception as error:  # a bug in one handler must not take the server down
+            self.handler_errors += 1
+            log.exception("%s: handler for api %d v%d failed", self.name, key, version)
+            response = self.apis.error_response(
+                header, request, ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(error).__name__}"
+            )
+        if response is not None:
+            slot.frame = _frame(
+                ResponseHeader(correlation_id=header.correlation_id), key, version, response
+            )
+            backlog.add(len(slot.frame))
+        slot.done.set()  # an empty frame: nothing is sent (acks=0), the line moves on
