@@ -1,0 +1,419 @@
+"""Kafka's own clients against a 3-node pykraft cluster (issue 15; decision 0011).
+
+kafka-python, confluent-kafka (librdkafka), aiokafka and kcat talk to the PLAINTEXT
+listeners that Metadata advertises, through Kafka's binary protocol. One cluster of
+3 combined nodes (OS processes) serves the whole module. Producers run with
+idempotence off: InitProducerId is not built yet, so it is not advertised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from broker.cluster_plan import free_ports
+from broker.local_cluster import LocalCluster
+from client.partitioner import partition_for_key
+from client.protocol.kafka import decode_response, encode_request, messages
+from client.protocol.rpc import NATIVE_REQUEST_FIRST_BYTE
+
+kafka = pytest.importorskip("kafka")
+confluent_kafka = pytest.importorskip("confluent_kafka")
+aiokafka = pytest.importorskip("aiokafka")
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer  # noqa: E402
+from confluent_kafka import TopicPartition as CTopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from kafka.admin import NewTopic  # noqa: E402
+
+RECORDS = 10_000
+WAIT_S = 120  # wide: other machines are slower, and this one is shared
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "murmur2_partitions.json")
+KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    root = tmp_path_factory.mktemp("kafka-clients")
+    with LocalCluster(str(root), combined=3) as running:
+        running.start_all()
+        yield running
+
+
+def create_topic(bootstrap: str, name: str, partitions: int, factor: int = 3) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    try:
+        answer = admin.create_topics([NewTopic(name, partitions, factor)])
+        assert all(t["error_code"] == 0 for t in answer["topics"]), answer
+    finally:
+        admin.close()
+    # Every broker's image has it, with a leader for every partition.
+    deadline = time.monotonic() + WAIT_S
+    for address in bootstrap.split(","):
+        host, port = address.split(":")
+        while not _has_leaders(host, int(port), name, partitions):
+            assert time.monotonic() < deadline, f"{name} has no leaders on {address}"
+            time.sleep(0.1)
+
+
+def _has_leaders(host: str, port: int, name: str, partitions: int) -> bool:
+    Topic = messages.MetadataRequest.MetadataRequestTopic
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(_frame(3, 12, messages.MetadataRequest(topics=(Topic(name=name),))))
+        body = _read_frame(sock)
+    assert body is not None
+    (topic,) = decode_response(body, 3, 12)[1].topics
+    return (
+        topic.error_code == 0
+        and len(topic.partitions) == partitions
+        and all(p.error_code == 0 and p.leader_id >= 0 for p in topic.partitions)
+    )
+
+
+def kafka_python_consume(bootstrap: str, topic: str, partitions: int, count: int) -> list[Any]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=30_000
+    )
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        records = []
+        deadline = time.monotonic() + WAIT_S
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=1000).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def confluent_consume(bootstrap: str, topic: str, partitions: int, count: int) -> list[Any]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False}
+    )
+    try:
+        consumer.assign([CTopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        records = []
+        deadline = time.monotonic() + WAIT_S
+        while len(records) < count and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=1000, timeout=1):
+                assert message.error() is None, message.error()
+                records.append(message)
+        return records
+    finally:
+        consumer.close()
+
+
+def confluent_produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 5,
+            # Kafka's Java partitioner (librdkafka's default is CRC32 based).
+            "partitioner": "murmur2_random",
+        }
+    )
+    failures: list[Any] = []
+    delivered = [0]
+
+    def on_delivery(error: Any, message: Any) -> None:
+        if error is not None:
+            failures.append(error)
+        else:
+            delivered[0] += 1
+
+    for key, value in items:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(WAIT_S) == 0
+    assert not failures, failures[:3]
+    assert delivered[0] == len(items)
+
+
+def test_metadata_from_each_client(cluster: LocalCluster) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    advertised = {node_id: cluster.address(node_id, "PLAINTEXT") for node_id in cluster.broker_ids}
+    create_topic(bootstrap, "meta", 3)
+
+    # confluent-kafka (librdkafka)
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
+    assert {b.id: (b.host, b.port) for b in metadata.brokers.values()} == advertised
+    assert metadata.controller_id in advertised
+    meta = metadata.topics["meta"]
+    assert sorted(meta.partitions) == [0, 1, 2]
+    assert all(len(p.replicas) == 3 and p.leader in advertised for p in meta.partitions.values())
+
+    # kafka-python
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        described = admin.describe_cluster()
+        assert described["cluster_id"] == cluster.cluster_id
+        assert {(b["host"], b["port"]) for b in described["brokers"]} == set(advertised.values())
+        (topic,) = admin.describe_topics(["meta"])
+        assert topic["error_code"] == 0 and len(topic["partitions"]) == 3
+        assert all(p["leader_epoch"] >= 0 for p in topic["partitions"])
+    finally:
+        admin.close()
+
+    # aiokafka (asyncio, in its own loop)
+    async def aiokafka_metadata() -> tuple[set[int], set[int] | None]:
+        consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await consumer.start()
+        try:
+            assert "meta" in await consumer.topics()
+            metadata = await consumer._client.fetch_all_metadata()
+            return {b.nodeId for b in metadata.brokers()}, metadata.partitions_for_topic("meta")
+        finally:
+            await consumer.stop()
+
+    brokers, partitions = asyncio.run(aiokafka_metadata())
+    assert brokers == set(advertised)
+    assert partitions == {0, 1, 2}
+
+
+def test_kafka_python_acks_all_produce_and_consume(cluster: LocalCluster) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "kafka-python", 3)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5
+    )
+    try:
+        futures = [
+            producer.send("kafka-python", key=b"%d" % (i % 97), value=b"value-%d" % i)
+            for i in range(RECORDS)
+        ]
+        producer.flush(timeout=WAIT_S)
+        offsets = [future.get(timeout=WAIT_S) for future in futures]
+    finally:
+        producer.close()
+    assert len(offsets) == RECORDS
+    records = kafka_python_consume(bootstrap, "kafka-python", 3, RECORDS)
+    assert len(records) == RECORDS
+    assert sorted(r.value for r in records) == sorted(b"value-%d" % i for i in range(RECORDS))
+    for partition in range(3):
+        sent = [int(r.value[6:]) for r in records if r.partition == partition]
+        assert sent == sorted(sent)  # in order per partition
+        got = [r.offset for r in records if r.partition == partition]
+        assert got == list(range(len(got)))
+
+
+def test_confluent_kafka_acks_all_produce_and_consume(cluster: LocalCluster) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "confluent", 3)
+    items = [(b"%d" % (i % 89), b"value-%d" % i) for i in range(RECORDS)]
+    confluent_produce(bootstrap, "confluent", items)
+    records = confluent_consume(bootstrap, "confluent", 3, RECORDS)
+    assert len(records) == RECORDS
+    assert sorted(m.value() for m in records) == sorted(v for _, v in items)
+    # Read back by the other client too.
+    assert len(kafka_python_consume(bootstrap, "confluent", 3, RECORDS)) == RECORDS
+
+
+def test_keyed_records_land_where_kafkas_partitioner_puts_them(cluster: LocalCluster) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    partitions = 6
+    create_topic(bootstrap, "keyed", partitions)
+    with open(DATA, encoding="utf-8") as file:
+        keys = [bytes.fromhex(k["key_hex"]) for k in json.load(file)["keys"]]
+    keys = [k for k in keys if k] + [b"key-%d" % i for i in range(200)]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    try:
+        for key in keys:
+            producer.send("keyed", key=key, value=b"kafka-python")
+        producer.flush(timeout=WAIT_S)
+    finally:
+        producer.close()
+    confluent_produce(bootstrap, "keyed", [(key, b"confluent") for key in keys])
+    records = kafka_python_consume(bootstrap, "keyed", partitions, 2 * len(keys))
+    assert len(records) == 2 * len(keys)
+    for record in records:
+        assert record.partition == partition_for_key(record.key, partitions), record
+
+
+@pytest.mark.skipif(KCAT is None, reason="kcat is not installed (apt-get install kcat)")
+def test_kcat_list_produce_consume(cluster: LocalCluster) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "kcat", 1)
+    assert KCAT is not None
+
+    def kcat(*args: str, stdin: bytes | None = None) -> str:
+        done = subprocess.run(
+            [KCAT, "-b", bootstrap, *args], input=stdin, capture_output=True, timeout=WAIT_S
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    listing = json.loads(kcat("-L", "-J"))
+    assert sorted(b["id"] for b in listing["brokers"]) == cluster.broker_ids
+    (topic,) = [t for t in listing["topics"] if t["topic"] == "kcat"]
+    assert len(topic["partitions"]) == 1
+
+    lines = [f"line-{i}" for i in range(100)]
+    kcat("-P", "-t", "kcat", stdin="\n".join(lines).encode() + b"\n")
+    assert kcat("-C", "-t", "kcat", "-o", "beginning", "-e").splitlines() == lines
+
+    # -C without -e: a long-polling consumer that prints what arrives, then is stopped.
+    with subprocess.Popen(
+        [KCAT, "-b", bootstrap, "-C", "-t", "kcat", "-o", "beginning", "-c", "101"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as follower:
+        try:
+            kcat("-P", "-t", "kcat", stdin=b"late\n")
+            out, _ = follower.communicate(timeout=WAIT_S)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+    assert out.decode().splitlines() == [*lines, "late"]
+
+
+def test_list_offsets_by_timestamp(cluster: LocalCluster) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "by-time", 1)
+    base_ms = 1_700_000_000_000
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    try:
+        for i in range(100):
+            producer.send("by-time", value=b"%d" % i, timestamp_ms=base_ms + 1000 * i)
+            if i % 10 == 9:
+                producer.flush(timeout=WAIT_S)  # several batches
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partition = TopicPartition("by-time", 0)
+        found = consumer.offsets_for_times(
+            {partition: base_ms + 41_500}  # between the 42nd and 43rd record
+        )[partition]
+        assert (found.offset, found.timestamp) == (42, base_ms + 42_000)
+        assert consumer.offsets_for_times({partition: base_ms + 10**9})[partition] is None
+        assert consumer.beginning_offsets([partition])[partition] == 0
+        assert consumer.end_offsets([partition])[partition] == 100
+    finally:
+        consumer.close()
+
+
+def _frame(api_key: int, version: int, request: Any, correlation_id: int = 7) -> bytes:
+    header = messages.RequestHeader(
+        request_api_key=api_key,
+        request_api_version=version,
+        correlation_id=correlation_id,
+        client_id="raw",
+    )
+    return bytes(encode_request(header, request))
+
+
+def _read_frame(sock: socket.socket) -> bytes | None:
+    """One response frame's body, or None if the broker closed the connection."""
+    size = _read_exactly(sock, 4)
+    return None if size is None else _read_exactly(sock, struct.unpack(">i", size)[0])
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes | None:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def test_a_malformed_kafka_frame_closes_only_its_connection(cluster: LocalCluster) -> None:
+    host, port = cluster.address(cluster.broker_ids[0], "PLAINTEXT")
+    api_versions = _frame(18, 3, messages.ApiVersionsRequest(client_software_name="raw"))
+    with (
+        socket.create_connection((host, port), timeout=30) as good,
+        socket.create_connection((host, port), timeout=30) as bad,
+        socket.create_connection((host, port), timeout=30) as huge,
+        socket.create_connection((host, port), timeout=30) as newer,
+    ):
+        good.sendall(api_versions)
+        assert _read_frame(good) is not None
+        # A Metadata v12 frame whose body is cut short.
+        metadata = _frame(3, 12, messages.MetadataRequest(topics=None))
+        bad.sendall(struct.pack(">i", 10) + metadata[4:14])
+        assert _read_frame(bad) is None
+        # A size over socket.request.max.bytes (100 MiB): refused before any body.
+        huge.sendall(struct.pack(">i", 200 * 1024 * 1024) + b"\x00\x03")
+        assert _read_frame(huge) is None
+        # ApiVersions of a version the broker does not know: a v0 answer with
+        # UNSUPPORTED_VERSION and the ranges it serves.
+        unknown = bytearray(api_versions)
+        struct.pack_into(">h", unknown, 6, 99)
+        newer.sendall(bytes(unknown))
+        body = _read_frame(newer)
+        assert body is not None
+        _, answer = decode_response(body, 18, 0)
+        assert answer.error_code == 35
+        assert {k.api_key: (k.min_version, k.max_version) for k in answer.api_keys}[0] == (0, 9)
+        # The first connection is still served, and pipelined answers come in order.
+        good.sendall(b"".join(_frame(18, 3, messages.ApiVersionsRequest(), c) for c in range(5)))
+        for correlation_id in range(5):
+            body = _read_frame(good)
+            assert body is not None
+            header, answer = decode_response(body, 18, 3)
+            assert header.correlation_id == correlation_id and answer.error_code == 0
+    assert metadata[4] != NATIVE_REQUEST_FIRST_BYTE  # what the listener sniffs
+
+
+def test_pykraft_server_default_then_kcat_list(tmp_path: Any) -> None:
+    """The embedded default (one combined node) answers Kafka's clients at once."""
+    broker_port, controller_port = free_ports(2)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(broker_port),
+            "--controller-port",
+            str(controller_port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert server.stdout is not None
+        deadline = time.monotonic() + WAIT_S
+        for line in server.stdout:
+            if b"ready" in line:
+                break
+            assert time.monotonic() < deadline
+        bootstrap = f"127.0.0.1:{broker_port}"
+        if KCAT is not None:
+            done = subprocess.run(
+                [KCAT, "-b", bootstrap, "-L"], capture_output=True, timeout=WAIT_S
+            )
+            assert done.returncode == 0, done.stderr.decode()
+            assert f"broker 1 at {bootstrap}" in done.stdout.decode()
+        metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
+        assert list(metadata.brokers) == [1]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
