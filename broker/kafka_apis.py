@@ -342,30 +342,36 @@ class KafkaApis:
             for topic in request.topics
         )
         native = self.data.list_offsets_request(ListOffsetsRequest(topics=wanted))
-        found = {(topic.name, p.partition): p for topic in native.topics for p in topic.partitions}
         Response = kafka.ListOffsetsResponse
 
-        def answer(name: str, item: Any) -> Any:
-            result = found.get((name, item.partition_index))
-            if item.timestamp < EARLIEST_TIMESTAMP or result is None:
-                result = PartitionOffset(
-                    partition=item.partition_index, error_code=ErrorCode.UNSUPPORTED_VERSION
+        def answers(topic: Any, found: tuple[PartitionOffset, ...]) -> tuple[Any, ...]:
+            results = iter(found)  # in request order, without the refused specs
+            out = []
+            for item in topic.partitions:
+                result = (
+                    next(results)
+                    if item.timestamp >= EARLIEST_TIMESTAMP
+                    else PartitionOffset(
+                        partition=item.partition_index, error_code=ErrorCode.UNSUPPORTED_VERSION
+                    )
                 )
-            return Response.ListOffsetsPartitionResponse(
-                partition_index=item.partition_index,
-                error_code=result.error_code,
-                timestamp=result.timestamp,
-                offset=result.offset,
-                leader_epoch=result.leader_epoch if version >= 4 else -1,
-            )
+                out.append(
+                    Response.ListOffsetsPartitionResponse(
+                        partition_index=item.partition_index,
+                        error_code=result.error_code,
+                        timestamp=result.timestamp,
+                        offset=result.offset,
+                        leader_epoch=result.leader_epoch if version >= 4 else -1,
+                    )
+                )
+            return tuple(out)
 
         return Response(
             topics=tuple(
                 Response.ListOffsetsTopicResponse(
-                    name=topic.name,
-                    partitions=tuple(answer(topic.name, item) for item in topic.partitions),
+                    name=topic.name, partitions=answers(topic, found.partitions)
                 )
-                for topic in request.topics
+                for topic, found in zip(request.topics, native.topics, strict=True)
             )
         )
 
@@ -517,7 +523,7 @@ class KafkaApis:
         increases = []
         for topic in request.topics:
             problem = None
-            if topic.assignments is not None:
+            if topic.assignments:  # null or empty: the controller places them
                 problem = "manual replica assignment is not supported"
             elif request.validate_only:
                 problem = "validate_only is not supported"

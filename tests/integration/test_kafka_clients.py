@@ -28,6 +28,7 @@ from broker.local_cluster import LocalCluster
 from client.partitioner import partition_for_key
 from client.protocol.kafka import decode_response, encode_request, messages
 from client.protocol.rpc import NATIVE_REQUEST_FIRST_BYTE
+from storage.records import RecordInput, build_batch, iter_records
 
 kafka = pytest.importorskip("kafka")
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -417,3 +418,163 @@ def test_pykraft_server_default_then_kcat_list(tmp_path: Any) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _ask(address: tuple[str, int], api_key: int, version: int, request: Any) -> Any:
+    with socket.create_connection(address, timeout=WAIT_S) as sock:
+        sock.sendall(_frame(api_key, version, request))
+        body = _read_frame(sock)
+    assert body is not None, (api_key, version)
+    return decode_response(body, api_key, version)[1]
+
+
+def test_every_served_version_of_every_api(cluster: LocalCluster) -> None:
+    """Raw requests at each version advertised: the version-dependent fields are right."""
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "versions", 1)
+    any_broker = cluster.address(cluster.broker_ids[0], "PLAINTEXT")
+    M = messages
+    Topic = M.MetadataRequest.MetadataRequestTopic
+    for version in range(13):
+        answer = _ask(any_broker, 3, version, M.MetadataRequest(topics=(Topic(name="versions"),)))
+        (topic,) = answer.topics
+        (part,) = topic.partitions
+        assert (topic.error_code, topic.name, part.error_code) == (0, "versions", 0), version
+        assert len(answer.brokers) == 3 and len(part.replica_nodes) == 3
+        assert (topic.topic_id.int != 0) == (version >= 10)
+        assert (part.leader_epoch >= 0) == (version >= 7)
+        assert (answer.cluster_id == cluster.cluster_id) == (version >= 2)
+        assert (answer.controller_id in cluster.broker_ids) == (version >= 1)
+        leader = cluster.address(part.leader_id, "PLAINTEXT")
+    # Produce v3-9 to the leader: each appends one batch of one record.
+    P = M.ProduceRequest
+    for count, version in enumerate(range(3, 10)):
+        batch = build_batch([RecordInput(timestamp=1_000 + version, value=b"v%d" % version)])
+        answer = _ask(
+            leader,
+            0,
+            version,
+            P(
+                acks=-1,
+                timeout_ms=30_000,
+                topic_data=(
+                    P.TopicProduceData(
+                        name="versions",
+                        partition_data=(P.PartitionProduceData(index=0, records=batch),),
+                    ),
+                ),
+            ),
+        )
+        (result,) = answer.responses[0].partition_responses
+        assert (result.error_code, result.base_offset) == (0, count), version
+    F = M.FetchRequest
+    for version in range(4, 13):
+        answer = _ask(
+            leader,
+            1,
+            version,
+            F(
+                replica_id=-1,
+                max_wait_ms=100,
+                min_bytes=1,
+                max_bytes=1 << 20,
+                topics=(
+                    F.FetchTopic(
+                        topic="versions",
+                        partitions=(
+                            F.FetchPartition(
+                                partition=0, fetch_offset=0, partition_max_bytes=1 << 20
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+        )
+        (data,) = answer.responses[0].partitions
+        assert (data.error_code, data.high_watermark, data.last_stable_offset) == (0, 7, 7)
+        assert data.log_start_offset == (0 if version >= 5 else -1)
+        assert [r.value for r in iter_records(data.records)][:1] == [b"v3"], version
+    L = M.ListOffsetsRequest
+    for version in range(1, 8):
+        specs = [(-2, 0), (-1, 7), (1_005, 2)] + ([(-3, None)] if version >= 7 else [])
+        answer = _ask(
+            leader,
+            2,
+            version,
+            L(
+                replica_id=-1,
+                topics=(
+                    L.ListOffsetsTopic(
+                        name="versions",
+                        partitions=tuple(
+                            L.ListOffsetsPartition(partition_index=0, timestamp=t) for t, _ in specs
+                        ),
+                    ),
+                ),
+            ),
+        )
+        got = [(p.error_code, p.offset) for p in answer.topics[0].partitions]
+        expected = [(0, o) if o is not None else (35, -1) for _, o in specs]
+        assert got == expected, version
+    for version in range(2):
+        answer = _ask(any_broker, 60, version, M.DescribeClusterRequest())
+        assert answer.error_code == 0 and answer.cluster_id == cluster.cluster_id
+        assert sorted(b.broker_id for b in answer.brokers) == cluster.broker_ids
+    D = M.DeleteRecordsRequest
+    for version in range(3):
+        answer = _ask(
+            leader,
+            21,
+            version,
+            D(
+                timeout_ms=30_000,
+                topics=(
+                    D.DeleteRecordsTopic(
+                        name="versions",
+                        partitions=(
+                            D.DeleteRecordsPartition(partition_index=0, offset=version + 1),
+                        ),
+                    ),
+                ),
+            ),
+        )
+        (result,) = answer.topics[0].partitions
+        assert (result.error_code, result.low_watermark) == (0, version + 1)
+    C = M.CreateTopicsRequest
+    for version in range(2, 8):
+        name = f"created-v{version}"
+        answer = _ask(
+            any_broker,
+            19,
+            version,
+            C(
+                timeout_ms=30_000,
+                topics=(C.CreatableTopic(name=name, num_partitions=1, replication_factor=3),),
+            ),
+        )
+        (result,) = answer.topics
+        assert (result.name, result.error_code) == (name, 0), result
+        assert (result.topic_id.int != 0) == (version >= 7)
+        assert result.num_partitions == (1 if version >= 5 else -1)
+    CP = M.CreatePartitionsRequest
+    for version in range(4):
+        answer = _ask(
+            any_broker,
+            37,
+            version,
+            CP(
+                timeout_ms=30_000,
+                topics=(CP.CreatePartitionsTopic(name=f"created-v{version + 2}", count=2),),
+            ),
+        )
+        assert [r.error_code for r in answer.results] == [0], answer
+    DT = M.DeleteTopicsRequest
+    for version in range(1, 7):
+        name = f"created-v{version + 1}"
+        request = (
+            DT(timeout_ms=30_000, topics=(DT.DeleteTopicState(name=name),))
+            if version >= 6
+            else DT(timeout_ms=30_000, topic_names=(name,))
+        )
+        answer = _ask(any_broker, 20, version, request)
+        assert [(r.name, r.error_code) for r in answer.responses] == [(name, 0)], answer

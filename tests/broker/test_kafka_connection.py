@@ -1,0 +1,167 @@
+"""The Kafka connection behind the PLAINTEXT listener's sniffing (decision 0011).
+
+A fake API layer drives `KafkaConnections` through a real `RpcServer` on 127.0.0.1, so
+the codec choice per connection is exercised too: answers in request order while
+handled concurrently, acks=0 silent, handler errors as UNKNOWN_SERVER_ERROR, broken
+invariants stopping the server, undecodable versions closing one connection, and a
+native client still served on the same port.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import trio
+
+from broker.kafka_connection import KafkaConnections
+from client.protocol.errors import ErrorCode
+from client.protocol.kafka import decode_response, encode_request, messages
+from client.protocol.rpc import RpcClient, RpcServer
+
+TIMEOUT_S = 60
+Topic = messages.MetadataRequest.MetadataRequestTopic
+
+
+class FakeApis:
+    SERVED = {18: (0, 3), 3: (0, 12), 0: (0, 9)}
+
+    def __init__(self) -> None:
+        self.fast_done = trio.Event()
+
+    def serves(self, api_key: int, api_version: int) -> bool:
+        low, high = self.SERVED.get(api_key, (1, 0))
+        return low <= api_version <= high
+
+    async def handle(self, header: Any, request: Any) -> Any:
+        if header.request_api_key == 18:
+            return messages.ApiVersionsResponse()
+        if header.request_api_key == 0:
+            return None if request.acks == 0 else messages.ProduceResponse()
+        (topic,) = request.topics
+        if topic.name == "slow":
+            await self.fast_done.wait()  # only answered once the later request was handled
+        elif topic.name == "fast":
+            self.fast_done.set()
+        elif topic.name == "boom":
+            raise ValueError("a bug")
+        elif topic.name == "invariant":
+            raise AssertionError("broken")
+        Response = messages.MetadataResponse
+        return Response(topics=(Response.MetadataResponseTopic(name=topic.name),))
+
+    def error_response(self, header: Any, request: Any, code: int, message: str) -> Any:
+        Response = messages.MetadataResponse
+        return Response(
+            topics=tuple(
+                Response.MetadataResponseTopic(name=t.name, error_code=code) for t in request.topics
+            )
+        )
+
+    def api_versions_fallback(self) -> Any:
+        return messages.ApiVersionsResponse(error_code=ErrorCode.UNSUPPORTED_VERSION)
+
+
+async def native_echo(api_key: int, version: int, body: Any) -> Any:
+    return {"echo": body}
+
+
+def metadata(name: str, correlation_id: int) -> bytes:
+    header = messages.RequestHeader(
+        request_api_key=3, request_api_version=12, correlation_id=correlation_id, client_id="t"
+    )
+    return bytes(encode_request(header, messages.MetadataRequest(topics=(Topic(name=name),))))
+
+
+def produce(acks: int, correlation_id: int) -> bytes:
+    header = messages.RequestHeader(
+        request_api_key=0, request_api_version=9, correlation_id=correlation_id, client_id="t"
+    )
+    return bytes(encode_request(header, messages.ProduceRequest(acks=acks, timeout_ms=1000)))
+
+
+class Reader:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def frame(self) -> bytes | None:
+        while True:
+            if len(self.buffer) >= 4:
+                size = int.from_bytes(self.buffer[:4], "big")
+                if len(self.buffer) >= 4 + size:
+                    body, self.buffer = self.buffer[4 : 4 + size], self.buffer[4 + size :]
+                    return body
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.buffer += data
+
+    async def metadata(self) -> tuple[int, Any]:
+        body = await self.frame()
+        assert body is not None
+        header, response = decode_response(body, 3, 12)
+        return header.correlation_id, response.topics[0]
+
+
+async def start(nursery: trio.Nursery, apis: FakeApis) -> tuple[int, KafkaConnections]:
+    connections = KafkaConnections(apis, name="test")
+    server = RpcServer(native_echo, name="test", other_protocol=connections.serve)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    return port, connections
+
+
+async def test_answers_in_request_order_while_handled_concurrently() -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            port, connections = await start(nursery, FakeApis())
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            reader = Reader(stream)
+            # "slow" is answered only after "fast" was handled: pipelined, in order.
+            await stream.send_all(
+                metadata("slow", 1) + produce(0, 2) + metadata("fast", 3) + metadata("boom", 4)
+            )
+            assert await reader.metadata() == (
+                1,
+                messages.MetadataResponse.MetadataResponseTopic(name="slow"),
+            )
+            # The acks=0 produce (2) sends nothing; the line moves on to 3.
+            correlation_id, topic = await reader.metadata()
+            assert (correlation_id, topic.name) == (3, "fast")
+            correlation_id, topic = await reader.metadata()
+            assert (correlation_id, topic.error_code) == (4, ErrorCode.UNKNOWN_SERVER_ERROR)
+            assert connections.statistics()["handler_errors"] == 1
+            # A native client on the same listener keeps its codec.
+            client = RpcClient("127.0.0.1", port, client_id="native", rng=random.Random(1))
+            assert await client.request(3, 0, {"x": 1}, timeout_s=TIMEOUT_S) == {"echo": {"x": 1}}
+            await client.aclose()
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_undecodable_version_closes_only_that_connection() -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            port, connections = await start(nursery, FakeApis())
+            good = await trio.open_tcp_stream("127.0.0.1", port)
+            bad = await trio.open_tcp_stream("127.0.0.1", port)
+            # Produce v2: advertised (as Kafka 4 does) but not decodable: closed.
+            frame = bytearray(produce(1, 9))
+            frame[6:8] = (2).to_bytes(2, "big")
+            await bad.send_all(bytes(frame))
+            assert await Reader(bad).frame() is None
+            await good.send_all(metadata("fine", 5))
+            assert (await Reader(good).metadata())[0] == 5
+            assert connections.statistics()["malformed_requests"] == 1
+            await good.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_broken_invariant_in_a_handler_stops_the_server() -> None:
+    with trio.fail_after(TIMEOUT_S), pytest.RaisesGroup(AssertionError, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            port, _ = await start(nursery, FakeApis())
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(metadata("invariant", 1))
+            await trio.sleep_forever()
