@@ -65,6 +65,7 @@ from kraft.controller.quorum_controller import describe_cluster
 from kraft.controller.replication import CreateTopic, TopicOutcome
 
 ZERO_UUID = uuid.UUID(int=0)
+OFFSET_FOR_LEADER_EPOCH_KEY = 23
 # CreateTopics with num_partitions / replication_factor -1 (v4+, KIP-464) takes the
 # broker's num.partitions and default.replication.factor; Kafka's defaults are 1.
 NUM_PARTITIONS_DEFAULT = 1
@@ -114,6 +115,12 @@ class KafkaApis:
             ),
             ApiKey.DESCRIBE_CLUSTER: Served(
                 low=0, high=1, handle=self._describe_cluster, error=_describe_cluster_error
+            ),
+            OFFSET_FOR_LEADER_EPOCH_KEY: Served(
+                low=2,
+                high=4,
+                handle=self._offset_for_leader_epoch,
+                error=_offset_for_leader_epoch_error,
             ),
         }
         for key, served in self.served.items():
@@ -406,6 +413,32 @@ class KafkaApis:
                     ),
                 )
                 for topic in native.topics
+            )
+        )
+
+    async def _offset_for_leader_epoch(self, header: Any, request: Any) -> Any:
+        """KIP-320: where an epoch ended on the leader's log, so that a consumer whose
+        position came from an older leader can tell whether its log was truncated."""
+        Response = kafka.OffsetForLeaderEpochResponse
+
+        def answer(topic: str, item: Any) -> Any:
+            try:
+                partition = self.data.replicas.partition(topic, item.partition)
+                partition.require_leader(item.current_leader_epoch)
+            except KafkaError as error:
+                return Response.EpochEndOffset(partition=item.partition, error_code=error.code)
+            epoch, end_offset = partition.log.end_offset_for_epoch(item.leader_epoch)
+            return Response.EpochEndOffset(
+                partition=item.partition, leader_epoch=epoch, end_offset=end_offset
+            )
+
+        return Response(
+            topics=tuple(
+                Response.OffsetForLeaderTopicResult(
+                    topic=topic.topic,
+                    partitions=tuple(answer(topic.topic, item) for item in topic.partitions),
+                )
+                for topic in request.topics
             )
         )
 
@@ -725,3 +758,19 @@ def _create_partitions_error(request: Any, version: int, code: int, message: str
 
 def _describe_cluster_error(request: Any, version: int, code: int, message: str) -> Any:
     return kafka.DescribeClusterResponse(error_code=code, error_message=message or None)
+
+
+def _offset_for_leader_epoch_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.OffsetForLeaderEpochResponse
+    return Response(
+        topics=tuple(
+            Response.OffsetForLeaderTopicResult(
+                topic=topic.topic,
+                partitions=tuple(
+                    Response.EpochEndOffset(partition=p.partition, error_code=code)
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        )
+    )

@@ -446,6 +446,7 @@ def test_every_served_version_of_every_api(cluster: LocalCluster) -> None:
         assert (answer.cluster_id == cluster.cluster_id) == (version >= 2)
         assert (answer.controller_id in cluster.broker_ids) == (version >= 1)
         leader = cluster.address(part.leader_id, "PLAINTEXT")
+        leader_epoch = part.leader_epoch
     # Produce v3-9 to the leader: each appends one batch of one record.
     P = M.ProduceRequest
     for count, version in enumerate(range(3, 10)):
@@ -516,6 +517,34 @@ def test_every_served_version_of_every_api(cluster: LocalCluster) -> None:
         got = [(p.error_code, p.offset) for p in answer.topics[0].partitions]
         expected = [(0, o) if o is not None else (35, -1) for _, o in specs]
         assert got == expected, version
+    OE = M.OffsetForLeaderEpochRequest
+    for version in range(2, 5):
+        answer = _ask(
+            leader,
+            23,
+            version,
+            OE(
+                replica_id=-1,
+                topics=(
+                    OE.OffsetForLeaderTopic(
+                        topic="versions",
+                        partitions=(
+                            OE.OffsetForLeaderPartition(
+                                partition=0,
+                                current_leader_epoch=leader_epoch,
+                                leader_epoch=leader_epoch,
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+        )
+        (result,) = answer.topics[0].partitions
+        assert (result.error_code, result.leader_epoch, result.end_offset) == (
+            0,
+            leader_epoch,
+            7,
+        ), version
     for version in range(2):
         answer = _ask(any_broker, 60, version, M.DescribeClusterRequest())
         assert answer.error_code == 0 and answer.cluster_id == cluster.cluster_id
