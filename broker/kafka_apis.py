@@ -25,8 +25,8 @@ it has one, and at every topic or partition the request named.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import attrs
 
@@ -54,10 +54,15 @@ from client.protocol.messages import (
     TopicProduce,
 )
 from client.protocol.schema import from_body, to_body
+from kraft.controller.configs import AlterConfigOp, AlterConfigsOutcome, AlterConfigsResource
+from kraft.controller.configs_schema import BROKER, TOPIC
 from kraft.controller.messages import (
+    AlterConfigsResponse,
     CreatePartitionsRequest,
     CreateTopicsRequest,
     DeleteTopicsRequest,
+    DescribeQuorumResponse,
+    IncrementalAlterConfigsRequest,
     PartitionsIncrease,
     TopicsResponse,
 )
@@ -73,6 +78,12 @@ REPLICATION_FACTOR_DEFAULT = 1
 # DescribeCluster's endpoint_type (v1+, KIP-919): 1 brokers, 2 controllers.
 ENDPOINT_TYPE_BROKERS = 1
 
+# Kafka's ConfigResource.Type numbering, for the resource types pykraft has configs of.
+RESOURCE_TYPES = {2: TOPIC, 4: BROKER}
+# KRaft's metadata log, as DescribeQuorum names it (KIP-595).
+METADATA_TOPIC = "__cluster_metadata"
+
+T = TypeVar("T")
 Handle = Callable[[Any, Any], Awaitable[Any]]
 ErrorBuilder = Callable[[Any, int, int, str], Any]  # (request, version, code, message)
 
@@ -115,6 +126,15 @@ class KafkaApis:
             ),
             ApiKey.DESCRIBE_CLUSTER: Served(
                 low=0, high=1, handle=self._describe_cluster, error=_describe_cluster_error
+            ),
+            ApiKey.INCREMENTAL_ALTER_CONFIGS: Served(
+                low=0,
+                high=1,
+                handle=self._incremental_alter_configs,
+                error=_incremental_alter_configs_error,
+            ),
+            ApiKey.DESCRIBE_QUORUM: Served(
+                low=0, high=1, handle=self._describe_quorum, error=_describe_quorum_error
             ),
             OFFSET_FOR_LEADER_EPOCH_KEY: Served(
                 low=2,
@@ -444,15 +464,17 @@ class KafkaApis:
 
     # ------------------------------------------------------------------ forwarded
 
-    async def _forward(self, api_key: int, request: Any) -> TopicsResponse:
-        """A controller API, as the native listener forwards it; the answer decoded once."""
+    async def _forward(self, api_key: int, request: Any, response: type[T]) -> T:
+        """A controller API, as the native listener forwards it; the answer decoded once
+        (an error concerning the whole request is a bare error body)."""
         broker = self.broker
         answer = await broker.channel.request(
             api_key, to_body(request), timeout_s=broker.forward_timeout_s
         )
-        if isinstance(answer, dict) and "topics" not in answer and "error_code" in answer:
+        fields = [f.name for f in attrs.fields(cast(Any, response)) if f.name != "error_code"]
+        if isinstance(answer, dict) and "error_code" in answer and fields[0] not in answer:
             raise KafkaError(answer["error_code"], str(answer.get("error_message", "")))
-        return from_body(TopicsResponse, answer)
+        return from_body(response, answer)
 
     async def _create_topics(self, header: Any, request: Any) -> Any:
         version = header.request_api_version
@@ -487,6 +509,7 @@ class KafkaApis:
             answer = await self._forward(
                 ApiKey.CREATE_TOPICS,
                 CreateTopicsRequest(topics=tuple(creates), validate_only=request.validate_only),
+                TopicsResponse,
             )
             outcomes = {outcome.name: outcome for outcome in answer.topics}
         asked = {create.name: create for create in creates}
@@ -530,7 +553,7 @@ class KafkaApis:
         outcomes: tuple[TopicOutcome, ...] = ()
         if names:
             answer = await self._forward(
-                ApiKey.DELETE_TOPICS, DeleteTopicsRequest(names=tuple(names))
+                ApiKey.DELETE_TOPICS, DeleteTopicsRequest(names=tuple(names)), TopicsResponse
             )
             outcomes = answer.topics
         results = [
@@ -569,7 +592,9 @@ class KafkaApis:
         outcomes: dict[str, TopicOutcome] = {}
         if increases:
             answer = await self._forward(
-                ApiKey.CREATE_PARTITIONS, CreatePartitionsRequest(topics=tuple(increases))
+                ApiKey.CREATE_PARTITIONS,
+                CreatePartitionsRequest(topics=tuple(increases)),
+                TopicsResponse,
             )
             outcomes = {outcome.name: outcome for outcome in answer.topics}
         results = []
@@ -585,6 +610,93 @@ class KafkaApis:
                 )
             )
         return Response(results=tuple(results))
+
+    async def _incremental_alter_configs(self, header: Any, request: Any) -> Any:
+        Response = kafka.IncrementalAlterConfigsResponse
+        forwarded = [
+            AlterConfigsResource(
+                resource_type=RESOURCE_TYPES[r.resource_type],
+                resource_name=r.resource_name,
+                ops=tuple(
+                    AlterConfigOp(name=c.name, op=c.config_operation, value=c.value)
+                    for c in r.configs
+                ),
+            )
+            for r in request.resources
+            if r.resource_type in RESOURCE_TYPES
+        ]
+        outcomes: Iterator[AlterConfigsOutcome] = iter(())
+        if forwarded:
+            answer = await self._forward(
+                ApiKey.INCREMENTAL_ALTER_CONFIGS,
+                IncrementalAlterConfigsRequest(
+                    resources=tuple(forwarded), validate_only=request.validate_only
+                ),
+                AlterConfigsResponse,
+            )
+            outcomes = iter(answer.resources)  # in the order asked
+        results = []
+        for resource in request.resources:
+            if resource.resource_type in RESOURCE_TYPES:
+                outcome = next(outcomes)
+                code, message = outcome.error_code, outcome.message
+            else:
+                code = ErrorCode.INVALID_REQUEST
+                message = f"no configs of resource type {resource.resource_type} here"
+            results.append(
+                Response.AlterConfigsResourceResponse(
+                    error_code=code,
+                    error_message=message or None,
+                    resource_type=resource.resource_type,
+                    resource_name=resource.resource_name,
+                )
+            )
+        return Response(responses=tuple(results))
+
+    async def _describe_quorum(self, header: Any, request: Any) -> Any:
+        version = header.request_api_version
+        quorum = await self._forward(ApiKey.DESCRIBE_QUORUM, {}, DescribeQuorumResponse)
+        Response = kafka.DescribeQuorumResponse
+
+        def replicas(states: Any) -> tuple[Any, ...]:
+            return tuple(
+                Response.ReplicaState(
+                    replica_id=state.replica_id,
+                    log_end_offset=state.log_end_offset,
+                    last_fetch_timestamp=state.last_fetch_timestamp if version >= 1 else -1,
+                    last_caught_up_timestamp=(
+                        state.last_caught_up_timestamp if version >= 1 else -1
+                    ),
+                )
+                for state in states
+            )
+
+        def partition(topic: str, index: int) -> Any:
+            if (topic, index) != (METADATA_TOPIC, 0):
+                return Response.PartitionData(
+                    partition_index=index, error_code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                )
+            return Response.PartitionData(
+                partition_index=index,
+                error_code=quorum.error_code,
+                leader_id=quorum.leader_id,
+                leader_epoch=quorum.leader_epoch,
+                high_watermark=quorum.high_watermark,
+                current_voters=replicas(quorum.voters),
+                observers=replicas(quorum.observers),
+            )
+
+        return Response(
+            topics=tuple(
+                Response.TopicData(
+                    topic_name=topic.topic_name,
+                    partitions=tuple(
+                        partition(topic.topic_name, p.partition_index) for p in topic.partitions
+                    ),
+                )
+                for topic in request.topics
+            )
+        )
 
     # ------------------------------------------------------------------ DescribeCluster
 
@@ -774,3 +886,22 @@ def _offset_for_leader_epoch_error(request: Any, version: int, code: int, messag
             for topic in request.topics
         )
     )
+
+
+def _incremental_alter_configs_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.IncrementalAlterConfigsResponse
+    return Response(
+        responses=tuple(
+            Response.AlterConfigsResourceResponse(
+                error_code=code,
+                error_message=message or None,
+                resource_type=r.resource_type,
+                resource_name=r.resource_name,
+            )
+            for r in request.resources
+        )
+    )
+
+
+def _describe_quorum_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.DescribeQuorumResponse(error_code=code)

@@ -607,3 +607,51 @@ def test_every_served_version_of_every_api(cluster: LocalCluster) -> None:
         )
         answer = _ask(any_broker, 20, version, request)
         assert [(r.name, r.error_code) for r in answer.responses] == [(name, 0)], answer
+
+    IA = M.IncrementalAlterConfigsRequest
+    for version in range(2):
+        answer = _ask(
+            any_broker,
+            44,
+            version,
+            IA(
+                resources=(
+                    IA.AlterConfigsResource(
+                        resource_type=2,
+                        resource_name="versions",
+                        configs=(
+                            IA.AlterableConfig(
+                                name="retention.ms", config_operation=0, value="60000"
+                            ),
+                        ),
+                    ),
+                    IA.AlterConfigsResource(
+                        resource_type=2,
+                        resource_name="versions",
+                        configs=(IA.AlterableConfig(name="no.such.config", value="1"),),
+                    ),
+                    IA.AlterConfigsResource(resource_type=8, resource_name="1"),  # broker logger
+                )
+            ),
+        )
+        assert [r.error_code for r in answer.responses] == [0, 40, 42], answer
+    DQ = M.DescribeQuorumRequest
+    for version in range(2):
+        answer = _ask(
+            any_broker,
+            55,
+            version,
+            DQ(
+                topics=(
+                    DQ.TopicData(
+                        topic_name="__cluster_metadata",
+                        partitions=(DQ.PartitionData(partition_index=0),),
+                    ),
+                )
+            ),
+        )
+        (quorum,) = answer.topics[0].partitions
+        assert quorum.error_code == 0 and quorum.leader_id in cluster.controller_ids
+        assert sorted(v.replica_id for v in quorum.current_voters) == cluster.controller_ids
+        assert quorum.high_watermark > 0
+        assert all((v.last_fetch_timestamp != -1) == (version >= 1) for v in quorum.current_voters)
