@@ -37,8 +37,9 @@ KILLS = (
 )
 PARTITIONS = ("isolate", "halves", "ring", "bridge", "isolate-controller", "isolate-leader")
 # Only the simulator can lose unsynced writes: one node's machine ("crash") or
-# every node's at once ("power-loss").
-SIMULATED = ("crash", "power-loss")
+# every node's at once ("power-loss"). Two sequences of them are targeted at KIP-966
+# and KIP-903 (see `_crash_lone_leader` and `_crash_follower_cut_off`).
+SIMULATED = ("crash", "power-loss", "crash-lone-leader", "crash-follower-cut-off")
 FAULTS = KILLS + PARTITIONS
 
 
@@ -105,6 +106,10 @@ class Nemesis:
             self.cluster.crash(node)  # type: ignore[attr-defined]
             await trio.sleep(duration_s)
             await self.cluster.start(node)
+        elif fault == "crash-lone-leader":
+            await self._crash_lone_leader(node, duration_s)
+        elif fault == "crash-follower-cut-off":
+            await self._crash_follower_cut_off(node, duration_s)
         elif fault == "power-loss":
             self.cluster.power_loss()  # type: ignore[attr-defined]
             await trio.sleep(duration_s)
@@ -123,6 +128,55 @@ class Nemesis:
             await self.cluster.start(node)
         self.history.add("nemesis", INFO, fault, {"node": node, "phase": "heal"})
         self.intervals.append((start, self.history.now(), label))
+
+    async def _crash_lone_leader(self, leader: int, duration_s: float) -> None:
+        """KIP-966's case: the followers of `leader` die one after another (the ISR shrinks
+        below its minimum: the last to leave is an eligible leader replica, holding what
+        was acknowledged), then the lone leader crashes, losing its unsynced tail, and
+        comes back before them. It must not lead again with its shortened log."""
+        followers = [n for n in sorted(self.cluster.configs) if n != leader]
+        session_s = self._session_timeout_s()
+        for follower in followers:
+            self.cluster.kill(follower)
+            await trio.sleep(session_s * 1.5)  # fenced: out of the ISR
+        self.cluster.crash(leader)  # type: ignore[attr-defined]
+        await trio.sleep(duration_s)
+        await self.cluster.start(leader)
+        await trio.sleep(duration_s)
+        for follower in followers:
+            await self.cluster.start(follower)
+
+    async def _crash_follower_cut_off(self, leader: int, duration_s: float) -> None:
+        """KIP-903's case: one follower of `leader` is killed (the ISR is at its
+        minimum), then the other crashes, losing its unsynced tail, and comes back cut
+        off from the leader. Its removal leaves the ISR below the minimum, so the
+        high-water mark stands at what the leader last saw it fetch: the leader's view
+        of the old incarnation says "caught up", and it asks to add the new one (with
+        its shortened log) back. That AlterPartition names the old broker epoch and must
+        be refused; the leader is then killed, and a replica that lost acknowledged
+        records must not take over."""
+        assert self.network is not None
+        controller = await self._active_controller()
+        replicas = await self._replicas_of(0)
+        if controller is None or controller in replicas or len(replicas) != 3:
+            return  # the returning follower must reach a controller none of this disturbs
+        session_s = self._session_timeout_s()
+        first, second = [n for n in replicas if n != leader]
+        self.cluster.kill(first)
+        await trio.sleep(session_s * 1.5)  # fenced: the ISR is the leader and `second`
+        self.network.cut_links({(second, leader), (leader, second)})
+        self.cluster.crash(second)  # type: ignore[attr-defined]
+        await self.cluster.start(second)  # a new incarnation, unclean: out of the ISR
+        await trio.sleep(duration_s)  # the leader's view of it is the old one
+        self.cluster.kill(leader)
+        await trio.sleep(session_s * 1.5)  # fenced: who leads now?
+        self.network.heal()
+        await self.cluster.start(first)
+        await self.cluster.start(leader)
+
+    def _session_timeout_s(self) -> float:
+        config = next(iter(self.cluster.configs.values()))
+        return config.broker_session_timeout_ms / 1000
 
     async def _partition(self, fault: str, node: int, duration_s: float) -> None:
         assert self.network is not None
@@ -168,7 +222,12 @@ class Nemesis:
         running = [n for n in sorted(self.cluster.configs) if self.cluster.is_running(n)]
         if fault in ("kill-controller", "pause-controller", "isolate-controller"):
             return await self._active_controller()
-        if fault in ("kill-leader", "isolate-leader"):
+        if fault in (
+            "kill-leader",
+            "isolate-leader",
+            "crash-lone-leader",
+            "crash-follower-cut-off",
+        ):
             return await self._leader_of(0)
         # Otherwise one node (kill-all takes the others with it).
         return self.rng.choice(running) if running else None
@@ -186,6 +245,13 @@ class Nemesis:
         answer = await self._ask_any(ApiKey.DESCRIBE_QUORUM, {})
         leader = answer.get("leader_id", -1) if answer else -1
         return leader if leader in self.cluster.configs else None
+
+    async def _replicas_of(self, partition: int) -> list[int]:
+        answer = await self._ask_any(ApiKey.METADATA, {"topics": [self.topic]})
+        for part in answer["topics"][0]["partitions"] if answer else ():
+            if part["partition"] == partition:
+                return [int(r) for r in part["replicas"]]
+        return []
 
     async def _leader_of(self, partition: int) -> int | None:
         answer = await self._ask_any(ApiKey.METADATA, {"topics": [self.topic]})

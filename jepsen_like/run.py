@@ -76,6 +76,8 @@ class RunConfig:
     acks: int = -1
     min_insync_replicas: int = 2
     unclean_leader_election: bool = False
+    # More settings of the workload's topic, e.g. (("flush.messages", "1"),).
+    topic_configs: tuple[tuple[str, str], ...] = ()
     corrupt_on_restart: bool = False
     scripted: tuple[str, ...] = ()  # run these faults in order instead of a random schedule
     report: bool = True  # summary.txt, stats.json and the plot in `out`
@@ -154,6 +156,7 @@ async def drive(
     settings = {"min.insync.replicas": str(config.min_insync_replicas)}
     if config.unclean_leader_election:
         settings["unclean.leader.election.enable"] = "true"
+    settings.update(config.topic_configs)
     replication_factor = min(3, len(cluster.broker_ids))
     async with Admin(bootstrap) as admin:
         await admin.create_topics(

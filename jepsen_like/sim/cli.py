@@ -22,7 +22,14 @@ from typing import Any
 
 from jepsen_like.report import describe_report
 from jepsen_like.sim import planted
-from jepsen_like.sim.runner import LOSSY_FAULTS, SIM_FAULTS, SimConfig, SimResult, simulate
+from jepsen_like.sim.runner import (
+    LOSSY_FAULTS,
+    SIM_FAULTS,
+    TARGETED_FAULTS,
+    SimConfig,
+    SimResult,
+    simulate,
+)
 from jepsen_like.sim.scenarios import SCENARIOS
 
 
@@ -38,10 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--faults",
-        help=f"comma-separated, from {', '.join(SIM_FAULTS + LOSSY_FAULTS + ('kill-all',))}",
+        help=f"comma-separated, from {', '.join(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS)}",
     )
     parser.add_argument("--time", type=float, help="simulated seconds of workload")
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--nodes", type=int, help="nodes (default: the scenario's, 3)")
     parser.add_argument(
         "--planted",
         help=f"a deliberate bug to find, or 'list': {', '.join(planted.PLANTED_BUGS)}",
@@ -62,7 +69,9 @@ def _faults(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 
 def _config(args: argparse.Namespace, seed: int, out: str | None = None) -> SimConfig:
-    more: dict[str, Any] = {"nodes": args.nodes, "planted_bug": args.planted, "out": out}
+    more: dict[str, Any] = {"planted_bug": args.planted, "out": out}
+    if args.nodes is not None:
+        more["nodes"] = args.nodes
     faults = _faults(args)
     if faults is not None:
         more["faults"] = faults
@@ -76,7 +85,7 @@ def _replay_options(args: argparse.Namespace) -> str:
     options += f" --planted {args.planted}" if args.planted else ""
     options += f" --faults {args.faults}" if args.faults is not None else ""
     options += f" --time {args.time:g}" if args.time is not None else ""
-    return options + f" --nodes {args.nodes}"
+    return options + (f" --nodes {args.nodes}" if args.nodes is not None else "")
 
 
 def _one(config: SimConfig) -> SimResult:
@@ -93,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(error)
             return 2
-    unknown = set(_faults(args) or ()) - set(SIM_FAULTS + LOSSY_FAULTS + ("kill-all",))
+    unknown = set(_faults(args) or ()) - set(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS)
     if unknown:
         print(f"unknown faults: {', '.join(sorted(unknown))}")
         return 2

@@ -83,6 +83,26 @@ def _follower_skips_truncation() -> list[Patch]:
     return [(broker.partition.Partition, "truncate_as_follower", keep_log)]
 
 
+def _no_unclean_shutdown_detection() -> list[Patch]:
+    import kraft.controller.cluster
+
+    def every_restart_is_clean(image: Any, broker_id: int) -> tuple[()]:
+        return ()
+
+    return [(kraft.controller.cluster, "remove_unclean_replica", every_restart_is_clean)]
+
+
+def _stale_alter_partition() -> list[Patch]:
+    import kraft.controller.replication
+
+    def only_fencing(image: Any, request: Any, joining: list[int]) -> str | None:
+        # Before KIP-903: a fenced joiner is refused, its incarnation is not looked at.
+        fenced = [b for b in joining if b not in image.brokers or image.brokers[b].fenced]
+        return f"brokers {fenced} are fenced" if fenced else None
+
+    return [(kraft.controller.replication, "ineligible_joiners", only_fencing)]
+
+
 REGISTRY: dict[str, PlantedBug] = {
     bug.name: bug
     for bug in (
@@ -131,19 +151,21 @@ REGISTRY: dict[str, PlantedBug] = {
             name="no-unclean-shutdown-detection",
             recreates="KIP-966: a broker that lost its unflushed tail in an unclean "
             "shutdown rejoins as an eligible leader",
-            wrong="the controller treats every registration as a clean restart",
-            scenario="power-losses",
-            found_as=("lost",),
-            pending="the controller's KIP-966 handling (issue 13, in progress elsewhere)",
+            wrong="the controller treats every registration as a clean restart: a "
+            "crashed replica keeps its ISR place and may lead with its shortened log",
+            scenario="lone-leader-crashes",
+            found_as=("lost", "inconsistent-offsets", "hwm-regression", "node-died"),
+            patches=_no_unclean_shutdown_detection,
         ),
         PlantedBug(
             name="stale-alter-partition",
             recreates="KIP-903: an AlterPartition naming a replica's older broker epoch "
             "puts a restarted, emptied replica back in the ISR",
-            wrong="the controller does not compare the broker epochs in AlterPartition",
-            scenario="power-losses",
-            found_as=("lost",),
-            pending="the controller's KIP-903 checks (issue 13, in progress elsewhere)",
+            wrong="the controller does not compare the broker epochs in AlterPartition: "
+            "a leader's view of a follower from before its crash puts it back in the ISR",
+            scenario="cut-off-follower-crashes",
+            found_as=("lost", "inconsistent-offsets", "hwm-regression", "node-died"),
+            patches=_stale_alter_partition,
         ),
     )
 }

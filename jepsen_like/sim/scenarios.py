@@ -24,7 +24,9 @@ class Scenario:
     interval_s: float = 2.0
     fault_duration_s: float = 2.0
     rate: float = 100.0
+    nodes: int = 3
     settings: tuple[tuple[str, int], ...] = ()  # over run.CLUSTER_SETTINGS
+    topic_configs: tuple[tuple[str, str], ...] = ()  # of the workload's topic
 
     def config(self, seed: int, **more: Any) -> SimConfig:
         """The SimConfig of one seed of this scenario (`more` overrides any field)."""
@@ -35,6 +37,8 @@ class Scenario:
             "fault_duration_s": self.fault_duration_s,
             "rate": self.rate,
             "settings": self.settings,
+            "topic_configs": self.topic_configs,
+            "nodes": self.nodes,
         }
         fields.update(more)
         return SimConfig(seed=seed, **fields)
@@ -77,10 +81,46 @@ SCENARIOS: dict[str, Scenario] = {
             fault_duration_s=3.0,
         ),
         Scenario(
+            name="crashes",
+            about="one machine at a time loses its unsynced writes (and maybe tears its "
+            "last one), or a partition leader is killed, every second: crashed replicas "
+            "come back with shorter logs while the others still count on theirs",
+            faults=("crash", "kill-leader"),
+            interval_s=1.0,
+            fault_duration_s=1.0,
+        ),
+        Scenario(
+            name="lone-leader-crashes",
+            about="KIP-966's case, on purpose: partition 0's followers die one by one "
+            "(the last is an eligible leader replica), then its lone leader crashes and "
+            "returns first, with a shorter log",
+            faults=("crash-lone-leader",),
+            time_s=12.0,
+            interval_s=0.5,
+            fault_duration_s=1.0,
+        ),
+        Scenario(
+            name="cut-off-follower-crashes",
+            about="KIP-903's case, on purpose: a follower of partition 0 crashes and "
+            "comes back cut off from its leader, which is then killed",
+            faults=("crash-follower-cut-off",),
+            nodes=5,  # a controller outside partition 0's three replicas
+            time_s=20.0,
+            interval_s=0.5,
+            fault_duration_s=1.0,
+        ),
+        Scenario(
             name="power-losses",
-            about="machines losing their unsynced writes, one or all at once (lossy by "
-            "design without flush.messages: for planted controller bugs to come)",
-            faults=LOSSY_FAULTS,
+            about="every machine loses its unsynced writes at once, or one does (lossy "
+            "by design without flush.messages: it shows that risk)",
+            faults=(*LOSSY_FAULTS, "crash"),
+        ),
+        Scenario(
+            name="power-losses-flushed",
+            about="power-losses, with the topic's flush.messages=1: every acknowledged "
+            "write is on the disk of every ISR member, so nothing acknowledged is lost",
+            faults=(*LOSSY_FAULTS, "crash"),
+            topic_configs=(("flush.messages", "1"),),
         ),
     )
 }

@@ -66,16 +66,25 @@ def test_planted_list_names_each_bug_with_the_issue_it_recreates(capsys) -> None
     for bug in planted.REGISTRY.values():
         assert bug.name in printed
         assert bug.recreates in printed
-    assert "KAFKA-15489" in printed
-    for pending in ("no-unclean-shutdown-detection", "stale-alter-partition"):
-        assert f"{pending}  [not built yet" in printed
+    assert "KAFKA-15489" in printed and "KIP-966" in printed and "KIP-903" in printed
+    assert "not built yet" not in printed  # every bug of issue 13 is built
 
 
-def test_a_bug_not_built_yet_is_refused(capsys) -> None:
-    assert sim_cli.main(_sim_args("--planted", "stale-alter-partition", "--seeds", "1")) == 2
-    assert "not built yet" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="not built yet"):
-        planted.get("no-unclean-shutdown-detection")
+def test_every_planted_bug_of_issue_13_is_built() -> None:
+    wanted = {
+        "no-check-quorum",
+        "unpersisted-vote",
+        "no-unclean-shutdown-detection",
+        "stale-alter-partition",
+        "follower-skips-truncation",
+        "hwm-ignores-followers",
+    }
+    assert wanted <= set(planted.PLANTED_BUGS)
+
+
+def test_an_unknown_bug_is_refused(capsys) -> None:
+    assert sim_cli.main(_sim_args("--planted", "no-such-bug", "--seeds", "1")) == 2
+    assert "unknown planted bug" in capsys.readouterr().out
 
 
 def test_planting_restores_the_production_code() -> None:
