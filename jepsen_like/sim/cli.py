@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import random
 import time
 from typing import Any
 
+import attrs
+
 from jepsen_like.report import describe_report
-from jepsen_like.sim import planted
+from jepsen_like.sim import hostile, planted
 from jepsen_like.sim.runner import (
     LOSSY_FAULTS,
     SIM_FAULTS,
@@ -53,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--planted",
         help=f"a deliberate bug to find, or 'list': {', '.join(planted.PLANTED_BUGS)}",
     )
+    parser.add_argument(
+        "--hostile",
+        type=int,
+        default=0,
+        help="also send this many hostile requests per seed (jepsen_like/sim/hostile.py)",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
 
 
@@ -77,7 +86,13 @@ def _config(args: argparse.Namespace, seed: int, out: str | None = None) -> SimC
         more["faults"] = faults
     if args.time is not None:
         more["time_s"] = args.time
-    return SCENARIOS[_scenario_name(args)].config(seed, **more)
+    config = SCENARIOS[_scenario_name(args)].config(seed, **more)
+    if args.hostile:
+        rng = random.Random(f"hostile-{seed}")
+        config = attrs.evolve(
+            config, hostile=hostile.random_requests(rng, args.hostile, config.time_s)
+        )
+    return config
 
 
 def _replay_options(args: argparse.Namespace) -> str:
@@ -85,6 +100,7 @@ def _replay_options(args: argparse.Namespace) -> str:
     options += f" --planted {args.planted}" if args.planted else ""
     options += f" --faults {args.faults}" if args.faults is not None else ""
     options += f" --time {args.time:g}" if args.time is not None else ""
+    options += f" --hostile {args.hostile}" if args.hostile else ""
     return options + (f" --nodes {args.nodes}" if args.nodes is not None else "")
 
 

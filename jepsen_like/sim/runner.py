@@ -31,13 +31,16 @@ from broker.cluster_plan import plan_cluster
 from client.protocol import environment
 from jepsen_like.checkers import Finding
 from jepsen_like.history import History
-from jepsen_like.run import CLUSTER_SETTINGS, RunConfig, RunResult, drive
+from jepsen_like.run import CLUSTER_SETTINGS, TOPIC, RunConfig, RunResult, drive
+from jepsen_like.sim import hostile
 from jepsen_like.sim.cluster import HARNESS, SimCluster
+from jepsen_like.sim.hostile import HostileRequest
 from jepsen_like.sim.invariants import CHECK_INTERVAL_S, InvariantChecker, InvariantVerdict
 from jepsen_like.sim.network import SimNetwork
 from jepsen_like.sim.planted import planted
 
 FIRST_PORT = 19_000
+HOSTILE_START_S = 2.0
 SIM_FAULTS = (
     "kill",
     "crash",
@@ -88,6 +91,8 @@ class SimConfig:
     settings: tuple[tuple[str, int], ...] = ()
     # More settings of the workload's topic, e.g. (("flush.messages", "1"),).
     topic_configs: tuple[tuple[str, str], ...] = ()
+    # Sent to the nodes' listeners while the workload runs (jepsen_like/sim/hostile.py).
+    hostile: tuple[HostileRequest, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -235,6 +240,8 @@ async def _simulate(config: SimConfig) -> SimResult:
             assert isinstance(clock, JumpingClock)
             clock.watch(CHECK_INTERVAL_S, checker.check_now)
             with environment.using(harness):
+                if config.hostile:
+                    nursery.start_soon(_hostile_peer, cluster, config.hostile)
                 try:
                     result = await drive(
                         run_config,
@@ -265,6 +272,12 @@ async def _simulate(config: SimConfig) -> SimResult:
         ops=len(history.ops),
         summary=result.summary,
     )
+
+
+async def _hostile_peer(cluster: SimCluster, requests: tuple[HostileRequest, ...]) -> None:
+    # After the cluster is up and the workload's topic exists.
+    await trio.sleep(HOSTILE_START_S)
+    await hostile.send_all(cluster, requests, topic=TOPIC)
 
 
 def _failed_run(error: Exception, checker: InvariantChecker, config: SimConfig) -> RunResult:
