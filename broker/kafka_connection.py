@@ -7,8 +7,10 @@ then on this module owns the connection:
 - framing by `KafkaFrameDecoder`: the 4-byte size is checked against
   `socket_request_max_bytes` (Kafka's default, 100 MiB) before a body byte is kept;
 - requests are decoded at once, handled concurrently (a long-polling Fetch does not
-  hold a Metadata behind it in the handler) but answered strictly in request order,
-  as Kafka's channel muting guarantees (clients close on a correlation-id mismatch);
+  hold a Metadata behind it in the handler) but started in request order, so a
+  connection's Produce requests append in the order sent, and answered strictly in
+  request order, as Kafka's channel muting guarantees (clients close on a
+  correlation-id mismatch);
 - an acks=0 Produce takes its place in line and sends nothing;
 - answers a peer has not taken are bounded per connection by the native server's
   `_Backlog` (past `RESPONSE_BYTES_UNSENT_MAX` no new request is read), and written by
@@ -105,6 +107,28 @@ def _frame(header: Any, key: int, version: int, response: Any) -> bytes:
     return cast(bytes, encode_response(header, key, version, response))
 
 
+class _Turns:
+    """Handlers of one connection start in request order.
+
+    trio does not run newly started tasks in the order they were started, and two
+    Produce requests pipelined on one connection for one partition must be appended
+    in the order sent (Kafka's channel muting gives that; librdkafka pipelines up to
+    max.in.flight requests per broker). Each handler waits until the previous one
+    has started, and starts with no checkpoint before its first await, so its
+    synchronous part (the appends) runs before the next handler's; after that,
+    handlers wait (acks=all, long-polling fetches) concurrently.
+    """
+
+    def __init__(self) -> None:
+        self._last = trio.Event()
+        self._last.set()
+
+    def take(self) -> tuple[trio.Event, trio.Event]:
+        """(the previous handler's start, this handler's) for the next request."""
+        previous, self._last = self._last, trio.Event()
+        return previous, self._last
+
+
 class KafkaConnections:
     def __init__(
         self,
@@ -138,6 +162,7 @@ class KafkaConnections:
         decoder = KafkaFrameDecoder(self.frame_bytes_max)
         send_slot, receive_slot = trio.open_memory_channel[_Slot](MAX_IN_FLIGHT_PER_CONNECTION)
         backlog = _Backlog()
+        turns = _Turns()
         try:
             async with stream, trio.open_nursery() as nursery:
                 nursery.start_soon(RpcServer._write_in_order, stream, receive_slot, backlog)
@@ -147,7 +172,7 @@ class KafkaConnections:
                         frames = decoder.feed(data)
                         for frame in frames:
                             await backlog.wait_room()
-                            slot = self._start(nursery, frame, backlog)
+                            slot = self._start(nursery, frame, backlog, turns)
                             await send_slot.send(slot)
                     except KafkaCodecError as error:
                         self.malformed_requests += 1
@@ -158,7 +183,9 @@ class KafkaConnections:
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away; nothing to answer
 
-    def _start(self, nursery: trio.Nursery, frame: bytes, backlog: _Backlog) -> _Slot:
+    def _start(
+        self, nursery: trio.Nursery, frame: bytes, backlog: _Backlog, turns: _Turns
+    ) -> _Slot:
         """Decode one request and start answering it; its slot in the line of answers."""
         try:
             header, request, trailing = decode_request_lenient(frame)
@@ -175,7 +202,8 @@ class KafkaConnections:
         if trailing:
             self.requests_with_trailing_bytes += 1
         slot = _Slot(header.correlation_id)
-        nursery.start_soon(self._answer, slot, header, request, backlog)
+        previous, mine = turns.take()
+        nursery.start_soon(self._answer, slot, header, request, backlog, previous, mine)
         return slot
 
     def _fallback(self) -> Any:
@@ -191,8 +219,21 @@ class KafkaConnections:
         slot.done.set()
         return slot
 
-    async def _answer(self, slot: _Slot, header: Any, request: Any, backlog: _Backlog) -> None:
+    async def _answer(
+        self,
+        slot: _Slot,
+        header: Any,
+        request: Any,
+        backlog: _Backlog,
+        previous: trio.Event,
+        mine: trio.Event,
+    ) -> None:
         key, version = header.request_api_key, header.request_api_version
+        if not previous.is_set():
+            await previous.wait()
+        # No checkpoint from here to the handler's first await: a Produce appends its
+        # batches before the next request of this connection is even looked at.
+        mine.set()
         try:
             response = await self.apis.handle(header, request)
         except KafkaError as error:  # a user error concerning the whole request

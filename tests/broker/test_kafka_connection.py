@@ -29,6 +29,7 @@ class FakeApis:
 
     def __init__(self) -> None:
         self.fast_done = trio.Event()
+        self.appended: list[int] = []
 
     def serves(self, api_key: int, api_version: int) -> bool:
         low, high = self.SERVED.get(api_key, (1, 0))
@@ -38,6 +39,8 @@ class FakeApis:
         if header.request_api_key == 18:
             return messages.ApiVersionsResponse()
         if header.request_api_key == 0:
+            self.appended.append(header.correlation_id)  # before any checkpoint, as DataApis
+            await trio.sleep(0)
             return None if request.acks == 0 else messages.ProduceResponse()
         (topic,) = request.topics
         if topic.name == "slow":
@@ -165,3 +168,19 @@ async def test_a_broken_invariant_in_a_handler_stops_the_server() -> None:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
             await stream.send_all(metadata("invariant", 1))
             await trio.sleep_forever()
+
+
+async def test_pipelined_produce_requests_append_in_the_order_sent() -> None:
+    """trio starts tasks in no fixed order; a connection's Produces must not be reordered."""
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            apis = FakeApis()
+            port, _ = await start(nursery, apis)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"".join(produce(1, i) for i in range(200)))
+            reader = Reader(stream)
+            for _ in range(200):
+                assert await reader.frame() is not None
+            assert apis.appended == list(range(200))
+            await stream.aclose()
+            nursery.cancel_scope.cancel()

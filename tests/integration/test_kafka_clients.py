@@ -367,6 +367,12 @@ def test_a_malformed_kafka_frame_closes_only_its_connection(cluster: LocalCluste
         _, answer = decode_response(body, 18, 0)
         assert answer.error_code == 35
         assert {k.api_key: (k.min_version, k.max_version) for k in answer.api_keys}[0] == (0, 9)
+        # v4: the codec reads it, but it is not served: the same v0 answer.
+        v4 = bytearray(api_versions)
+        struct.pack_into(">h", v4, 6, 4)
+        newer.sendall(bytes(v4))
+        body = _read_frame(newer)
+        assert body is not None and decode_response(body, 18, 0)[1].error_code == 35
         # The first connection is still served, and pipelined answers come in order.
         good.sendall(b"".join(_frame(18, 3, messages.ApiVersionsRequest(), c) for c in range(5)))
         for correlation_id in range(5):
@@ -655,3 +661,29 @@ def test_every_served_version_of_every_api(cluster: LocalCluster) -> None:
         assert sorted(v.replica_id for v in quorum.current_voters) == cluster.controller_ids
         assert quorum.high_watermark > 0
         assert all((v.last_fetch_timestamp != -1) == (version >= 1) for v in quorum.current_voters)
+
+
+def test_acks_0_and_a_fetch_naming_a_partition_twice(cluster: LocalCluster) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "acks0", 1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=0, enable_idempotence=False)
+    try:
+        for i in range(100):
+            producer.send("acks0", value=b"%d" % i)
+        producer.flush(timeout=WAIT_S)
+    finally:
+        producer.close()
+    records = kafka_python_consume(bootstrap, "acks0", 1, 100)
+    assert [r.value for r in records] == [b"%d" % i for i in range(100)]
+
+    F = messages.FetchRequest
+    twice = F.FetchPartition(partition=0, fetch_offset=0, partition_max_bytes=1 << 20)
+    request = F(
+        replica_id=-1,
+        max_wait_ms=0,
+        max_bytes=1 << 20,
+        topics=(F.FetchTopic(topic="acks0", partitions=(twice, twice)),),
+    )
+    answer = _ask(cluster.address(cluster.broker_ids[0], "PLAINTEXT"), 1, 12, request)
+    assert answer.error_code == 42  # INVALID_REQUEST, for the whole fetch
+    assert [p.error_code for p in answer.responses[0].partitions] == [42, 42]
