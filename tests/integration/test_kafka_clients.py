@@ -687,3 +687,74 @@ def test_acks_0_and_a_fetch_naming_a_partition_twice(cluster: LocalCluster) -> N
     answer = _ask(cluster.address(cluster.broker_ids[0], "PLAINTEXT"), 1, 12, request)
     assert answer.error_code == 42  # INVALID_REQUEST, for the whole fetch
     assert [p.error_code for p in answer.responses[0].partitions] == [42, 42]
+
+
+FAILOVER_SETTINGS = {
+    "election_timeout_ms": 500,
+    "fetch_timeout_ms": 1000,
+    "request_timeout_ms": 1000,
+    "broker_session_timeout_ms": 3000,
+    "broker_heartbeat_interval_ms": 300,
+}
+
+
+def test_confluent_producer_through_a_sigkilled_partition_leader(tmp_path: Any) -> None:
+    """Every record librdkafka saw acknowledged (acks=all) is read back, in order per
+    partition (one request in flight per connection, so retries keep the order)."""
+    with LocalCluster(str(tmp_path), combined=3, **FAILOVER_SETTINGS) as failing:
+        failing.start_all()
+        bootstrap = failing.bootstrap_servers()
+        create_topic(bootstrap, "failover", 3)
+        host, port = failing.address(failing.broker_ids[0], "PLAINTEXT")
+        Topic = messages.MetadataRequest.MetadataRequestTopic
+        answer = _ask(
+            (host, port), 3, 12, messages.MetadataRequest(topics=(Topic(name="failover"),))
+        )
+        victim = answer.topics[0].partitions[0].leader_id
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "linger.ms": 5,
+                "max.in.flight.requests.per.connection": 1,
+                "message.timeout.ms": 90_000,
+                "partitioner": "murmur2_random",
+            }
+        )
+        acked: list[tuple[int, int, int]] = []  # (partition, offset, sequence)
+        failed: list[Any] = []
+
+        def on_delivery(error: Any, message: Any) -> None:
+            if error is None:
+                acked.append((message.partition(), message.offset(), int(message.value())))
+            else:
+                failed.append(error)
+
+        total = 6000
+        for sequence in range(total):
+            producer.produce(
+                "failover", key=b"%d" % (sequence % 101), value=b"%d" % sequence,
+                on_delivery=on_delivery,
+            )  # fmt: skip
+            producer.poll(0)
+            if sequence == total // 3:
+                assert producer.flush(WAIT_S) == 0
+                failing.kill(victim)
+            time.sleep(0.0005)  # the rest goes on while the leader is gone
+        producer.flush(WAIT_S)
+        # Retried through the failover, not lost (message.timeout.ms is far off).
+        assert (len(acked), failed) == (total, []), failed[:3]
+        records = confluent_consume(bootstrap, "failover", 3, len(acked))
+        read = {(m.partition(), int(m.value())) for m in records}
+        assert {(p, s) for p, _, s in acked} <= read
+        for partition in range(3):
+            first_seen: list[int] = []
+            seen: set[int] = set()
+            for message in sorted(
+                (m for m in records if m.partition() == partition), key=lambda m: m.offset()
+            ):
+                sequence = int(message.value())
+                if sequence not in seen:
+                    seen.add(sequence)
+                    first_seen.append(sequence)
+            assert first_seen == sorted(first_seen), partition  # duplicates only, never reordered
