@@ -404,10 +404,13 @@ def test_pykraft_server_default_then_kcat_list(tmp_path: Any) -> None:
     try:
         assert server.stdout is not None
         deadline = time.monotonic() + WAIT_S
+        said = []
         for line in server.stdout:
+            said.append(line)
             if b"ready" in line:
                 break
             assert time.monotonic() < deadline
+        assert b"ready" in said[-1], b"".join(said).decode()  # not exited before ready
         bootstrap = f"127.0.0.1:{broker_port}"
         if KCAT is not None:
             done = subprocess.run(
