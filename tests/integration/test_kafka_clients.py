@@ -410,7 +410,7 @@ def test_pykraft_server_default_then_kcat_list(tmp_path: Any) -> None:
             if b"ready" in line:
                 break
             assert time.monotonic() < deadline
-        assert b"ready" in said[-1], b"".join(said).decode()  # not exited before ready
+        assert said and b"ready" in said[-1], b"".join(said).decode()  # not exited first
         bootstrap = f"127.0.0.1:{broker_port}"
         if KCAT is not None:
             done = subprocess.run(
