@@ -30,6 +30,7 @@ from typing import Any, TypeVar, cast
 
 import attrs
 
+from broker import kafka_errors
 from broker.broker_apis import BrokerApis, metadata
 from broker.data_apis import DataApis
 from client.protocol.apis import ApiKey
@@ -69,7 +70,7 @@ from kraft.controller.messages import (
 from kraft.controller.quorum_controller import describe_cluster
 from kraft.controller.replication import CreateTopic, TopicOutcome
 
-ZERO_UUID = uuid.UUID(int=0)
+ZERO_UUID = kafka_errors.ZERO_UUID
 OFFSET_FOR_LEADER_EPOCH_KEY = 23
 # CreateTopics with num_partitions / replication_factor -1 (v4+, KIP-464) takes the
 # broker's num.partitions and default.replication.factor; Kafka's defaults are 1.
@@ -106,41 +107,56 @@ class KafkaApis:
             API_VERSIONS_KEY: Served(
                 low=0, high=3, handle=self._api_versions, error=self._api_versions_error
             ),
-            ApiKey.METADATA: Served(low=0, high=12, handle=self._metadata, error=_metadata_error),
-            ApiKey.PRODUCE: Served(low=0, high=9, handle=self._produce, error=_produce_error),
-            ApiKey.FETCH: Served(low=4, high=12, handle=self._fetch, error=_fetch_error),
+            ApiKey.METADATA: Served(
+                low=0, high=12, handle=self._metadata, error=kafka_errors.metadata_error
+            ),
+            ApiKey.PRODUCE: Served(
+                low=0, high=9, handle=self._produce, error=kafka_errors.produce_error
+            ),
+            ApiKey.FETCH: Served(
+                low=4, high=12, handle=self._fetch, error=kafka_errors.fetch_error
+            ),
             ApiKey.LIST_OFFSETS: Served(
-                low=1, high=7, handle=self._list_offsets, error=_list_offsets_error
+                low=1, high=7, handle=self._list_offsets, error=kafka_errors.list_offsets_error
             ),
             ApiKey.DELETE_RECORDS: Served(
-                low=0, high=2, handle=self._delete_records, error=_delete_records_error
+                low=0, high=2, handle=self._delete_records, error=kafka_errors.delete_records_error
             ),
             ApiKey.CREATE_TOPICS: Served(
-                low=2, high=7, handle=self._create_topics, error=_create_topics_error
+                low=2, high=7, handle=self._create_topics, error=kafka_errors.create_topics_error
             ),
             ApiKey.DELETE_TOPICS: Served(
-                low=1, high=6, handle=self._delete_topics, error=_delete_topics_error
+                low=1, high=6, handle=self._delete_topics, error=kafka_errors.delete_topics_error
             ),
             ApiKey.CREATE_PARTITIONS: Served(
-                low=0, high=3, handle=self._create_partitions, error=_create_partitions_error
+                low=0,
+                high=3,
+                handle=self._create_partitions,
+                error=kafka_errors.create_partitions_error,
             ),
             ApiKey.DESCRIBE_CLUSTER: Served(
-                low=0, high=1, handle=self._describe_cluster, error=_describe_cluster_error
+                low=0,
+                high=1,
+                handle=self._describe_cluster,
+                error=kafka_errors.describe_cluster_error,
             ),
             ApiKey.INCREMENTAL_ALTER_CONFIGS: Served(
                 low=0,
                 high=1,
                 handle=self._incremental_alter_configs,
-                error=_incremental_alter_configs_error,
+                error=kafka_errors.incremental_alter_configs_error,
             ),
             ApiKey.DESCRIBE_QUORUM: Served(
-                low=0, high=1, handle=self._describe_quorum, error=_describe_quorum_error
+                low=0,
+                high=1,
+                handle=self._describe_quorum,
+                error=kafka_errors.describe_quorum_error,
             ),
             OFFSET_FOR_LEADER_EPOCH_KEY: Served(
                 low=2,
                 high=4,
                 handle=self._offset_for_leader_epoch,
-                error=_offset_for_leader_epoch_error,
+                error=kafka_errors.offset_for_leader_epoch_error,
             ),
         }
         for key, served in self.served.items():
@@ -288,7 +304,7 @@ class KafkaApis:
                             error_code=p.error_code,
                             base_offset=p.base_offset,
                             log_start_offset=p.log_start_offset if version >= 5 else -1,
-                            error_message=_message(version, 8, p.error_message),
+                            error_message=kafka_errors.message_in(version, 8, p.error_message),
                         )
                         for p in topic.partitions
                     ),
@@ -561,7 +577,7 @@ class KafkaApis:
                 name=outcome.name,
                 topic_id=_uuid(image.topic_ids.get(outcome.name)) if version >= 6 else ZERO_UUID,
                 error_code=outcome.error_code,
-                error_message=_message(version, 5, outcome.message),
+                error_message=kafka_errors.message_in(version, 5, outcome.message),
             )
             for outcome in outcomes
         ]
@@ -723,185 +739,3 @@ class KafkaApis:
 
 def _uuid(topic_id: str | None) -> uuid.UUID:
     return ZERO_UUID if topic_id is None else uuid.UUID(topic_id)
-
-
-def _message(version: int, since: int, message: str) -> str | None:
-    """An error message, in versions that carry one (null when there is none)."""
-    return message if version >= since and message else None
-
-
-# ---------------------------------------------------------------------- error answers
-# Each puts `code` at every topic or partition the request named (Kafka's
-# getErrorResponse), and at the top where the API has a place for it.
-
-
-def _metadata_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.MetadataResponse
-    return Response(
-        topics=tuple(
-            Response.MetadataResponseTopic(
-                error_code=code,
-                name=topic.name,
-                topic_id=topic.topic_id if version >= 10 else ZERO_UUID,
-            )
-            for topic in request.topics or ()
-        )
-    )
-
-
-def _produce_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.ProduceResponse
-    if request.acks == 0:
-        return None
-    return Response(
-        responses=tuple(
-            Response.TopicProduceResponse(
-                name=topic.name,
-                partition_responses=tuple(
-                    Response.PartitionProduceResponse(
-                        index=p.index,
-                        error_code=code,
-                        base_offset=-1,
-                        error_message=_message(version, 8, message),
-                    )
-                    for p in topic.partition_data
-                ),
-            )
-            for topic in request.topic_data
-        )
-    )
-
-
-def _fetch_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.FetchResponse
-    return Response(
-        error_code=code if version >= 7 else 0,
-        responses=tuple(
-            Response.FetchableTopicResponse(
-                topic=topic.topic,
-                partitions=tuple(
-                    Response.PartitionData(
-                        partition_index=p.partition, error_code=code, high_watermark=-1
-                    )
-                    for p in topic.partitions
-                ),
-            )
-            for topic in request.topics
-        ),
-    )
-
-
-def _list_offsets_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.ListOffsetsResponse
-    return Response(
-        topics=tuple(
-            Response.ListOffsetsTopicResponse(
-                name=topic.name,
-                partitions=tuple(
-                    Response.ListOffsetsPartitionResponse(
-                        partition_index=p.partition_index, error_code=code
-                    )
-                    for p in topic.partitions
-                ),
-            )
-            for topic in request.topics
-        )
-    )
-
-
-def _delete_records_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.DeleteRecordsResponse
-    return Response(
-        topics=tuple(
-            Response.DeleteRecordsTopicResult(
-                name=topic.name,
-                partitions=tuple(
-                    Response.DeleteRecordsPartitionResult(
-                        partition_index=p.partition_index, low_watermark=-1, error_code=code
-                    )
-                    for p in topic.partitions
-                ),
-            )
-            for topic in request.topics
-        )
-    )
-
-
-def _create_topics_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.CreateTopicsResponse
-    return Response(
-        topics=tuple(
-            Response.CreatableTopicResult(name=t.name, error_code=code, error_message=message)
-            for t in request.topics
-        )
-    )
-
-
-def _delete_topics_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.DeleteTopicsResponse
-    if version >= 6:
-        named = [(t.name, t.topic_id) for t in request.topics]
-    else:
-        named = [(name, ZERO_UUID) for name in request.topic_names]
-    return Response(
-        responses=tuple(
-            Response.DeletableTopicResult(
-                name=name,
-                topic_id=topic_id,
-                error_code=code,
-                error_message=_message(version, 5, message),
-            )
-            for name, topic_id in named
-        )
-    )
-
-
-def _create_partitions_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.CreatePartitionsResponse
-    return Response(
-        results=tuple(
-            Response.CreatePartitionsTopicResult(
-                name=t.name, error_code=code, error_message=message or None
-            )
-            for t in request.topics
-        )
-    )
-
-
-def _describe_cluster_error(request: Any, version: int, code: int, message: str) -> Any:
-    return kafka.DescribeClusterResponse(error_code=code, error_message=message or None)
-
-
-def _offset_for_leader_epoch_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.OffsetForLeaderEpochResponse
-    return Response(
-        topics=tuple(
-            Response.OffsetForLeaderTopicResult(
-                topic=topic.topic,
-                partitions=tuple(
-                    Response.EpochEndOffset(partition=p.partition, error_code=code)
-                    for p in topic.partitions
-                ),
-            )
-            for topic in request.topics
-        )
-    )
-
-
-def _incremental_alter_configs_error(request: Any, version: int, code: int, message: str) -> Any:
-    Response = kafka.IncrementalAlterConfigsResponse
-    return Response(
-        responses=tuple(
-            Response.AlterConfigsResourceResponse(
-                error_code=code,
-                error_message=message or None,
-                resource_type=r.resource_type,
-                resource_name=r.resource_name,
-            )
-            for r in request.resources
-        )
-    )
-
-
-def _describe_quorum_error(request: Any, version: int, code: int, message: str) -> Any:
-    return kafka.DescribeQuorumResponse(error_code=code)

@@ -1,0 +1,192 @@
+"""Whole-request error answers of the Kafka listener, one per API.
+
+Each puts `code` at every topic or partition the request named (Kafka's
+getErrorResponse), and at the top where the API has a place for it; the shapes differ
+per API, so each has its builder.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from client.protocol.kafka import messages as kafka
+
+ZERO_UUID = uuid.UUID(int=0)  # "no topic id", in versions that carry one
+
+
+def message_in(version: int, since: int, message: str) -> str | None:
+    """An error message, in versions that carry one (null when there is none)."""
+    return message if version >= since and message else None
+
+
+def metadata_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.MetadataResponse
+    return Response(
+        topics=tuple(
+            Response.MetadataResponseTopic(
+                error_code=code,
+                name=topic.name,
+                topic_id=topic.topic_id if version >= 10 else ZERO_UUID,
+            )
+            for topic in request.topics or ()
+        )
+    )
+
+
+def produce_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.ProduceResponse
+    if request.acks == 0:
+        return None
+    return Response(
+        responses=tuple(
+            Response.TopicProduceResponse(
+                name=topic.name,
+                partition_responses=tuple(
+                    Response.PartitionProduceResponse(
+                        index=p.index,
+                        error_code=code,
+                        base_offset=-1,
+                        error_message=message_in(version, 8, message),
+                    )
+                    for p in topic.partition_data
+                ),
+            )
+            for topic in request.topic_data
+        )
+    )
+
+
+def fetch_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.FetchResponse
+    return Response(
+        error_code=code if version >= 7 else 0,
+        responses=tuple(
+            Response.FetchableTopicResponse(
+                topic=topic.topic,
+                partitions=tuple(
+                    Response.PartitionData(
+                        partition_index=p.partition, error_code=code, high_watermark=-1
+                    )
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        ),
+    )
+
+
+def list_offsets_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.ListOffsetsResponse
+    return Response(
+        topics=tuple(
+            Response.ListOffsetsTopicResponse(
+                name=topic.name,
+                partitions=tuple(
+                    Response.ListOffsetsPartitionResponse(
+                        partition_index=p.partition_index, error_code=code
+                    )
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        )
+    )
+
+
+def delete_records_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.DeleteRecordsResponse
+    return Response(
+        topics=tuple(
+            Response.DeleteRecordsTopicResult(
+                name=topic.name,
+                partitions=tuple(
+                    Response.DeleteRecordsPartitionResult(
+                        partition_index=p.partition_index, low_watermark=-1, error_code=code
+                    )
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        )
+    )
+
+
+def create_topics_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.CreateTopicsResponse
+    return Response(
+        topics=tuple(
+            Response.CreatableTopicResult(name=t.name, error_code=code, error_message=message)
+            for t in request.topics
+        )
+    )
+
+
+def delete_topics_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.DeleteTopicsResponse
+    if version >= 6:
+        named = [(t.name, t.topic_id) for t in request.topics]
+    else:
+        named = [(name, ZERO_UUID) for name in request.topic_names]
+    return Response(
+        responses=tuple(
+            Response.DeletableTopicResult(
+                name=name,
+                topic_id=topic_id,
+                error_code=code,
+                error_message=message_in(version, 5, message),
+            )
+            for name, topic_id in named
+        )
+    )
+
+
+def create_partitions_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.CreatePartitionsResponse
+    return Response(
+        results=tuple(
+            Response.CreatePartitionsTopicResult(
+                name=t.name, error_code=code, error_message=message or None
+            )
+            for t in request.topics
+        )
+    )
+
+
+def describe_cluster_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.DescribeClusterResponse(error_code=code, error_message=message or None)
+
+
+def offset_for_leader_epoch_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.OffsetForLeaderEpochResponse
+    return Response(
+        topics=tuple(
+            Response.OffsetForLeaderTopicResult(
+                topic=topic.topic,
+                partitions=tuple(
+                    Response.EpochEndOffset(partition=p.partition, error_code=code)
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        )
+    )
+
+
+def incremental_alter_configs_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.IncrementalAlterConfigsResponse
+    return Response(
+        responses=tuple(
+            Response.AlterConfigsResourceResponse(
+                error_code=code,
+                error_message=message or None,
+                resource_type=r.resource_type,
+                resource_name=r.resource_name,
+            )
+            for r in request.resources
+        )
+    )
+
+
+def describe_quorum_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.DescribeQuorumResponse(error_code=code)
