@@ -45,6 +45,7 @@ from storage.segment import (
     CorruptSegmentError,
     LogSegment,
 )
+from storage.swap import cleaned_path, finish_interrupted_swaps, swap_path
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ class LogConfig:
     # loop); the log only counts what is not yet durable.
     flush_messages: int | None = None
     flush_ms: int | None = None
+    # A compacted topic's log (cleanup.policy includes compact, now or once) has gaps
+    # between batches: the cleaner drops whole batches, and a follower copies the
+    # leader's cleaned batches as they are. Kafka accepts such gaps everywhere; here
+    # the log of a never-compacted topic keeps refusing them, since a gap there means
+    # a bug or a flipped base offset (which the CRC does not cover).
+    allow_offset_gaps: bool = False
 
 
 @attrs.frozen
@@ -205,7 +212,10 @@ class SegmentedLog:
             epoch_cache = LeaderEpochCache.load(fs, directory)
             recovery_point = 0
 
-        segments, recovered = _load_segments(fs, directory, config, recovery_point)
+        # A cleaning interrupted after its swap file became durable is carried through
+        # (before, it never happened): the swapped segment's indexes are rebuilt.
+        swapped = finish_interrupted_swaps(fs, directory)
+        segments, recovered = _load_segments(fs, directory, config, recovery_point, swapped)
         if not segments:
             base = stored_start if stored_start is not None else 0
             segments = [LogSegment(fs, directory, base, config.index_interval_bytes)]
@@ -297,8 +307,9 @@ class SegmentedLog:
         self._check_open()
         located = self._validate(batches, max_batch_bytes=self.config.segment_bytes)
         expected = self.log_end_offset
+        gaps = self.config.allow_offset_gaps
         for _, header in located:
-            if header.base_offset != expected:
+            if header.base_offset != expected and not (gaps and header.base_offset > expected):
                 raise NonContiguousOffsetError(
                     f"{self.directory}: batch at offset {header.base_offset} "
                     f"does not follow the log end {expected}"
@@ -398,6 +409,49 @@ class SegmentedLog:
         self._base_offsets.append(segment.base_offset)
         # Syncs the directory too, so the new segment's files are durable names.
         self._write_recovery_point()
+
+    # ------------------------------------------------------------------ compaction hooks
+
+    def inactive_segments(self) -> tuple[LogSegment, ...]:
+        """Every segment but the active one: what a cleaner may rewrite."""
+        return tuple(self._segments[:-1])
+
+    def replace_segments(self, old: list[LogSegment], cleaned: str) -> LogSegment:
+        """Swap a run of inactive segments for the one whose batches the file `cleaned`
+        holds (written and synced under `swap.cleaned_path(directory, old[0].base)`).
+
+        Kafka's protocol: the cleaned file is renamed to a swap name that records the
+        run's offset range (the commit point: from then on, opening the log finishes
+        the swap), the old segments are removed, then the swap takes the first one's
+        name. Each step is made durable before the next, so a crash at any point
+        leaves the log as it was or as cleaned, never both halves at once.
+        """
+        self._check_open()
+        assert self.config.allow_offset_gaps, f"{self.directory}: cleaning a gapless log"
+        assert old, "nothing to replace"
+        first = self._segments.index(old[0])
+        assert self._segments[first : first + len(old)] == old, "not a run of this log"
+        assert first + len(old) < len(self._segments), "the active segment is never replaced"
+        base = old[0].base_offset
+        end = self._segments[first + len(old)].base_offset
+        assert cleaned == cleaned_path(self.directory, base), cleaned
+        swap = swap_path(self.directory, base, end)
+        self.fs.sync_dir(self.directory)
+        self.fs.rename(cleaned, swap)
+        self.fs.sync_dir(self.directory)
+        for segment in old:
+            segment.delete()
+        self.fs.sync_dir(self.directory)
+        self.fs.rename(swap, f"{self.directory}/{base:020d}{LOG_SUFFIX}")
+        replacement = LogSegment(self.fs, self.directory, base, self.config.index_interval_bytes)
+        result = replacement.recover(allow_gaps=True)
+        # The cleaner wrote whole, checked batches; recovery cutting one is a bug.
+        assert result.reason is None, f"{self.directory}: cleaned segment {base}: {result.reason}"
+        replacement.flush()
+        self.fs.sync_dir(self.directory)
+        self._segments[first : first + len(old)] = [replacement]
+        self._base_offsets[first : first + len(old)] = [base]
+        return replacement
 
     # ------------------------------------------------------------------ reading
 
@@ -677,7 +731,11 @@ def _read_offset_or(fs: FileSystem, path: str, default: int | None) -> int | Non
 
 
 def _load_segments(
-    fs: FileSystem, directory: str, config: LogConfig, recovery_point: int | None
+    fs: FileSystem,
+    directory: str,
+    config: LogConfig,
+    recovery_point: int | None,
+    untrusted: frozenset[int] = frozenset(),
 ) -> tuple[list[LogSegment], list[BatchHeader]]:
     """Open every segment; recover those that may hold unsynced data.
 
@@ -700,10 +758,11 @@ def _load_segments(
         segment = LogSegment(fs, directory, base, config.index_interval_bytes)
         next_base = bases[position + 1] if position + 1 < len(bases) else None
         trusted = next_base is not None and next_base <= recovery_point
+        trusted = trusted and base not in untrusted
         if trusted and segment.load_indexes() and segment.rebuild_bookkeeping_from_index():
             pass  # synced before the recovery point moved past it, and it still reads whole
         else:
-            result = segment.recover()
+            result = segment.recover(allow_gaps=config.allow_offset_gaps)
             scanned.extend(result.batches)
             if result.reason is not None:
                 log.warning(
@@ -714,7 +773,10 @@ def _load_segments(
                     result.truncated_bytes,
                     result.reason,
                 )
-        if segments and segments[-1].next_offset != segment.base_offset:
+        follows = segments[-1].next_offset if segments else segment.base_offset
+        if segment.base_offset != follows and not (
+            config.allow_offset_gaps and segment.base_offset > follows
+        ):
             log.warning(
                 "%s: segment %d does not follow offset %d; dropping it and all later ones",
                 directory,

@@ -36,6 +36,7 @@ TIME_INDEX_SUFFIX = ".timeindex"
 SCAN_CHUNK_BYTES = 8 * 1024
 NO_TIMESTAMP = -1
 _BASE_OFFSET = struct.Struct(">q")
+_RELATIVE_OFFSET_MAX = 2**31 - 1  # the offset index keeps i32 offsets from the base
 
 
 def segment_file_name(base_offset: int, suffix: str) -> str:
@@ -263,12 +264,14 @@ class LogSegment:
             return False
         return True
 
-    def recover(self) -> RecoveryResult:
+    def recover(self, *, allow_gaps: bool = False) -> RecoveryResult:
         """Scan every batch, validate length, CRC and offsets; cut at the first bad one.
 
         Rebuilds both indexes and the segment's offset and timestamp bookkeeping.
         Offsets must run on without gaps from the segment's base offset: the base
         offset field is outside the CRC, so this is what catches a flipped bit there.
+        A compacted log's segments have gaps between batches (`allow_gaps`): there
+        offsets need only grow, and stay within the index's relative range.
         """
         self.offset_index.reset()
         self.time_index.reset()
@@ -278,7 +281,13 @@ class LogSegment:
         valid_end = 0
         stopped_because = None
         for location in iterator:
-            if location.header.base_offset != self.next_offset:
+            base_offset = location.header.base_offset
+            in_order = base_offset == self.next_offset or (
+                allow_gaps
+                and base_offset > self.next_offset
+                and location.header.last_offset - self.base_offset <= _RELATIVE_OFFSET_MAX
+            )
+            if not in_order:
                 stopped_because = (
                     f"position {location.position}: base offset "
                     f"{location.header.base_offset}, expected {self.next_offset}"

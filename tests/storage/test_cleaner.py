@@ -1,0 +1,572 @@
+"""Log compaction against a model: the latest value of every key survives every clean.
+
+The model is the list of records appended (offset, key, value, append time). After
+every step, reading the whole log must give a subsequence of the model, in offset
+order, holding for each key its latest record; a key whose latest record is a
+tombstone may have gone only once a clean ran `delete_retention_ms` after it was
+written; null-key records all stay. Crashes (of the in-memory file system, losing what
+was never synced and maybe tearing the last write) happen between steps and in the
+middle of a cleaning, at any of its file-system operations: the reopened log must then
+read as before the cleaning or as after it, one swapped run at a time.
+
+The check can fail: `test_the_model_catches_a_cleaner_that_drops_the_latest_value`
+plants a cleaner whose keep rule is off by one (it drops the record the offset map
+points at, the newest value of its key) and requires the machine to find it.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import struct
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+import storage.cleaner as cleaner
+from storage.cleaner import DELETE_HORIZON_BIT, CleanerConfig, clean
+from storage.fs import MemoryFileSystem
+from storage.log import LogConfig, NonContiguousOffsetError, SegmentedLog
+from storage.records import (
+    Compression,
+    ControlRecordType,
+    Record,
+    RecordInput,
+    build_batch,
+    build_control_batch,
+    compute_crc,
+    iter_batches,
+    iter_records,
+    read_header,
+)
+
+DIRECTORY = "/data/compacted-0"
+CONFIG = LogConfig(
+    segment_bytes=900, index_interval_bytes=150, segment_ms=10**12, allow_offset_gaps=True
+)
+RETENTION_MS = 10_000
+KEYS = [b"a", b"b", b"c", b"d", b"e", b"f"]
+
+
+class CrashNow(Exception):
+    """Raised by CountdownFileSystem at the chosen operation."""
+
+
+class CountdownFileSystem(MemoryFileSystem):
+    """Raises CrashNow before its n-th rename, remove, directory sync or file sync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.countdown: int | None = None
+
+    def _tick(self) -> None:
+        if self.countdown is not None:
+            self.countdown -= 1
+            if self.countdown < 0:
+                self.countdown = None
+                raise CrashNow()
+
+    def rename(self, source: str, target: str) -> None:
+        self._tick()
+        super().rename(source, target)
+
+    def remove(self, path: str) -> None:
+        self._tick()
+        super().remove(path)
+
+    def sync_dir(self, path: str) -> None:
+        self._tick()
+        super().sync_dir(path)
+
+    def sync_latency_hook(self) -> None:
+        self._tick()
+
+
+@attrs.frozen
+class Rec:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def read_all(log: SegmentedLog) -> list[Rec]:
+    """Every record from the log start, following gaps between batches."""
+    out: list[Rec] = []
+    offset = log.log_start_offset
+    while offset < log.log_end_offset:
+        data = log.read(offset, 10_000)
+        if not data:
+            break  # a gap runs up to the (empty) active segment
+        for position, header in iter_batches(data):
+            for record in iter_records(data, position):
+                out.append(Rec(record.offset, record.key, record.value))
+            offset = header.next_offset
+    offsets = [r.offset for r in out]
+    assert offsets == sorted(set(offsets)), "offsets repeat or go back"
+    return out
+
+
+def encode(records: list[tuple[bytes | None, bytes | None]], now: int, gzip: bool) -> bytes:
+    inputs = [RecordInput(key=k, value=v, timestamp=now) for k, v in records]
+    return build_batch(inputs, compression=Compression.GZIP if gzip else Compression.NONE)
+
+
+record_strategy = st.tuples(
+    st.sampled_from([*KEYS, None]) | st.sampled_from(KEYS),
+    st.none() | st.binary(min_size=1, max_size=12),
+)
+
+
+class CleanerMachine(RuleBasedStateMachine):
+    @initialize(seed=st.integers(0, 2**32 - 1))
+    def open_log(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.fs = CountdownFileSystem()
+        self.log = SegmentedLog.open(DIRECTORY, CONFIG, fs=self.fs)
+        self.model: list[tuple[Rec, int]] = []  # (record, append time)
+        self.clock = 1_000
+        self.latest_clean_ms: int | None = None
+        self.durable_end = 0
+
+    # -- helpers
+
+    def cleaner_config(self, ratio: float) -> CleanerConfig:
+        return CleanerConfig(delete_retention_ms=RETENTION_MS, min_cleanable_dirty_ratio=ratio)
+
+    def reopen_after_crash(self, tear: bool) -> None:
+        self.fs.crash(self.rng, tear=tear)
+        self.log = SegmentedLog.open(DIRECTORY, CONFIG, fs=self.fs)
+        assert self.log.log_end_offset >= self.durable_end, "flushed records lost"
+        end = self.log.log_end_offset
+        self.model = [(r, t) for r, t in self.model if r.offset < end]
+        self.durable_end = end
+
+    # -- rules
+
+    @rule(
+        records=st.lists(record_strategy, min_size=1, max_size=5),
+        gzip=st.booleans(),
+        tick=st.integers(0, 4_000),
+        then_roll=st.sampled_from([False, False, True]),
+    )
+    def append(
+        self,
+        records: list[tuple[bytes | None, bytes | None]],
+        gzip: bool,
+        tick: int,
+        then_roll: bool,
+    ) -> None:
+        self.clock += tick
+        info = self.log.append(encode(records, self.clock, gzip), leader_epoch=0)
+        for index, (key, value) in enumerate(records):
+            self.model.append((Rec(info.first_offset + index, key, value), self.clock))
+        if then_roll:
+            self.roll()
+
+    @rule()
+    def flush(self) -> None:
+        self.log.flush()
+        self.durable_end = self.log.log_end_offset
+
+    @rule()
+    def roll(self) -> None:
+        self.log.roll()
+        self.durable_end = self.log.log_end_offset  # a roll syncs the old segment
+
+    @rule(ratio=st.sampled_from([0.0, 0.5, 0.9]), tick=st.integers(0, 12_000))
+    def clean(self, ratio: float, tick: int) -> None:
+        self.clock += tick
+        result = clean(self.log, self.clock, self.cleaner_config(ratio))
+        if result.cleaned:
+            self.latest_clean_ms = self.clock
+        assert result.end_offset <= self.log.active_segment.base_offset
+
+    @rule(ratio=st.sampled_from([0.0, 0.5]), tick=st.integers(0, 12_000), data=st.data())
+    def crash_while_cleaning(self, ratio: float, tick: int, data: st.DataObject) -> None:
+        """Crash at the n-th operation of a clean: before or after, run by run."""
+        self.clock += tick
+        self.log.flush()  # what a crash may lose at the tail is checked elsewhere
+        self.durable_end = self.log.log_end_offset
+        before = read_all(self.log)
+        # The same clean, run to its end on a copy of the disk, gives the "after".
+        twin_fs = copy.deepcopy(self.fs)
+        twin = SegmentedLog.open(DIRECTORY, CONFIG, fs=twin_fs)
+        twin_result = clean(twin, self.clock, self.cleaner_config(ratio))
+        after = read_all(twin)
+        boundaries = sorted({0, *(s.base_offset for s in twin.segments), 2**63})
+        self.fs.countdown = data.draw(st.integers(0, 40), label="crash at operation")
+        try:
+            result = clean(self.log, self.clock, self.cleaner_config(ratio))
+        except CrashNow:
+            self.reopen_after_crash(tear=data.draw(st.booleans(), label="tear"))
+        else:
+            self.fs.countdown = None
+            assert result.cleaned == twin_result.cleaned
+        got = read_all(self.log)
+        mixtures = [
+            [r for r in after if r.offset < cut] + [r for r in before if r.offset >= cut]
+            for cut in boundaries
+        ]
+        assert got in mixtures, "a crash left neither the old nor the cleaned content"
+        if got != before:
+            self.latest_clean_ms = self.clock
+
+    @rule(tear=st.booleans())
+    def crash(self, tear: bool) -> None:
+        self.reopen_after_crash(tear)
+
+    @rule()
+    def close_and_reopen(self) -> None:
+        self.log.close()
+        self.log = SegmentedLog.open(DIRECTORY, CONFIG, fs=self.fs)
+        self.durable_end = self.log.log_end_offset
+
+    # -- invariants
+
+    @invariant()
+    def latest_value_of_every_key(self) -> None:
+        if not hasattr(self, "log"):
+            return
+        check_against_model(read_all(self.log), self.model, self.latest_clean_ms)
+
+
+def check_against_model(
+    got: list[Rec], model: list[tuple[Rec, int]], latest_clean_ms: int | None
+) -> None:
+    written = {r.offset: r for r, _ in model}
+    for record in got:
+        assert written.get(record.offset) == record, f"{record} was never written there"
+    present = {r.offset for r in got}
+    latest: dict[bytes, tuple[Rec, int]] = {}
+    for record, appended_ms in model:
+        if record.key is None:
+            assert record.offset in present, f"null-key record {record} was removed"
+        else:
+            latest[record.key] = (record, appended_ms)
+    for key, (record, appended_ms) in latest.items():
+        if record.offset in present:
+            continue
+        assert record.value is None, f"the latest value of {key!r} is gone: {record}"
+        assert latest_clean_ms is not None and latest_clean_ms >= appended_ms + RETENTION_MS, (
+            f"tombstone {record} removed before delete.retention.ms passed"
+        )
+        assert all(r.key != key for r in got), f"older records of deleted {key!r} came back"
+
+
+CleanerMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestCleanerAgainstModel = CleanerMachine.TestCase
+
+
+# ---------------------------------------------------------------------- planted bug
+
+
+def _drops_the_latest(record: Record, offset_map: dict[bytes, int], horizon_passed: bool) -> bool:
+    if record.key is None:
+        return True
+    latest = offset_map.get(record.key)
+    if latest is not None and record.offset <= latest:  # the planted off-by-one
+        return False
+    return record.value is not None or not horizon_passed
+
+
+def test_the_model_catches_a_cleaner_that_drops_the_latest_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cleaner, "_keep_record", _drops_the_latest)
+    # Dropping the newest record of a key shows as a lost value or, when the newest
+    # was a tombstone, as a tombstone gone before its time.
+    with pytest.raises(AssertionError, match=r"latest value|tombstone"):
+        run_state_machine_as_test(
+            CleanerMachine,
+            settings=settings(
+                max_examples=200,
+                stateful_step_count=30,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
+
+
+def test_the_planted_bug_fails_a_small_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bug on a fixed history, and the real cleaner on it."""
+
+    def history() -> tuple[list[Rec], list[tuple[Rec, int]]]:
+        log = SegmentedLog.open(DIRECTORY, CONFIG, fs=MemoryFileSystem())
+        log.append(encode([(b"k", b"v1")], 10, False), leader_epoch=0)
+        log.append(encode([(b"k", b"v2")], 20, False), leader_epoch=0)
+        log.roll()
+        assert clean(log, 30, CleanerConfig()).cleaned
+        model = [(Rec(0, b"k", b"v1"), 10), (Rec(1, b"k", b"v2"), 20)]
+        return read_all(log), model
+
+    got, model = history()
+    assert got == [Rec(1, b"k", b"v2")]
+    check_against_model(got, model, 30)
+    monkeypatch.setattr(cleaner, "_keep_record", _drops_the_latest)
+    got, model = history()
+    with pytest.raises(AssertionError, match="latest value"):
+        check_against_model(got, model, 30)
+
+
+# ---------------------------------------------------------------------- unit tests
+
+
+def new_log(fs: MemoryFileSystem | None = None, config: LogConfig = CONFIG) -> SegmentedLog:
+    return SegmentedLog.open(DIRECTORY, config, fs=fs or MemoryFileSystem())
+
+
+def put(log: SegmentedLog, key: bytes | None, value: bytes | None, now: int = 100) -> int:
+    return log.append(encode([(key, value)], now, False), leader_epoch=0).first_offset
+
+
+def test_active_segment_is_never_touched() -> None:
+    log = new_log()
+    for index in range(3):
+        put(log, b"k", b"%d" % index)
+    log.roll()
+    for index in range(3, 6):
+        put(log, b"k", b"%d" % index)
+    active = log.active_segment
+    active_bytes = active.log.read_at(0, active.size)
+    result = clean(log, 1_000, CleanerConfig())
+    assert result.cleaned and result.end_offset == 3
+    assert log.active_segment is active
+    assert active.log.read_at(0, active.size) == active_bytes
+    # The map covers the inactive part only: its last k stays beside the active ones.
+    assert read_all(log) == [Rec(o, b"k", b"%d" % o) for o in range(2, 6)]
+
+
+def test_offsets_and_order_are_kept_and_batches_keep_their_spans() -> None:
+    log = new_log()
+    log.append(encode([(b"a", b"1"), (b"b", b"1"), (b"c", b"1")], 100, False), leader_epoch=3)
+    log.append(encode([(b"a", b"2"), (b"d", b"1")], 100, True), leader_epoch=3)
+    log.append(encode([(b"b", b"2")], 100, False), leader_epoch=4)
+    log.roll()
+    clean(log, 1_000, CleanerConfig())
+    assert read_all(log) == [
+        Rec(2, b"c", b"1"),
+        Rec(3, b"a", b"2"),
+        Rec(4, b"d", b"1"),
+        Rec(5, b"b", b"2"),
+    ]
+    data = log.read(0, 10_000)
+    headers = [header for _, header in iter_batches(data)]
+    # Base offsets and last offset deltas as written; epochs and codec kept.
+    assert [(h.base_offset, h.last_offset) for h in headers] == [(0, 2), (3, 4), (5, 5)]
+    assert [h.partition_leader_epoch for h in headers] == [3, 3, 4]
+    assert [h.compression for h in headers] == [Compression.NONE, Compression.GZIP, 0]
+    assert [h.record_count for h in headers] == [1, 2, 1]
+    assert log.log_end_offset == 6
+
+
+def test_producer_fields_are_kept_in_a_rewritten_batch() -> None:
+    log = new_log()
+    records = [RecordInput(key=b"a", value=b"1", timestamp=5), RecordInput(key=b"b", value=b"1")]
+    batch = build_batch(records, producer_id=77, producer_epoch=2, base_sequence=10)
+    log.append(batch, leader_epoch=0)
+    put(log, b"a", b"2")
+    log.roll()
+    clean(log, 1_000, CleanerConfig())
+    header = read_header(log.read(0, 10_000))
+    assert (header.producer_id, header.producer_epoch, header.base_sequence) == (77, 2, 10)
+    assert (header.base_offset, header.last_offset_delta, header.record_count) == (0, 1, 1)
+
+
+def test_a_whole_removed_batch_leaves_a_gap_and_a_follower_copies_across_it() -> None:
+    leader = new_log()
+    for value in (b"1", b"2", b"3"):
+        put(leader, b"k", value)
+    put(leader, b"other", b"x")
+    leader.roll()
+    put(leader, b"k", b"4")
+    leader.roll()
+    clean(leader, 1_000, CleanerConfig())
+    follower_fs = MemoryFileSystem()
+    follower = new_log(follower_fs)
+    offset = 0
+    while offset < leader.log_end_offset:
+        data = leader.read(offset, 1_000)
+        follower.append_as_follower(data)
+        offset = follower.log_end_offset
+    # Offsets 0-2 went (batches whole), so the follower's first batch starts at 3.
+    assert read_all(follower) == read_all(leader) == [Rec(3, b"other", b"x"), Rec(4, b"k", b"4")]
+    assert follower.log_end_offset == leader.log_end_offset == 5
+    # The follower's active segment has the gap: recovery must keep it whole.
+    follower_fs.crash()
+    follower = new_log(follower_fs)
+    assert follower.log_end_offset == 0  # nothing was flushed: a crash may lose all of it
+    follower.append_as_follower(leader.read(0, 1_000))
+    follower.flush()
+    follower_fs.crash()
+    assert read_all(new_log(follower_fs)) == [Rec(3, b"other", b"x"), Rec(4, b"k", b"4")]
+
+
+def test_a_gap_is_refused_by_a_log_that_does_not_allow_them() -> None:
+    leader = new_log()
+    put(leader, b"k", b"1")
+    put(leader, b"k", b"2")
+    leader.roll()
+    put(leader, b"k", b"3")
+    clean(leader, 1_000, CleanerConfig())
+    strict = new_log(config=attrs.evolve(CONFIG, allow_offset_gaps=False))
+    with pytest.raises(NonContiguousOffsetError):
+        strict.append_as_follower(leader.read(0, 1_000))
+    with pytest.raises(AssertionError, match="gapless"):
+        clean(strict_with_segments(), 1_000, CleanerConfig())
+
+
+def strict_with_segments() -> SegmentedLog:
+    log = new_log(config=attrs.evolve(CONFIG, allow_offset_gaps=False))
+    put(log, b"k", b"1")
+    log.roll()
+    return log
+
+
+def test_tombstones_go_only_after_a_clean_and_delete_retention() -> None:
+    log = new_log()
+    put(log, b"k", b"1", now=100)
+    put(log, b"k", None, now=100)
+    put(log, b"j", b"1", now=100)
+    log.roll()
+    config = CleanerConfig(delete_retention_ms=RETENTION_MS, min_cleanable_dirty_ratio=0.0)
+    assert clean(log, 1_000, config).cleaned
+    assert read_all(log) == [Rec(1, b"k", None), Rec(2, b"j", b"1")]
+    header = read_header(log.read(1, 1_000))
+    assert header.attributes & DELETE_HORIZON_BIT
+    assert header.base_timestamp == 1_000 + RETENTION_MS  # the horizon
+    # Record timestamps are kept, relative to the horizon now.
+    assert [r.timestamp for r in iter_records(log.read(1, 1_000))] == [100]
+    # Nothing dirty and the horizon not reached: no pass.
+    assert not clean(log, 1_000 + RETENTION_MS - 1, config).cleaned
+    assert read_all(log)[0] == Rec(1, b"k", None)
+    # The horizon passed: a pass runs for the tombstone alone and drops it.
+    result = clean(log, 1_000 + RETENTION_MS, config)
+    assert result.cleaned and result.tombstones_removed == 1
+    assert read_all(log) == [Rec(2, b"j", b"1")]
+
+
+def test_dirty_ratio_and_compaction_lag_are_honoured() -> None:
+    log = new_log()
+    for index in range(6):
+        put(log, b"k%d" % (index % 2), b"%d" % index, now=100)
+    log.roll()
+    # Compaction lag: records of time 100 are not 1000 ms old at 1099.
+    lagged = CleanerConfig(min_compaction_lag_ms=1_000)
+    assert not clean(log, 1_099, lagged).cleaned
+    assert clean(log, 1_100, lagged).cleaned
+    assert [r.offset for r in read_all(log)] == [4, 5]
+    # Now all clean: a small dirty tail is below the ratio, a big one above it.
+    put(log, b"k0", b"6", now=200)
+    log.roll()
+    result = clean(log, 5_000, CleanerConfig(min_cleanable_dirty_ratio=0.9))
+    assert not result.cleaned and 0 < result.dirty_ratio <= 0.9
+    assert clean(log, 5_000, CleanerConfig(min_cleanable_dirty_ratio=0.3)).cleaned
+    assert [r.offset for r in read_all(log)] == [5, 6]
+
+
+def test_nothing_past_max_offset_is_cleaned() -> None:
+    log = new_log()
+    put(log, b"k", b"1")
+    log.roll()
+    put(log, b"k", b"2")
+    log.roll()
+    put(log, b"k", b"3")
+    result = clean(log, 1_000, CleanerConfig(), max_offset=1)
+    assert result.end_offset == 1
+    assert [r.offset for r in read_all(log)] == [0, 1, 2]  # offset 1's segment is unsettled
+    clean(log, 1_000, CleanerConfig(min_cleanable_dirty_ratio=0.0), max_offset=3)
+    assert [r.offset for r in read_all(log)] == [1, 2]  # the active segment is not mapped
+
+
+def test_control_batches_null_keys_and_opaque_batches_are_kept_whole() -> None:
+    log = new_log()
+    put(log, b"k", b"1")
+    marker = build_control_batch(ControlRecordType.COMMIT, b"\x00\x00\x00\x00\x00\x00", timestamp=1)
+    log.append_as_follower(_at(marker, log.log_end_offset))
+    put(log, None, b"no key")
+    opaque = bytearray(encode([(b"k", b"snappy?")], 100, False))
+    struct.pack_into(">h", opaque, 21, Compression.SNAPPY)  # a codec we cannot decode
+    struct.pack_into(">I", opaque, 17, compute_crc(opaque))
+    log.append(bytes(opaque), leader_epoch=0)
+    put(log, b"k", b"2")
+    log.roll()
+    before = log.read(0, 10_000)
+    clean(log, 1_000, CleanerConfig())
+    after = log.read(0, 10_000)
+    kept = [(h.base_offset, h.is_control, h.compression) for _, h in iter_batches(after)]
+    assert kept == [(1, True, 0), (2, False, 0), (3, False, Compression.SNAPPY), (4, False, 0)]
+    assert _batch(after, 1) == _batch(before, 1) and _batch(after, 3) == _batch(before, 3)
+
+
+def _at(batch: bytes, base_offset: int) -> bytes:
+    patched = bytearray(batch)
+    struct.pack_into(">q", patched, 0, base_offset)
+    return bytes(patched)
+
+
+def _position_of(data: bytes, base_offset: int) -> int:
+    for position, header in iter_batches(data):
+        if header.base_offset == base_offset:
+            return position
+    raise KeyError(base_offset)
+
+
+def _batch(data: bytes, base_offset: int) -> bytes:
+    position = _position_of(data, base_offset)
+    return data[position : position + read_header(data, position).size_bytes]
+
+
+def test_a_crash_at_every_operation_of_a_clean_leaves_old_or_new_run_by_run() -> None:
+    def build() -> tuple[CountdownFileSystem, SegmentedLog]:
+        fs = CountdownFileSystem()
+        log = new_log(fs)
+        for round_ in range(4):
+            for key in KEYS:
+                put(log, key, b"%s%d" % (key, round_))
+            log.roll()
+        return fs, log
+
+    _, reference = build()
+    before = read_all(reference)
+    clean(reference, 1_000, CleanerConfig())
+    after = read_all(reference)
+    assert after != before
+    cuts = sorted({0, *(segment.base_offset for segment in reference.segments)})
+    assert len(reference.segments) == 3  # two runs of two segments, and the active one
+    mixtures = [
+        [r for r in after if r.offset < cut] + [r for r in before if r.offset >= cut]
+        for cut in cuts
+    ]
+    outcomes = set()
+    for crash_at in range(60):
+        fs, log = build()
+        fs.countdown = crash_at
+        try:
+            clean(log, 1_000, CleanerConfig())
+        except CrashNow:
+            fs.crash(random.Random(crash_at))
+            got = read_all(new_log(fs))
+            assert got in mixtures, f"crash at operation {crash_at}"
+            outcomes.add(mixtures.index(got))
+        else:
+            break
+    assert outcomes == {0, 1, 2}  # before, the first run swapped, both
+    # An interrupted swap never leaves its files behind.
+    assert not [n for n in fs.listdir(DIRECTORY) if n.endswith((".cleaned", ".swap"))]
