@@ -1,8 +1,9 @@
 """Resource amplification against a real broker process (issue 14, finding 5).
 
-Three hostile clients at once: one pipelines hundreds of 10 MB fetches and never reads
-the answers, one names a million topics in a Metadata request, one names a partition
-twenty times with a gigabyte per partition. Beside them a well-behaved producer keeps
+Hostile clients at once, in both of the client listener's protocols: one pipelines
+hundreds of 10 MB fetches and never reads the answers, one names a million topics (in
+Kafka's protocol, 200,000) in a Metadata request, one names a partition twenty times
+with a gigabyte per partition. Beside them a well-behaved producer keeps
 going. The broker's memory stays bounded, the producer's latency stays low, and the
 broker is never fenced by its own controller.
 """
@@ -21,6 +22,8 @@ from broker.local_cluster import LocalCluster
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.errors import ErrorCode
 from client.protocol.framing import encode_frame
+from client.protocol.kafka import RequestHeader, encode_request
+from client.protocol.kafka import messages as kafka
 from client.protocol.rpc import RpcClient
 from storage.records import RecordInput, build_batch
 
@@ -56,6 +59,44 @@ def fetch_body(partitions: int, max_bytes: int, partition_max_bytes: int) -> dic
 
 def request_frame(correlation_id: int, api_key: int, body: dict) -> bytes:
     return encode_frame([api_key, API_VERSION, correlation_id, "hostile", body])
+
+
+def kafka_fetch_frame(correlation_id: int, partitions: int, max_bytes: int) -> bytes:
+    """The same hog, in Kafka's protocol (the listener serves both)."""
+    fetch = kafka.FetchRequest
+    request = fetch(
+        max_wait_ms=0,
+        max_bytes=max_bytes,
+        topics=(
+            fetch.FetchTopic(
+                topic="t",
+                partitions=(
+                    fetch.FetchPartition(
+                        partition=0, fetch_offset=0, partition_max_bytes=max_bytes
+                    ),
+                )
+                * partitions,
+            ),
+        ),
+    )
+    header = RequestHeader(
+        request_api_key=ApiKey.FETCH,
+        request_api_version=12,
+        correlation_id=correlation_id,
+        client_id="hostile",
+    )
+    return bytes(encode_request(header, request))
+
+
+def kafka_metadata_frame(names: int) -> bytes:
+    metadata = kafka.MetadataRequest
+    request = metadata(
+        topics=tuple(metadata.MetadataRequestTopic(name=f"topic-{i}") for i in range(names))
+    )
+    header = RequestHeader(
+        request_api_key=ApiKey.METADATA, request_api_version=12, correlation_id=1, client_id="h"
+    )
+    return bytes(encode_request(header, request))
 
 
 async def test_hostile_clients_cost_bounded_memory_and_starve_no_one(tmp_path) -> None:
@@ -94,6 +135,14 @@ async def test_hostile_clients_cost_bounded_memory_and_starve_no_one(tmp_path) -
                     for i in range(300)
                 )
             )
+            # The same, in Kafka's protocol.
+            kafka_hog = socket.create_connection((host, int(port)))
+            kafka_hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            kafka_hog.sendall(b"".join(kafka_fetch_frame(i, 1, 10 * MEGABYTE) for i in range(300)))
+            kafka_names = socket.create_connection((host, int(port)))
+            kafka_names.sendall(kafka_metadata_frame(200_000))  # ~2.4 MB of names
+            kafka_repeated = socket.create_connection((host, int(port)))
+            kafka_repeated.sendall(kafka_fetch_frame(7, 20, 10**9))
             # 2. A million names in one Metadata request; 3. one partition named 20 times.
             names = {"topics": [f"topic-{i}" for i in range(1_000_000)]}
             metadata = await client.request(ApiKey.METADATA, API_VERSION, names, timeout_s=30)
@@ -119,7 +168,8 @@ async def test_hostile_clients_cost_bounded_memory_and_starve_no_one(tmp_path) -
                 peak = max(peak, rss_bytes(pid))
                 await trio.sleep(0.02)
             described = await client.request(ApiKey.DESCRIBE_CLUSTER, API_VERSION, {}, timeout_s=30)
-            hog.close()
+            for hostile in (hog, kafka_hog, kafka_names, kafka_repeated):
+                hostile.close()
             await client.aclose()
         p99 = statistics.quantiles(latencies, n=100)[98]
         assert p99 < 1.0, f"p99 {p99:.3f} s beside the hostile clients"
