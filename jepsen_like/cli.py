@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument("--controllers", type=int, default=0, help="separate roles, with --brokers")
     runner.add_argument("--brokers", type=int, default=0)
     runner.add_argument("--workload", default="queue", choices=["queue", "metadata"])
+    runner.add_argument(
+        "--client",
+        default="pykraft",
+        choices=["pykraft", "confluent-kafka"],
+        help="the queue workload's client: pykraft's own, or librdkafka over Kafka's protocol",
+    )
     runner.add_argument("--nemesis", default="kill", help=f"comma-separated: {', '.join(FAULTS)}")
     runner.add_argument("--time", type=float, default=60.0, help="seconds of workload")
     runner.add_argument("--rate", type=float, default=500.0, help="sends per second, all producers")
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             controllers=args.controllers,
             brokers=args.brokers,
             workload=args.workload,
+            client=args.client,
             faults=faults,
             time_s=args.time,
             rate=args.rate,

@@ -34,6 +34,7 @@ from jepsen_like.checkers import (
     check_queue,
 )
 from jepsen_like.cluster_control import ClusterControl
+from jepsen_like.confluent_workload import ConfluentQueueWorkload
 from jepsen_like.history import History
 from jepsen_like.metadata_workload import MetadataWorkload
 from jepsen_like.nemesis import Nemesis
@@ -78,6 +79,9 @@ class RunConfig:
     unclean_leader_election: bool = False
     # More settings of the workload's topic, e.g. (("flush.messages", "1"),).
     topic_configs: tuple[tuple[str, str], ...] = ()
+    # Whose client the queue workload sends and polls with: "pykraft" (its own, native
+    # protocol) or "confluent-kafka" (librdkafka, Kafka's protocol; real runs only).
+    client: str = "pykraft"
     corrupt_on_restart: bool = False
     scripted: tuple[str, ...] = ()  # run these faults in order instead of a random schedule
     report: bool = True  # summary.txt, stats.json and the plot in `out`
@@ -173,7 +177,8 @@ async def drive(
             replication_factor=replication_factor,
         )
     else:
-        workload = QueueWorkload(
+        kind = ConfluentQueueWorkload if config.client == "confluent-kafka" else QueueWorkload
+        workload = kind(
             bootstrap,
             history,
             topic=TOPIC,
