@@ -43,7 +43,7 @@ from storage.records import Compression
 log = logging.getLogger(__name__)
 
 ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
-COMPRESSION = {"none": Compression.NONE, "gzip": Compression.GZIP}
+COMPRESSION = {codec.name.lower(): codec for codec in Compression}  # Kafka's compression.type
 KEY_HASH_CACHE_SIZE = 100_000
 # Errors after which the leader must be looked up again.
 REFRESH_ON = frozenset(
@@ -79,7 +79,9 @@ class Producer:
         if acks not in ACKS:
             raise ValueError(f"acks must be all, 1 or 0, got {acks!r}")
         if compression not in COMPRESSION:
-            raise ValueError(f"compression must be none or gzip, got {compression!r}")
+            raise ValueError(
+                f"compression must be one of {', '.join(COMPRESSION)}, got {compression!r}"
+            )
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.acks = ACKS[acks]

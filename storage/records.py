@@ -22,15 +22,14 @@ the header of an opaque batch, without decoding records or recomputing the CRC.
 from __future__ import annotations
 
 import enum
-import gzip
 import struct
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 import attrs
 from crc32c import crc32c
 
+from storage import compression as batch_codecs
 from storage.varint import VarintError, decode_varint, encode_varint
 
 MAGIC_V2 = 2
@@ -43,7 +42,7 @@ NO_PRODUCER_ID = -1
 NO_PRODUCER_EPOCH = -1
 NO_SEQUENCE = -1
 NO_PARTITION_LEADER_EPOCH = -1
-# A gzip batch may not expand past this: a small batch must not exhaust memory.
+# A compressed batch may not expand past this: a small batch must not exhaust memory.
 DECOMPRESSED_BYTES_MAX = 256 * 1024 * 1024
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
@@ -282,17 +281,15 @@ def patch_partition_leader_epoch(buffer: bytearray, position: int, epoch: int) -
 
 
 def iter_records(batch: Buffer, position: int = 0) -> Iterator[Record]:
-    """Decode the records of the batch at `position`, lazily (gzip is inflated first)."""
+    """Decode the records of the batch at `position`, lazily (a compressed batch's
+    records are inflated first, within DECOMPRESSED_BYTES_MAX)."""
     header = read_header(batch, position)
     end = position + header.size_bytes
     if end > len(batch):
         raise InvalidRecordError(f"batch at position {position} is truncated")
     section: Buffer = memoryview(batch)[position + BATCH_HEADER_BYTES : end]
-    codec = header.compression
-    if codec == Compression.GZIP:
-        section = _gunzip(section)
-    elif codec != Compression.NONE:
-        raise UnsupportedCompressionError(_codec_message(codec))
+    if header.compression != Compression.NONE:
+        section = _inflate(header.compression, section, DECOMPRESSED_BYTES_MAX)
     return _decode_records(header, section)
 
 
@@ -312,7 +309,7 @@ def check_producer_batch(
 
     The header must describe its records: a record count and a last offset delta
     that agree (the offsets of a producer's batch run on without gaps), and no more
-    records than its bytes can hold. A gzip batch is inflated (at most
+    records than its bytes can hold. A compressed batch is inflated (at most
     `inflated_bytes_max`) and every record decoded, since it is inflated to be read
     anyway; an uncompressed one is taken by its header (its records are checked by
     the reader, which names the partition and offset of a bad one).
@@ -330,11 +327,9 @@ def check_producer_batch(
         if count > room:
             raise InvalidRecordError(f"batch declares {count} records in {header.size_bytes} bytes")
         return
-    if codec != Compression.GZIP:
-        raise UnsupportedCompressionError(_codec_message(codec))
     end = position + header.size_bytes
     section = memoryview(batch)[position + BATCH_HEADER_BYTES : end]
-    inflated = _gunzip(section, inflated_bytes_max)
+    inflated = _inflate(codec, section, inflated_bytes_max)
     for expected, record in enumerate(_decode_records(header, inflated)):
         if record.offset != header.base_offset + expected:
             raise InvalidRecordError(
@@ -354,18 +349,16 @@ def _codec_message(codec: int) -> str:
         name = Compression(codec).name.lower()
     except ValueError:
         return f"unknown compression codec id {codec}"
-    return f"compression codec {name} is not supported (only none and gzip)"
+    return f"compression codec {name} is not supported"
 
 
-def _gunzip(data: Buffer, limit: int = DECOMPRESSED_BYTES_MAX) -> bytes:
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+def _inflate(codec: int, section: Buffer, limit: int) -> bytes:
+    if codec not in batch_codecs.CODECS:
+        raise UnsupportedCompressionError(_codec_message(codec))
     try:
-        out = inflater.decompress(data, limit)
-    except zlib.error as error:
-        raise CorruptRecordError(f"gzip records section does not inflate: {error}") from None
-    if inflater.unconsumed_tail:
-        raise CorruptRecordError(f"gzip records inflate past {limit} bytes")
-    return out
+        return batch_codecs.decompress(codec, section, limit)
+    except batch_codecs.CompressionError as error:
+        raise CorruptRecordError(f"{Compression(codec).name.lower()}: {error}") from None
 
 
 def _decode_records(header: BatchHeader, section: Buffer) -> Iterator[Record]:
@@ -440,7 +433,7 @@ class BatchBuilder:
     __slots__ = ("_base_timestamp", "_buffer", "_compression", "_count", "_max_timestamp")
 
     def __init__(self, compression: Compression = Compression.NONE) -> None:
-        if compression not in (Compression.NONE, Compression.GZIP):
+        if compression not in batch_codecs.CODECS:
             raise UnsupportedCompressionError(_codec_message(compression))
         self._compression = compression
         self._buffer = bytearray(BATCH_HEADER_BYTES)
@@ -505,8 +498,8 @@ class BatchBuilder:
         if first_timestamp != self._base_timestamp:
             raise InvalidRecordError("base_timestamp must be the first record's timestamp")
         buffer = self._buffer
-        if self._compression == Compression.GZIP:
-            compressed = gzip.compress(bytes(buffer[BATCH_HEADER_BYTES:]), mtime=0)
+        if self._compression != Compression.NONE:
+            compressed = batch_codecs.compress(self._compression, buffer[BATCH_HEADER_BYTES:])
             buffer = bytearray(BATCH_HEADER_BYTES) + compressed
         attributes = int(self._compression)
         attributes |= TIMESTAMP_TYPE_BIT if timestamp_type else 0

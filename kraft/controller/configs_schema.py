@@ -40,7 +40,7 @@ TOPIC_CONFIGS: dict[str, Callable[[str], str | None]] = {
     "min.insync.replicas": _integer(1),
     "unclean.leader.election.enable": _boolean,
     "message.timestamp.type": _one_of("CreateTime", "LogAppendTime"),
-    "compression.type": _one_of("producer", "none", "gzip"),
+    "compression.type": _one_of("producer", "none", "gzip", "snappy", "lz4", "zstd"),
     "flush.messages": _integer(1),
     "flush.ms": _integer(1),
 }

@@ -220,8 +220,13 @@ async def test_bad_produce_and_fetch_requests_get_their_error_codes(nursery, tmp
             (leader, produce_body("t", forged(good, 21, ">h", 0x20)), ErrorCode.INVALID_RECORD),
             (
                 leader,
-                produce_body("t", forged(good, 21, ">h", 3)),
+                produce_body("t", forged(good, 21, ">h", 7)),
                 ErrorCode.UNSUPPORTED_COMPRESSION_TYPE,
+            ),
+            (
+                leader,
+                produce_body("t", forged(good, 21, ">h", 3)),  # says lz4, is not
+                ErrorCode.CORRUPT_MESSAGE,
             ),
             (follower, produce_body("t", good), ErrorCode.NOT_LEADER_OR_FOLLOWER),
             (leader, produce_body("nope", good), ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),

@@ -119,7 +119,9 @@ def confluent_consume(bootstrap: str, topic: str, partitions: int, count: int) -
         consumer.close()
 
 
-def confluent_produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
+def confluent_produce(
+    bootstrap: str, topic: str, items: list[tuple[bytes, bytes]], compression: str = "none"
+) -> None:
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -127,6 +129,7 @@ def confluent_produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes
             "linger.ms": 5,
             # Kafka's Java partitioner (librdkafka's default is CRC32 based).
             "partitioner": "murmur2_random",
+            "compression.type": compression,
         }
     )
     failures: list[Any] = []
@@ -761,3 +764,43 @@ def test_confluent_producer_through_a_sigkilled_partition_leader(tmp_path: Any) 
                     seen.add(sequence)
                     first_seen.append(sequence)
             assert first_seen == sorted(first_seen), partition  # duplicates only, never reordered
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_batches_compressed_by_each_client_are_read_back_by_every_client(
+    cluster: LocalCluster, codec: str
+) -> None:
+    """Issue 15 item 6: the broker stores batches as sent; each client reads them."""
+    bootstrap = cluster.bootstrap_servers()
+    topic = f"compressed-{codec}"
+    create_topic(bootstrap, topic, 2)
+    items = [(b"k%d" % (i % 7), b"%s value %d " % (codec.encode(), i) * 4) for i in range(500)]
+    confluent_produce(bootstrap, topic, items, compression=codec)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=False,
+        compression_type=codec,
+        linger_ms=5,
+    )
+    try:
+        for key, value in items:
+            producer.send(topic, key=key, value=value)
+        producer.flush(timeout=WAIT_S)
+    finally:
+        producer.close()
+    wanted = sorted(v for _, v in items) * 2
+    assert sorted(m.value() for m in confluent_consume(bootstrap, topic, 2, 1000)) == sorted(wanted)
+    assert sorted(r.value for r in kafka_python_consume(bootstrap, topic, 2, 1000)) == sorted(
+        wanted
+    )
+    # And pykraft's own consumer (native protocol, same stored batches).
+    from client.sync import Consumer as PykraftConsumer
+
+    with PykraftConsumer(bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([(topic, p) for p in range(2)])
+        got: list[bytes] = []
+        deadline = time.monotonic() + WAIT_S
+        while len(got) < 1000 and time.monotonic() < deadline:
+            got += [r.value or b"" for r in consumer.poll(timeout_s=1)]
+    assert sorted(got) == sorted(wanted)

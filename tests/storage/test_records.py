@@ -174,8 +174,11 @@ def test_bad_sizes_magic_and_codecs_are_refused_with_reasons() -> None:
         validate_batch(good[:-1])
     with pytest.raises(InvalidRecordError, match="needs 61 bytes"):
         read_header(good[:30])
-    for codec, name in [(2, "snappy"), (3, "lz4"), (4, "zstd"), (7, "unknown")]:
-        with pytest.raises(UnsupportedCompressionError, match=name):
+    for codec in (5, 6, 7):
+        with pytest.raises(UnsupportedCompressionError, match="unknown"):
+            list(iter_records(_with_attributes(good, codec)))
+    for codec, name in [(2, "snappy"), (3, "lz4"), (4, "zstd")]:  # not what they claim
+        with pytest.raises(CorruptRecordError, match=name):
             list(iter_records(_with_attributes(good, codec)))
 
 
