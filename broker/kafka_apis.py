@@ -56,7 +56,7 @@ from client.protocol.messages import (
 )
 from client.protocol.schema import from_body, to_body
 from kraft.controller.configs import AlterConfigOp, AlterConfigsOutcome, AlterConfigsResource
-from kraft.controller.configs_schema import BROKER, TOPIC
+from kraft.controller.configs_schema import BROKER, CONFIG_TYPES, TOPIC, described
 from kraft.controller.messages import (
     AlterConfigsResponse,
     CreatePartitionsRequest,
@@ -72,6 +72,9 @@ from kraft.controller.replication import CreateTopic, TopicOutcome
 
 ZERO_UUID = kafka_errors.ZERO_UUID
 OFFSET_FOR_LEADER_EPOCH_KEY = 23
+DESCRIBE_CONFIGS_KEY = 32
+# Kafka's DescribeConfigs config sources.
+DYNAMIC_TOPIC_CONFIG, DYNAMIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 2, 5
 # CreateTopics with num_partitions / replication_factor -1 (v4+, KIP-464) takes the
 # broker's num.partitions and default.replication.factor; Kafka's defaults are 1.
 NUM_PARTITIONS_DEFAULT = 1
@@ -145,6 +148,12 @@ class KafkaApis:
                 high=1,
                 handle=self._incremental_alter_configs,
                 error=kafka_errors.incremental_alter_configs_error,
+            ),
+            DESCRIBE_CONFIGS_KEY: Served(
+                low=1,
+                high=4,
+                handle=self._describe_configs,
+                error=kafka_errors.describe_configs_error,
             ),
             ApiKey.DESCRIBE_QUORUM: Served(
                 low=0,
@@ -735,6 +744,62 @@ class KafkaApis:
                 for b in brokers
             ),
         )
+
+    async def _describe_configs(self, header: Any, request: Any) -> Any:
+        """Each resource's settings, defaults filled in, from this broker's image."""
+        Response = kafka.DescribeConfigsResponse
+        version = header.request_api_version
+        image = self.broker.loader.image
+        results = []
+        for resource in request.resources:
+            kind = RESOURCE_TYPES.get(resource.resource_type)
+            error, message = ErrorCode.NONE, ""
+            if kind == TOPIC and image.topic(resource.resource_name) is None:
+                error, message = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "no such topic"
+            elif kind == BROKER and resource.resource_name not in ("", *map(str, image.brokers)):
+                error, message = ErrorCode.INVALID_REQUEST, "no such broker"
+            elif kind is None:
+                error, message = ErrorCode.INVALID_REQUEST, "only topics and brokers"
+            entries = []
+            if error == ErrorCode.NONE:
+                assert kind is not None
+                settings = dict(image.configs.get((kind, resource.resource_name), {}))
+                keys = resource.configuration_keys
+                source = DYNAMIC_TOPIC_CONFIG if kind == TOPIC else DYNAMIC_BROKER_CONFIG
+                for name, value, explicit, kind_name in described(
+                    kind, settings, None if keys is None else tuple(keys)
+                ):
+                    origin = source if explicit else DEFAULT_CONFIG
+                    entries.append(
+                        Response.DescribeConfigsResourceResult(
+                            name=name,
+                            value=value,
+                            read_only=False,
+                            config_source=origin,
+                            is_sensitive=False,
+                            synonyms=(
+                                (
+                                    Response.DescribeConfigsSynonym(
+                                        name=name, value=value, source=origin
+                                    ),
+                                )
+                                if request.include_synonyms
+                                else ()
+                            ),
+                            config_type=CONFIG_TYPES[kind_name] if version >= 3 else 0,
+                            documentation=None,
+                        )
+                    )
+            results.append(
+                Response.DescribeConfigsResult(
+                    error_code=error,
+                    error_message=message or None,
+                    resource_type=resource.resource_type,
+                    resource_name=resource.resource_name,
+                    configs=tuple(entries),
+                )
+            )
+        return Response(results=tuple(results))
 
 
 def _uuid(topic_id: str | None) -> uuid.UUID:

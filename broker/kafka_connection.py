@@ -37,6 +37,7 @@ from client.protocol.kafka import (
     API_VERSIONS_KEY,
     SOCKET_REQUEST_MAX_BYTES_DEFAULT,
     KafkaCodecError,
+    KafkaEncodeError,
     KafkaFrameDecoder,
     ResponseHeader,
     UnsupportedApi,
@@ -249,8 +250,15 @@ class KafkaConnections:
                 header, request, ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(error).__name__}"
             )
         if response is not None:
-            slot.frame = _frame(
-                ResponseHeader(correlation_id=header.correlation_id), key, version, response
-            )
+            reply = ResponseHeader(correlation_id=header.correlation_id)
+            try:
+                slot.frame = _frame(reply, key, version, response)
+            except KafkaEncodeError:  # the handler built what this version cannot carry
+                self.handler_errors += 1
+                log.exception("%s: answer to api %d v%d does not encode", self.name, key, version)
+                failed = self.apis.error_response(
+                    header, request, ErrorCode.UNKNOWN_SERVER_ERROR, "the answer did not encode"
+                )
+                slot.frame = _frame(reply, key, version, failed)
             backlog.add(len(slot.frame))
         slot.done.set()  # an empty frame: nothing is sent (acks=0), the line moves on

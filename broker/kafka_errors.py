@@ -190,3 +190,19 @@ def incremental_alter_configs_error(request: Any, version: int, code: int, messa
 
 def describe_quorum_error(request: Any, version: int, code: int, message: str) -> Any:
     return kafka.DescribeQuorumResponse(error_code=code)
+
+
+def describe_configs_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.DescribeConfigsResponse
+    return Response(
+        results=tuple(
+            Response.DescribeConfigsResult(
+                error_code=code,
+                error_message=message_in(version, 0, message),
+                resource_type=r.resource_type,
+                resource_name=r.resource_name,
+                configs=(),
+            )
+            for r in request.resources
+        )
+    )

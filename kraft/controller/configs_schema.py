@@ -50,6 +50,43 @@ BROKER_CONFIGS: dict[str, Callable[[str], str | None]] = {
 }
 
 
+# Kafka's defaults (its broker-level log.* settings), what DescribeConfigs shows for a
+# setting no one set; and each one's type as Kafka's ConfigType numbers it.
+LONG_MAX = str(2**63 - 1)
+TOPIC_DEFAULTS: dict[str, tuple[str, str]] = {
+    "cleanup.policy": ("delete", "list"),
+    "retention.ms": ("604800000", "long"),
+    "retention.bytes": ("-1", "long"),
+    "segment.bytes": ("1073741824", "int"),
+    "segment.ms": ("604800000", "long"),
+    "max.message.bytes": ("1048588", "int"),
+    "min.insync.replicas": ("1", "int"),
+    "unclean.leader.election.enable": ("false", "boolean"),
+    "message.timestamp.type": ("CreateTime", "string"),
+    "compression.type": ("producer", "string"),
+    "flush.messages": (LONG_MAX, "long"),
+    "flush.ms": (LONG_MAX, "long"),
+}
+BROKER_DEFAULTS: dict[str, tuple[str, str]] = {
+    "log.retention.check.interval.ms": ("300000", "long"),
+    "replica.lag.time.max.ms": ("30000", "long"),
+}
+CONFIG_TYPES = {"boolean": 1, "string": 2, "int": 3, "short": 4, "long": 5, "list": 7}
+
+
+def described(
+    resource_type: str, settings: dict[str, str], names: tuple[str, ...] | None = None
+) -> list[tuple[str, str, bool, str]]:
+    """(name, value, set explicitly?, type) of each setting of a resource, defaults
+    filled in; only `names` when given (unknown ones left out, as Kafka does)."""
+    defaults = TOPIC_DEFAULTS if resource_type == TOPIC else BROKER_DEFAULTS
+    wanted = sorted(defaults) if names is None else [n for n in names if n in defaults]
+    return [
+        (name, settings.get(name, defaults[name][0]), name in settings, defaults[name][1])
+        for name in wanted
+    ]
+
+
 def check_config(resource_type: str, name: str, value: str | None) -> str | None:
     """Why `name=value` is not a valid setting for the resource type, or None."""
     known = TOPIC_CONFIGS if resource_type == TOPIC else BROKER_CONFIGS

@@ -51,6 +51,10 @@ class FakeApis:
             raise ValueError("a bug")
         elif topic.name == "invariant":
             raise AssertionError("broken")
+        elif topic.name == "unencodable":
+            Response = messages.MetadataResponse
+            # cluster_authorized_operations is not in v12: the codec refuses it.
+            return Response(cluster_authorized_operations=7)
         Response = messages.MetadataResponse
         return Response(topics=(Response.MetadataResponseTopic(name=topic.name),))
 
@@ -182,5 +186,21 @@ async def test_pipelined_produce_requests_append_in_the_order_sent() -> None:
             for _ in range(200):
                 assert await reader.frame() is not None
             assert apis.appended == list(range(200))
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_answer_that_does_not_encode_is_an_error_answer_not_a_dead_node() -> None:
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            port, connections = await start(nursery, FakeApis())
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            reader = Reader(stream)
+            await stream.send_all(metadata("unencodable", 1) + metadata("fine", 2))
+            correlation_id, topic = await reader.metadata()
+            assert (correlation_id, topic.error_code) == (1, ErrorCode.UNKNOWN_SERVER_ERROR)
+            correlation_id, topic = await reader.metadata()
+            assert (correlation_id, topic.name, topic.error_code) == (2, "fine", 0)
+            assert connections.statistics()["handler_errors"] == 1
             await stream.aclose()
             nursery.cancel_scope.cancel()

@@ -804,3 +804,35 @@ def test_batches_compressed_by_each_client_are_read_back_by_every_client(
         while len(got) < 1000 and time.monotonic() < deadline:
             got += [r.value or b"" for r in consumer.poll(timeout_s=1)]
     assert sorted(got) == sorted(wanted)
+
+
+def test_describe_configs_from_each_admin_client(cluster: LocalCluster) -> None:
+    """DescribeConfigs: what was set, and Kafka's defaults for the rest."""
+    from confluent_kafka.admin import ConfigResource
+    from kafka.admin import ConfigResource as KafkaConfigResource
+    from kafka.admin import ConfigResourceType
+
+    bootstrap = cluster.bootstrap_servers()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    try:
+        answer = admin.create_topics(
+            [NewTopic("configured", 1, 3, topic_configs={"retention.ms": "3600000"})]
+        )
+        assert all(t["error_code"] == 0 for t in answer["topics"]), answer
+        described = admin.describe_configs(
+            [KafkaConfigResource(ConfigResourceType.TOPIC, "configured")], config_filter="all"
+        )
+        (entries,) = next(iter(described.values())).values()
+        assert entries["retention.ms"]["value"] == "3600000", entries
+        assert entries["cleanup.policy"]["value"] == "delete"  # a default
+        assert entries["min.insync.replicas"]["value"] == "1"
+    finally:
+        admin.close()
+    confluent = AdminClient({"bootstrap.servers": bootstrap})
+    futures = confluent.describe_configs([ConfigResource("topic", "configured")])
+    (configs,) = [future.result(timeout=WAIT_S) for future in futures.values()]
+    assert configs["retention.ms"].value == "3600000" and not configs["retention.ms"].is_default
+    assert configs["segment.bytes"].value == "1073741824" and configs["segment.bytes"].is_default
+    missing = confluent.describe_configs([ConfigResource("topic", "no-such-topic")])
+    with pytest.raises(confluent_kafka.KafkaException):
+        next(iter(missing.values())).result(timeout=WAIT_S)
