@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import random
 
+import attrs
 import pytest
+from hypothesis import HealthCheck, Phase, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from storage import producer_state
 from storage.fs import MemoryFileSystem
@@ -14,12 +20,16 @@ from storage.producer_state import (
     PRODUCER_ID_EXPIRATION_MS,
     SEQUENCE_MAX,
     TRANSACTIONAL_ID_EXPIRATION_MS,
+    BatchMetadata,
+    CompletedTxn,
     CorruptSnapshotError,
     EndTxnMarker,
     LoggedBatch,
     Origin,
+    ProducerEntry,
     ProducerState,
     ProducerStateManager,
+    StateView,
     Verdict,
     aborted_transactions_between,
     assigned_headers,
@@ -586,3 +596,528 @@ def test_markers_are_read_back_from_batches() -> None:
 
 def test_the_retained_count_is_kafkas() -> None:
     assert producer_state.BATCHES_RETAINED == 5
+
+
+# --------------------------------------------------------------------------- stateful
+#
+# A model of Kafka's rules written plainly: each producer keeps every batch of its
+# current epoch (the rules look at the last five), every decided transaction is kept,
+# and a snapshot is a deep copy of the model. The machine drives the real
+# ProducerStateManager (snapshots on a MemoryFileSystem) and the model side by side.
+
+SEQUENCES = 1 << 31
+DAY_MS = 24 * 3600 * 1000
+
+
+@attrs.define
+class ModelBatch:
+    first_seq: int
+    last_seq: int
+    first_offset: int
+    last_offset: int
+    timestamp: int
+
+
+@attrs.define
+class ModelProducer:
+    epoch: int = -1
+    batches: list[ModelBatch] = attrs.Factory(list)  # the whole current epoch
+    txn_first: int = -1
+    coordinator_epoch: int = -1
+    last_ts: int = -1
+    transactional: bool = False
+
+
+@attrs.define
+class Model:
+    end: int = 0
+    log_start: int = 0
+    producers: dict[int, ModelProducer] = attrs.Factory(dict)
+    decided: list[CompletedTxn] = attrs.Factory(list)
+
+    def verdict(self, batch: BatchHeader) -> tuple[Verdict, ModelBatch | None]:
+        p = self.producers.get(batch.producer_id)
+        if p is not None and batch.producer_epoch == p.epoch:
+            for kept in p.batches[-5:]:
+                if (kept.first_seq, kept.last_seq) == (batch.base_sequence, batch.last_sequence):
+                    return Verdict.DUPLICATE, kept
+        if p is not None:
+            if batch.producer_epoch < p.epoch:
+                return Verdict.INVALID_PRODUCER_EPOCH, None
+            if batch.producer_epoch > p.epoch and batch.base_sequence != 0:
+                return Verdict.OUT_OF_ORDER_SEQUENCE_NUMBER, None
+            if batch.producer_epoch == p.epoch:
+                last = p.batches[-1].last_seq if p.batches else -1
+                if batch.base_sequence != (last + 1) % SEQUENCES:
+                    return Verdict.OUT_OF_ORDER_SEQUENCE_NUMBER, None
+            if p.txn_first >= 0 and not batch.is_transactional:
+                return Verdict.INVALID_TXN_STATE, None
+        return Verdict.NEW, None
+
+    def marker_verdict(self, pid: int, epoch: int, marker: EndTxnMarker) -> Verdict:
+        p = self.producers.get(pid)
+        if p is not None and epoch < p.epoch:
+            return Verdict.INVALID_PRODUCER_EPOCH
+        if p is not None and marker.coordinator_epoch < p.coordinator_epoch:
+            return Verdict.TRANSACTION_COORDINATOR_FENCED
+        return Verdict.NEW
+
+    def record(self, batch: BatchHeader, marker: EndTxnMarker | None) -> AbortedTxn | None:
+        self.end = batch.next_offset
+        p = self.producers.setdefault(batch.producer_id, ModelProducer())
+        if batch.producer_epoch != p.epoch:
+            p.batches = []
+            p.epoch = batch.producer_epoch
+        p.last_ts = batch.max_timestamp
+        if marker is None:
+            p.batches.append(
+                ModelBatch(
+                    batch.base_sequence,
+                    batch.last_sequence,
+                    batch.base_offset,
+                    batch.last_offset,
+                    batch.max_timestamp,
+                )
+            )
+            if batch.is_transactional and p.txn_first < 0:
+                p.txn_first = batch.base_offset
+            p.transactional |= batch.is_transactional
+            return None
+        p.coordinator_epoch = marker.coordinator_epoch
+        p.transactional = True
+        first, p.txn_first = p.txn_first, -1
+        if first < 0:
+            return None
+        self.decided.append(
+            CompletedTxn(
+                producer_id=batch.producer_id,
+                first_offset=first,
+                last_offset=batch.base_offset,
+                aborted=marker.aborts,
+            )
+        )
+        others = [q.txn_first for q in self.producers.values() if q.txn_first >= 0]
+        lso = min(others) if others else batch.base_offset + 1
+        return (
+            AbortedTxn(batch.producer_id, first, batch.base_offset, lso) if marker.aborts else None
+        )
+
+    def last_stable_offset(self, hw: int) -> int:
+        unstable = [p.txn_first for p in self.producers.values() if p.txn_first >= 0]
+        unstable += [t.first_offset for t in self.decided if t.last_offset >= hw]
+        if not unstable or min(unstable) >= hw:
+            return hw
+        return max(min(unstable), min(self.log_start, hw))
+
+    def expire(self, now_ms: int) -> list[int]:
+        gone = []
+        for pid, p in self.producers.items():
+            limit = max(DAY_MS, 7 * DAY_MS) if p.transactional else DAY_MS
+            if p.txn_first < 0 and now_ms - p.last_ts >= limit:
+                gone.append(pid)
+        for pid in gone:
+            del self.producers[pid]
+        return sorted(gone)
+
+    def view(self, hw: int) -> StateView:
+        producers = []
+        for pid in sorted(self.producers):
+            p = self.producers[pid]
+            batches = tuple(
+                BatchMetadata(
+                    first_sequence=b.first_seq,
+                    last_sequence=b.last_seq,
+                    first_offset=b.first_offset,
+                    last_offset=b.last_offset,
+                    max_timestamp=b.timestamp,
+                )
+                for b in p.batches[-5:]
+            )
+            producers.append(
+                ProducerEntry(
+                    producer_id=pid,
+                    epoch=p.epoch,
+                    batches=batches,
+                    coordinator_epoch=p.coordinator_epoch,
+                    last_timestamp=p.last_ts,
+                    txn_first_offset=p.txn_first,
+                    transactional=p.transactional,
+                )
+            )
+        ongoing = sorted(
+            (p.txn_first, pid) for pid, p in self.producers.items() if p.txn_first >= 0
+        )
+        unreplicated = sorted(
+            (t for t in self.decided if t.last_offset >= hw), key=lambda t: t.first_offset
+        )
+        return StateView(
+            producers=tuple(producers),
+            ongoing=tuple(ongoing),
+            unreplicated=tuple(unreplicated),
+            map_end_offset=self.end,
+            log_start_offset=self.log_start,
+        )
+
+
+def comparable(view: StateView, hw: int) -> StateView:
+    """Decided transactions below the high-water mark are forgotten at different times."""
+    kept = tuple(t for t in view.unreplicated if t.last_offset >= hw)
+    return attrs.evolve(view, unreplicated=kept)
+
+
+@attrs.define
+class Client:
+    pid: int
+    epoch: int = 0
+    next_seq: int = 0
+    in_txn: bool = False
+    sent: list[tuple[int, int, int, bool]] = attrs.Factory(list)  # epoch, seq, count, txn
+
+
+class ProducerStateMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fs = MemoryFileSystem()
+        self.fs.makedirs(DIRECTORY)
+        self.fs.sync_dir(DIRECTORY)
+        self.log: list[LoggedBatch] = []
+        self.durable = 0  # batches of self.log a crash keeps
+        self.log_start = 0
+        self.hw = 0
+        self.now = 1_000
+        self.manager, _ = ProducerStateManager.load(
+            self.fs, DIRECTORY, log_start_offset=0, log_end_offset=0, read_batches=self.read
+        )
+        self.model = Model()
+        self.snapshots: dict[int, Model] = {}
+        # Sequences near the wrap for the third producer.
+        self.clients = [Client(1), Client(2), Client(3, next_seq=SEQUENCES - 4)]
+        self.pure = True  # no expiry and no log start move yet: the log holds all state
+
+    @property
+    def end(self) -> int:
+        return self.log[-1].header.next_offset if self.log else self.log_start
+
+    def read(self, start: int, end: int) -> list[LoggedBatch]:
+        assert start >= self.log_start, f"replay from {start}, below the log start {self.log_start}"
+        return [b for b in self.log if start <= b.header.base_offset < end]
+
+    # -- appending
+
+    def _append(self, batch: BatchHeader) -> Verdict:
+        outcome = self.manager.validate([batch])
+        expected, original = self.model.verdict(batch)
+        assert outcome.verdict is expected, (outcome, expected)
+        event(f"batch {expected.name}")
+        if expected is Verdict.DUPLICATE:
+            assert outcome.duplicate is not None and original is not None
+            got = (outcome.duplicate.first_offset, outcome.duplicate.last_offset)
+            assert got == (original.first_offset, original.last_offset)
+            # ... and those are the offsets at which the log held that very batch (it
+            # may lie below the log start by now: Kafka still answers with them).
+            held = [b.header for b in self.log if b.header.base_offset == got[0]]
+            assert held and held[0].producer_id == batch.producer_id
+            assert held[0].base_sequence == batch.base_sequence
+        if expected is not Verdict.NEW:
+            return expected
+        placed = batch.rebased(self.end, 0)
+        self.now += 1
+        self.log.append(LoggedBatch(placed))
+        assert self.manager.record(placed) is None
+        self.model.record(placed, None)
+        return expected
+
+    def _data(
+        self, client: Client, seq: int, count: int, txn: bool, epoch: int | None = None
+    ) -> BatchHeader:
+        return header(
+            client.pid, client.epoch if epoch is None else epoch, seq, count, txn=txn, ts=self.now
+        )
+
+    @rule(which=st.integers(0, 2), count=st.integers(1, 3))
+    def send(self, which: int, count: int) -> None:
+        client = self.clients[which]
+        batch = self._data(client, client.next_seq, count, client.in_txn)
+        if self._append(batch) is Verdict.NEW:
+            client.sent.append((client.epoch, client.next_seq, count, client.in_txn))
+            client.next_seq = (client.next_seq + count) % SEQUENCES
+
+    @rule(which=st.integers(0, 2), back=st.integers(1, 7))
+    def retry(self, which: int, back: int) -> None:
+        client = self.clients[which]
+        if len(client.sent) < back:
+            return
+        epoch, seq, count, txn = client.sent[-back]
+        self._append(self._data(client, seq, count, txn, epoch))
+
+    @rule(which=st.integers(0, 2), gap=st.integers(1, 3))
+    def skip_ahead(self, which: int, gap: int) -> None:
+        client = self.clients[which]
+        self._append(self._data(client, (client.next_seq + gap) % SEQUENCES, 1, client.in_txn))
+
+    @rule(which=st.integers(0, 2), seq=st.sampled_from([0, 0, 0, 5]))
+    def bump_epoch(self, which: int, seq: int) -> None:
+        client = self.clients[which]
+        client.epoch += 1
+        client.next_seq = seq
+
+    @rule(which=st.integers(0, 2))
+    def stale_epoch(self, which: int) -> None:
+        client = self.clients[which]
+        if client.epoch > 0:
+            self._append(self._data(client, client.next_seq, 1, client.in_txn, client.epoch - 1))
+
+    @rule(which=st.integers(0, 2))
+    def stray_plain_batch(self, which: int) -> None:
+        client = self.clients[which]
+        if self._append(self._data(client, client.next_seq, 1, False)) is Verdict.NEW:
+            client.next_seq = (client.next_seq + 1) % SEQUENCES
+
+    @rule(which=st.integers(0, 2))
+    def begin_transaction(self, which: int) -> None:
+        self.clients[which].in_txn = True
+
+    @rule(which=st.integers(0, 2), commit=st.booleans(), coordinator=st.integers(0, 2))
+    def end_transaction(self, which: int, commit: bool, coordinator: int) -> None:
+        client = self.clients[which]
+        kind = ControlRecordType.COMMIT if commit else ControlRecordType.ABORT
+        marker = EndTxnMarker(control_type=kind, coordinator_epoch=coordinator)
+        outcome = self.manager.state.validate_marker(client.pid, client.epoch, marker)
+        expected = self.model.marker_verdict(client.pid, client.epoch, marker)
+        assert outcome.verdict is expected, (outcome, expected)
+        event(f"marker {expected.name}")
+        if expected is not Verdict.NEW:
+            return
+        placed = marker_header(client.pid, client.epoch, offset=self.end, ts=self.now)
+        self.now += 1
+        self.log.append(LoggedBatch(placed, marker))
+        assert self.manager.record(placed, marker) == self.model.record(placed, marker)
+        client.in_txn = False
+
+    # -- the log's events
+
+    @rule(step=st.integers(1, 6))
+    def advance_high_watermark(self, step: int) -> None:
+        self.hw = min(self.end, self.hw + step)
+        self.manager.state.on_high_watermark(self.hw)
+
+    @rule()
+    def flush(self) -> None:
+        self.durable = len(self.log)
+
+    @rule()
+    def roll(self) -> None:
+        self.flush()  # a roll syncs the segment it closes
+        taken = self.manager.take_snapshot()
+        assert taken == (self.end > max(self.snapshots, default=-1))
+        if taken:
+            self.snapshots[self.end] = copy.deepcopy(self.model)
+
+    def _reload_model(self, end: int) -> None:
+        self.snapshots = {o: s for o, s in self.snapshots.items() if self.log_start <= o <= end}
+        if self.snapshots:
+            model = copy.deepcopy(self.snapshots[max(self.snapshots)])
+        else:
+            model = Model(end=self.log_start, log_start=self.log_start)
+        model.log_start = self.log_start
+        for batch in self.read(max(model.end, self.log_start), end):
+            model.record(batch.header, batch.marker)
+        model.end = end
+        self.model = model
+
+    @rule(data=st.data())
+    def truncate(self, data: st.DataObject) -> None:
+        visible = [i for i, b in enumerate(self.log) if b.header.base_offset >= self.log_start]
+        if not visible:
+            return
+        cut = data.draw(st.sampled_from(visible))
+        offset = self.log[cut].header.base_offset
+        self.log = self.log[:cut]
+        self.durable = min(self.durable, cut)
+        self.hw = min(self.hw, offset)
+        self.manager.truncate_to(offset, self.read)
+        self._reload_model(offset)
+
+    def _crash_and_reload(self, seed: int) -> None:
+        rng = random.Random(seed)
+        self.fs.crash(rng)
+        self.log = self.log[: rng.randint(self.durable, len(self.log))]
+        self.hw = min(self.hw, self.end)
+        self.manager, _ = ProducerStateManager.load(
+            self.fs,
+            DIRECTORY,
+            log_start_offset=self.log_start,
+            log_end_offset=self.end,
+            read_batches=self.read,
+        )
+        self._reload_model(self.end)
+        event("reloaded from a snapshot" if self.snapshots else "reloaded from the log start")
+
+    @rule(seed=st.integers(0, 2**16))
+    def crash(self, seed: int) -> None:
+        self._crash_and_reload(seed)
+
+    @rule(seed=st.integers(0, 2**16), position=st.integers(0, 200))
+    def corrupt_latest_snapshot_and_crash(self, seed: int, position: int) -> None:
+        offsets = list_snapshot_offsets(self.fs, DIRECTORY)
+        if not offsets:
+            return
+        path = f"{DIRECTORY}/{snapshot_file_name(offsets[-1])}"
+        self.fs.corrupt(path, position % self.fs.file_size(path))
+        del self.snapshots[offsets[-1]]  # it must never be used
+        self._crash_and_reload(seed)
+
+    @rule(data=st.data())
+    def delete_records(self, data: st.DataObject) -> None:
+        candidates = sorted(
+            {
+                b.header.base_offset
+                for b in self.log
+                if self.log_start < b.header.base_offset <= self.hw
+            }
+        )
+        if not candidates:
+            return
+        offset = data.draw(st.sampled_from(candidates))
+        self.flush()  # advance_log_start_offset syncs the log first
+        self.log_start = offset
+        self.manager.truncate_start(offset)
+        self.model.log_start = offset
+        self.snapshots = {o: s for o, s in self.snapshots.items() if o >= offset}
+        if self.end > max(self.snapshots, default=-1):
+            self.snapshots[self.end] = copy.deepcopy(self.model)
+        self.pure = False
+
+    @rule(days=st.sampled_from([0, 1, 7]))
+    def expire(self, days: int) -> None:
+        self.now += days * DAY_MS
+        gone = sorted(self.manager.expire(self.now))
+        assert gone == self.model.expire(self.now)
+        if gone:
+            self.pure = False
+
+    # -- after every step
+
+    @invariant()
+    def state_matches_the_model(self) -> None:
+        got = comparable(self.manager.state.view(), self.hw)
+        assert got == self.model.view(self.hw)
+        lso = self.manager.last_stable_offset(self.hw)
+        assert lso == self.model.last_stable_offset(self.hw), (lso, self.hw)
+        assert self.log_start <= lso <= self.hw or self.hw < self.log_start
+
+    @invariant()
+    def no_batch_is_written_twice(self) -> None:
+        if not self.pure:
+            return  # an expired producer's retry is taken again, as in Kafka
+        seen = set()
+        for batch in self.read(self.log_start, self.end):
+            h = batch.header
+            if batch.marker is None:
+                key = (h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence)
+                assert key not in seen, f"written twice: {key}"
+                seen.add(key)
+
+    @invariant()
+    def snapshot_plus_tail_equals_the_whole_log(self) -> None:
+        if not self.pure:
+            return
+        whole = ProducerState()
+        whole.replay(self.read(0, self.end))
+        whole.map_end_offset = self.end
+        expected = comparable(self.manager.state.view(), self.hw)
+        assert comparable(whole.view(), self.hw) == expected
+        loaded, _ = ProducerStateManager.load(
+            self.fs,
+            DIRECTORY,
+            log_start_offset=self.log_start,
+            log_end_offset=self.end,
+            read_batches=self.read,
+        )
+        assert comparable(loaded.state.view(), self.hw) == expected
+
+
+STATEFUL_SETTINGS = settings(
+    max_examples=150,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+ProducerStateMachine.TestCase.settings = STATEFUL_SETTINGS
+TestProducerStateAgainstModel = ProducerStateMachine.TestCase
+
+
+# --------------------------------------------------------------------------- planted bugs
+#
+# Each plants one mistake and requires the machine above to fail. Run with a fixed
+# derandomized search and no shrinking, so it costs the same on every run.
+
+PLANTED_SETTINGS = settings(
+    max_examples=300,
+    stateful_step_count=50,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def _last_batch_only(self: ProducerEntry, batch: BatchHeader) -> BatchMetadata | None:
+    if batch.producer_epoch != self.epoch or not self.batches:
+        return None
+    last = self.batches[-1]
+    if (last.first_sequence, last.last_sequence) == (batch.base_sequence, batch.last_sequence):
+        return last
+    return None
+
+
+def _kafka_v1_snapshot(state: ProducerState) -> bytes:
+    """Kafka's own snapshot layout keeps only each producer's last batch."""
+    trimmed = ProducerState(
+        map_end_offset=state.map_end_offset, log_start_offset=state.log_start_offset
+    )
+    view = state.view()
+    trimmed._load_entries(
+        (attrs.evolve(entry, batches=entry.batches[-1:]) for entry in view.producers),
+        view.unreplicated,
+    )
+    return real_encode_snapshot(trimmed)
+
+
+real_encode_snapshot = producer_state.encode_snapshot
+
+
+def _open_transactions_only(self: ProducerState, high_watermark: int) -> int | None:
+    return self.first_undecided_offset()
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "planted"),
+    [
+        # Remembering one batch: the retry of the second-to-last is refused.
+        (producer_state, "BATCHES_RETAINED", 1),
+        # Retained but only the last one searched for duplicates.
+        (ProducerEntry, "find_duplicate", _last_batch_only),
+        # A snapshot as Kafka writes it: after a crash the older four are gone.
+        (producer_state, "encode_snapshot", _kafka_v1_snapshot),
+        # An LSO that passes a decided transaction whose marker is above the HWM.
+        (ProducerState, "first_unstable_offset", _open_transactions_only),
+    ],
+    ids=["last-batch-only", "duplicate-search-of-one", "kafka-v1-snapshot", "lso-ignores-hwm"],
+)
+def test_the_machine_catches_a_planted_mistake(
+    monkeypatch: pytest.MonkeyPatch, target: object, name: str, planted: object
+) -> None:
+    """The model-based test above is only worth something if it fails on real mistakes.
+
+    Each case plants one with monkeypatch and requires `ProducerStateMachine` to
+    raise (checked by this test itself, not by hand): the last-batch-only bug fails
+    the state comparison and the duplicate answers; searching only the last batch
+    fails the verdict comparison on a retry of an older one; Kafka's one-batch
+    snapshot fails the comparison after a crash reload; an LSO that forgets decided
+    but unreplicated transactions fails the LSO check.
+    """
+    monkeypatch.setattr(target, name, planted)
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(ProducerStateMachine, settings=PLANTED_SETTINGS)
