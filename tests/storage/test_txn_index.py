@@ -6,6 +6,8 @@ import random
 import struct
 
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from storage.fs import MemoryFileSystem
 from storage.producer_state import (
@@ -200,3 +202,78 @@ def batch(pid: int, seq: int, *, offset: int, txn: bool) -> BatchHeader:
 def marker(pid: int, *, offset: int) -> BatchHeader:
     attributes = TRANSACTIONAL_BIT | CONTROL_BIT
     return BatchHeader(offset, 57, 0, 2, 0, attributes, 0, 0, 0, pid, 0, NO_SEQUENCE, 1)
+
+
+ABORT_SEARCHES = {
+    "steps": st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(["data", "data", "commit", "abort"])),
+        max_size=40,
+    ),
+    "data": st.data(),
+}
+
+
+@settings(max_examples=500, deadline=None)
+@given(**ABORT_SEARCHES)
+def test_the_lso_stop_never_hides_an_overlapping_abort(
+    steps: list[tuple[int, str]], data: st.DataObject
+) -> None:
+    """Per-segment indexes, searched from the start's segment with Kafka's early stop,
+    find exactly the aborted transactions that overlap the range (brute force).
+    `test_the_property_catches_an_early_stop_on_the_marker` checks that it fails on a
+    planted stop at the marker offset instead of the LSO."""
+    check_abort_search(steps, data)
+
+
+def check_abort_search(steps: list[tuple[int, str]], data: st.DataObject) -> None:
+    state = ProducerState()
+    offset = 0
+    aborted: list[AbortedTxn] = []
+    for pid, action in steps:
+        if action == "data":
+            state.record(batch(pid, 0, offset=offset, txn=True))
+        else:
+            kind = ControlRecordType.COMMIT if action == "commit" else ControlRecordType.ABORT
+            end_marker = EndTxnMarker(control_type=kind, coordinator_epoch=0)
+            found = state.record(marker(pid, offset=offset), end_marker)
+            if found is not None:
+                aborted.append(found)
+        offset += 1
+    fs = fresh_fs()
+    cuts = data.draw(st.lists(st.integers(1, max(1, offset)), max_size=4))
+    bases = sorted({0, *(c for c in cuts if c < offset)})
+    indexes = [TransactionIndex(fs, DIRECTORY, base) for base in bases]
+    for entry in aborted:
+        owner = max(i for i, base in enumerate(bases) if base <= entry.last_offset)
+        indexes[owner].append(entry)
+    start = data.draw(st.integers(0, offset))
+    end = data.draw(st.integers(start, offset + 1))
+    first = max(i for i, base in enumerate(bases) if base <= start)
+    expected = [
+        FetchAbortedTxn(e.producer_id, e.first_offset)
+        for e in aborted
+        if e.last_offset >= start and e.first_offset < end and start < end
+    ]
+    assert aborted_transactions(indexes[first:], start, end) == expected
+
+
+def _stop_at_the_marker(
+    self: TransactionIndex, start_offset: int, end_offset: int
+) -> tuple[list[AbortedTxn], bool]:
+    found = [
+        e for e in self.entries if e.last_offset >= start_offset and e.first_offset < end_offset
+    ]
+    for entry in self.entries:
+        if entry.last_offset >= end_offset:  # the planted mistake: not the LSO
+            return [e for e in found if e.last_offset <= entry.last_offset], True
+    return found, False
+
+
+def test_the_property_catches_an_early_stop_on_the_marker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TransactionIndex, "collect", _stop_at_the_marker)
+    planted = settings(
+        max_examples=500, deadline=None, derandomize=True, database=None, phases=[Phase.generate]
+    )(given(**ABORT_SEARCHES)(check_abort_search))
+    # A transaction open across the range's end and aborted after a marker past it.
+    with pytest.raises(AssertionError):
+        planted()
