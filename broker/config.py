@@ -62,6 +62,7 @@ class NodeConfig:
     # KIP-966 (eligible leader replicas, unclean-shutdown detection); a controller
     # setting, written into the metadata as a feature level when it becomes active.
     eligible_leader_replicas_enable: bool = True
+    offsets_topic_num_partitions: int = 50  # Kafka's offsets.topic.num.partitions
 
     @property
     def is_controller(self) -> bool:
@@ -121,6 +122,7 @@ _INT_SETTINGS = (
     "metadata_snapshot_min_bytes",
     "replica_lag_time_max_ms",
     "log_retention_check_interval_ms",
+    "offsets_topic_num_partitions",
 )
 _BOOL_SETTINGS = ("eligible_leader_replicas_enable",)
 

@@ -12,9 +12,11 @@ the `ControllerChannel`, as the native ones are (KIP-590).
 is not advertised, and a request outside its range closes the connection (except
 ApiVersions, answered at v0). Produce is advertised from v0, as Kafka 4 does
 (KAFKA-18659: librdkafka compresses only when v0 is in range), though the codec
-cannot read v0-2 (Kafka 4 refuses them too). No InitProducerId, no group and no
-transaction API is built, so idempotent and transactional producers and consumer
-groups are not served yet.
+cannot read v0-2 (Kafka 4 refuses them too). The group APIs (FindCoordinator,
+JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups,
+ListGroups, DeleteGroups) are `KafkaGroupApis`' over the broker's `GroupDriver`. No
+InitProducerId and no transaction API is built, so idempotent and transactional
+producers are not served yet. Clients cannot create topics named `__...` (the broker's).
 
 Errors are Kafka's codes (`ErrorCode` has Kafka's numbers). An error concerning the
 whole request (a `KafkaError` from the call, a handler's bug) is answered by
@@ -33,6 +35,8 @@ import attrs
 from broker import kafka_errors
 from broker.broker_apis import BrokerApis, metadata
 from broker.data_apis import DataApis
+from broker.group_driver import GroupDriver
+from broker.kafka_group_apis import KafkaGroupApis
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import API_VERSIONS_KEY, APIS
@@ -86,6 +90,8 @@ ENDPOINT_TYPE_BROKERS = 1
 RESOURCE_TYPES = {2: TOPIC, 4: BROKER}
 # KRaft's metadata log, as DescribeQuorum names it (KIP-595).
 METADATA_TOPIC = "__cluster_metadata"
+# Internal topics (`__consumer_offsets`): clients cannot create them, the broker does.
+RESERVED_TOPIC_PREFIX = "__"
 
 T = TypeVar("T")
 Handle = Callable[[Any, Any], Awaitable[Any]]
@@ -103,7 +109,9 @@ class Served:
 
 
 class KafkaApis:
-    def __init__(self, broker: BrokerApis, data: DataApis) -> None:
+    def __init__(
+        self, broker: BrokerApis, data: DataApis, groups: GroupDriver | None = None
+    ) -> None:
         self.broker = broker
         self.data = data
         self.served: dict[int, Served] = {
@@ -168,6 +176,9 @@ class KafkaApis:
                 error=kafka_errors.offset_for_leader_epoch_error,
             ),
         }
+        if groups is not None:  # the group APIs (issue 16)
+            for key, (low, high, handle, error) in KafkaGroupApis(groups).served().items():
+                self.served[key] = Served(low=low, high=high, handle=handle, error=error)
         for key, served in self.served.items():
             codec = APIS[key].versions
             # What is served the codec can read, except Produce v0-2 (advertised only).
@@ -249,7 +260,7 @@ class KafkaApis:
                 error_code=t.error_code,
                 name=t.name,
                 topic_id=_uuid(t.topic_id) if version >= 10 else ZERO_UUID,
-                is_internal=False,
+                is_internal=t.name.startswith(RESERVED_TOPIC_PREFIX),
                 partitions=tuple(
                     kafka.MetadataResponse.MetadataResponsePartition(
                         error_code=p.error_code,
@@ -506,6 +517,13 @@ class KafkaApis:
         refused: dict[str, TopicOutcome] = {}
         creates = []
         for topic in request.topics:
+            if topic.name.startswith(RESERVED_TOPIC_PREFIX):
+                refused[topic.name] = TopicOutcome(
+                    name=topic.name,
+                    error_code=ErrorCode.INVALID_TOPIC_EXCEPTION,
+                    message=f"names starting with {RESERVED_TOPIC_PREFIX} are the broker's",
+                )
+                continue
             if topic.assignments:
                 refused[topic.name] = TopicOutcome(
                     name=topic.name,

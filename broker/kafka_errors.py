@@ -206,3 +206,103 @@ def describe_configs_error(request: Any, version: int, code: int, message: str) 
             for r in request.resources
         )
     )
+
+
+# ---------------------------------------------------------------------- groups (issue 16)
+
+
+def find_coordinator_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.FindCoordinatorResponse
+    if version >= 4:
+        return Response(
+            coordinators=tuple(
+                Response.Coordinator(
+                    key=key, node_id=-1, port=-1, error_code=code, error_message=message or None
+                )
+                for key in request.coordinator_keys
+            )
+        )
+    return Response(
+        error_code=code, error_message=message_in(version, 1, message), node_id=-1, port=-1
+    )
+
+
+def join_group_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.JoinGroupResponse(
+        error_code=code,
+        member_id=request.member_id,
+        protocol_name=None if version >= 7 else "",
+    )
+
+
+def sync_group_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.SyncGroupResponse(error_code=code)
+
+
+def heartbeat_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.HeartbeatResponse(error_code=code)
+
+
+def leave_group_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.LeaveGroupResponse(error_code=code)
+
+
+def offset_commit_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.OffsetCommitResponse
+    return Response(
+        topics=tuple(
+            Response.OffsetCommitResponseTopic(
+                name=topic.name,
+                partitions=tuple(
+                    Response.OffsetCommitResponsePartition(
+                        partition_index=p.partition_index, error_code=code
+                    )
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topics
+        )
+    )
+
+
+def offset_fetch_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.OffsetFetchResponse
+    return Response(
+        error_code=code if version >= 2 else 0,
+        topics=tuple(
+            Response.OffsetFetchResponseTopic(
+                name=topic.name,
+                partitions=tuple(
+                    Response.OffsetFetchResponsePartition(
+                        partition_index=index, committed_offset=-1, error_code=code
+                    )
+                    for index in topic.partition_indexes
+                ),
+            )
+            for topic in request.topics or ()
+        ),
+    )
+
+
+def describe_groups_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.DescribeGroupsResponse
+    return Response(
+        groups=tuple(
+            Response.DescribedGroup(error_code=code, group_id=group_id)
+            for group_id in request.groups
+        )
+    )
+
+
+def list_groups_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.ListGroupsResponse(error_code=code)
+
+
+def delete_groups_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.DeleteGroupsResponse
+    return Response(
+        results=tuple(
+            Response.DeletableGroupResult(group_id=group_id, error_code=code)
+            for group_id in request.groups_names
+        )
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -86,6 +87,9 @@ class ReplicaManager:
         self.fs = fs if fs is not None else OsFileSystem()
         self.broker_address_overrides = broker_address_overrides or {}
         self.partitions: dict[tuple[str, int], Partition] = {}
+        # Told of each partition whose role changed here or that was removed (after the
+        # change): the group coordinator's driver learns which it leads (issue 16).
+        self.leadership_listeners: list[Callable[[Partition], None]] = []
         self.image = MetadataImage()
         self.caught_up = False  # has the image reached our own registration yet?
         self._unopened: set[str] = set()  # topic ids with a log we failed to open
@@ -185,6 +189,12 @@ class ReplicaManager:
                 log.info("%s: leader at epoch %d", partition, partition.leader_epoch)
             elif change == "follower":
                 self.fetchers.add(partition, registration.leader)
+            if change in ("leader", "follower"):
+                self._tell_leadership(partition)
+
+    def _tell_leadership(self, partition: Partition) -> None:
+        for listener in self.leadership_listeners:
+            listener(partition)
 
     @staticmethod
     def _configure(partition: Partition, image: MetadataImage) -> None:
@@ -236,6 +246,7 @@ class ReplicaManager:
         with contextlib.suppress(LogError):
             partition.close()
         self._remove_directory(partition.log.directory)
+        self._tell_leadership(partition)
 
     def _remove_directory(self, directory: str) -> None:
         with contextlib.suppress(OSError):

@@ -23,6 +23,7 @@ from broker.broker_apis import BrokerApis, ReplicationApis
 from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, REPLICATION_LISTENER, NodeConfig
 from broker.controller_channel import ControllerChannel
 from broker.data_apis import DataApis
+from broker.group_driver import GroupDriver
 from broker.kafka_apis import KafkaApis
 from broker.kafka_connection import KafkaConnections
 from broker.lifecycle import BrokerLifecycle
@@ -59,6 +60,7 @@ class Server:
         self.lifecycle: BrokerLifecycle | None = None
         self.channel: ControllerChannel | None = None
         self.replicas: ReplicaManager | None = None
+        self.groups: GroupDriver | None = None
         self._nursery: trio.Nursery | None = None
         self._stopping_cleanly = False
         self.stopped = trio.Event()
@@ -148,9 +150,19 @@ class Server:
             forward_timeout_ms=config.request_timeout_ms * 5,
             data=data,
         )
+        groups = self.groups = GroupDriver(
+            replicas,
+            data,
+            forward=lambda key, body: channel.request(
+                key, body, timeout_s=config.request_timeout_ms * 5 / 1000
+            ),
+            num_partitions=config.offsets_topic_num_partitions,
+            rng=random.Random(self.rng.random()),
+        )
+        await nursery.start(groups.run)
         host, port = config.listeners[BROKER_LISTENER]
         # Both codecs on the client listener, chosen per connection (decision 0011).
-        kafka = KafkaConnections(KafkaApis(apis, data), name=f"kafka-{config.node_id}")
+        kafka = KafkaConnections(KafkaApis(apis, data, groups), name=f"kafka-{config.node_id}")
         server = RpcServer(apis.handle, name=f"broker-{config.node_id}", other_protocol=kafka.serve)
         port = await nursery.start(server.serve, host, port)
         replication_host, replication_port = config.listeners[REPLICATION_LISTENER]

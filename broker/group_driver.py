@@ -1,0 +1,344 @@
+"""The trio driver of the group coordinator (issue 16): `broker.groups` wired to the
+broker's `__consumer_offsets` partitions.
+
+One `GroupCoordinator` per `__consumer_offsets` partition this broker leads, learnt
+from the ReplicaManager's leadership hook. On becoming leader a partition's records
+are replayed from its log (requests meanwhile get COORDINATOR_LOAD_IN_PROGRESS); on
+losing leadership its coordinator is dropped and every held request is answered
+NOT_COORDINATOR. Each call's `Effects` are applied in order: the records are appended
+through the internal produce path with acks=all (so they are answered only once the
+high-water mark passed them), then the replies are delivered, some of them to
+requests held since an earlier call (JoinGroup, SyncGroup). A failed append drops the
+coordinator's state (what it decided is not durable) and reloads it from the log.
+
+The topic is created by the first FindCoordinator or group request, through the
+controller like CreateTopics: `offsets_topic_num_partitions` partitions (50 by
+default), RF min(3, live brokers), min.insync.replicas 2 where RF >= 3. Compaction is
+not wired to the broker yet, so the topic keeps cleanup.policy=delete with
+retention.ms=-1 (nothing is ever removed from it).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from broker.data_apis import DataApis
+from broker.groups import Effects, GroupConfig, GroupCoordinator, GroupRecord, partition_for
+from broker.groups.messages import Response
+from broker.partition import Partition
+from broker.replica_manager import ReplicaManager
+from client.protocol.apis import ApiKey
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.schema import to_body
+from kraft.controller.messages import CreateTopicsRequest
+from kraft.controller.replication import CreateTopic
+from storage.records import RecordInput, build_batch, iter_batches, iter_records
+
+log = logging.getLogger(__name__)
+
+OFFSETS_TOPIC = "__consumer_offsets"
+OFFSETS_TOPIC_NUM_PARTITIONS = 50  # offsets.topic.num.partitions
+OFFSETS_TOPIC_REPLICATION_FACTOR = 3  # offsets.topic.replication.factor
+COMMIT_TIMEOUT_MS = 5_000  # offsets.commit.timeout.ms
+EXPIRE_INTERVAL_S = 600.0  # offsets.retention.check.interval.ms
+TICK_MAX_S = 0.5
+READ_BYTES = 1 << 20
+
+
+@attrs.define(eq=False)
+class _Held:
+    """One request waiting for its reply."""
+
+    done: trio.Event = attrs.field(factory=trio.Event)
+    response: Response | None = None
+    error: KafkaError | None = None
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """One led partition: loading (coordinator None) or loaded."""
+
+    partition: Partition
+    leader_epoch: int
+    coordinator: GroupCoordinator | None = None
+    held: dict[object, _Held] = attrs.field(factory=dict)
+    dropped: bool = False
+
+
+class GroupDriver:
+    def __init__(
+        self,
+        replicas: ReplicaManager,
+        data: DataApis,
+        *,
+        forward: Callable[[int, Any], Any],
+        num_partitions: int = OFFSETS_TOPIC_NUM_PARTITIONS,
+        config: GroupConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.replicas = replicas
+        self.data = data
+        self._forward = forward  # (api key, body) -> awaitable answer, via the controller
+        self.num_partitions = num_partitions
+        self.config = config if config is not None else GroupConfig()
+        self.rng = rng if rng is not None else random.Random()
+        self.slots: dict[int, _Slot] = {}
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._creating = False
+
+    @staticmethod
+    def now_ms() -> int:
+        return int(time.time() * 1000)  # commit timestamps and retention are wall-clock
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.replicas.leadership_listeners.append(self.on_leadership)
+            for partition in list(self.replicas.partitions.values()):
+                self.on_leadership(partition)
+            nursery.start_soon(self._timer)
+            nursery.start_soon(self._expire)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # ------------------------------------------------------------------ leadership
+
+    def on_leadership(self, partition: Partition) -> None:
+        """ReplicaManager hook: a partition's role changed (or it was removed)."""
+        if partition.topic != OFFSETS_TOPIC:
+            return
+        slot = self.slots.get(partition.index)
+        current = self.replicas.partitions.get((partition.topic, partition.index))
+        leads = partition.is_leader and current is partition
+        if slot is not None and (
+            not leads
+            or slot.leader_epoch != partition.leader_epoch
+            or slot.partition is not partition
+        ):
+            self._drop(slot, "leadership moved")
+            slot = None
+        if leads and slot is None and self._nursery is not None:
+            slot = _Slot(partition=partition, leader_epoch=partition.leader_epoch)
+            self.slots[partition.index] = slot
+            self._nursery.start_soon(self._load, slot)
+
+    def _drop(self, slot: _Slot, why: str) -> None:
+        log.info("%s: group coordinator unloaded (%s)", slot.partition, why)
+        slot.dropped = True
+        if self.slots.get(slot.partition.index) is slot:
+            del self.slots[slot.partition.index]
+        for held in slot.held.values():
+            if not held.done.is_set():
+                held.error = KafkaError(ErrorCode.NOT_COORDINATOR, why)
+                held.done.set()
+        slot.held.clear()
+
+    async def _load(self, slot: _Slot) -> None:
+        await trio.lowlevel.checkpoint()
+        partition = slot.partition
+        records: list[GroupRecord] = []
+        offset = partition.log.log_start_offset
+        end = partition.log.log_end_offset
+        while offset < end and not slot.dropped:
+            data = partition.log.read(offset, READ_BYTES, end)
+            if not data:
+                break
+            for position, header in iter_batches(data):
+                if header.is_control:
+                    offset = header.next_offset
+                    continue
+                for record in iter_records(data, position):
+                    if record.offset >= offset:
+                        try:
+                            records.append(GroupRecord.from_wire(record.key, record.value))
+                        except ValueError as error:
+                            log.warning("%s@%d: unreadable: %s", partition, record.offset, error)
+                offset = header.next_offset
+            await trio.lowlevel.checkpoint()
+        if slot.dropped:
+            return
+        slot.coordinator = GroupCoordinator.replay(
+            records, self.now_ms(), self.config, rng=random.Random(self.rng.random())
+        )
+        log.info(
+            "%s: group coordinator loaded (%d records, %d groups)",
+            partition,
+            len(records),
+            len(slot.coordinator.groups),
+        )
+        self._wake.set()
+
+    # ------------------------------------------------------------------ calls
+
+    async def ensure_topic(self) -> None:
+        """Create `__consumer_offsets` through the controller if the image lacks it."""
+        image = self.replicas.image
+        if image.topic(OFFSETS_TOPIC) is not None or self._creating:
+            return
+        live = len(image.unfenced_brokers())
+        factor = max(1, min(OFFSETS_TOPIC_REPLICATION_FACTOR, live))
+        configs = (
+            ("min.insync.replicas", "2" if factor >= 3 else "1"),
+            ("retention.ms", "-1"),  # compaction is not wired yet: keep everything
+        )
+        request = CreateTopicsRequest(
+            topics=(
+                CreateTopic(
+                    name=OFFSETS_TOPIC,
+                    partitions=self.num_partitions,
+                    replication_factor=factor,
+                    configs=configs,
+                ),
+            ),
+            validate_only=False,
+        )
+        self._creating = True
+        try:
+            await self._forward(ApiKey.CREATE_TOPICS, to_body(request))
+        except (KafkaError, trio.TooSlowError, OSError) as error:
+            log.warning("creating %s failed: %s", OFFSETS_TOPIC, error)
+        finally:
+            self._creating = False
+
+    def partition_of(self, group_id: str) -> int:
+        return partition_for(group_id, self.num_partitions)
+
+    def _slot(self, group_id: str) -> _Slot:
+        slot = self.slots.get(self.partition_of(group_id))
+        if slot is None:
+            raise KafkaError(ErrorCode.NOT_COORDINATOR, f"not the coordinator of {group_id!r}")
+        if slot.coordinator is None:
+            raise KafkaError(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, f"{slot.partition} loading")
+        return slot
+
+    def coordinator(self, group_id: str) -> GroupCoordinator:
+        """For reads (OffsetFetch, DescribeGroups): the loaded coordinator or an error."""
+        coordinator = self._slot(group_id).coordinator
+        assert coordinator is not None
+        return coordinator
+
+    def loaded(self) -> list[GroupCoordinator]:
+        return [s.coordinator for s in self.slots.values() if s.coordinator is not None]
+
+    def loading(self) -> bool:
+        return any(s.coordinator is None for s in self.slots.values())
+
+    async def call(self, group_id: str, method: str, *args: Any) -> Response:
+        """`GroupCoordinator.<method>(*args, token, now_ms)` for the group's partition;
+        the reply once it is due (maybe after later calls)."""
+        if not group_id:
+            raise KafkaError(ErrorCode.INVALID_GROUP_ID, "the group id is empty")
+        slot = self._slot(group_id)
+        assert slot.coordinator is not None
+        token = object()
+        held = slot.held[token] = _Held()
+        effects = getattr(slot.coordinator, method)(*args, token, self.now_ms())
+        await self._apply(slot, effects)
+        await held.done.wait()
+        slot.held.pop(token, None)
+        if held.error is not None:
+            raise held.error
+        assert held.response is not None
+        return held.response
+
+    async def _apply(self, slot: _Slot, effects: Effects) -> None:
+        """Append `effects.records` at once (so records keep the order of the calls that
+        made them), wait until they are committed, then deliver `effects.replies`."""
+        self._wake.set()
+        last = self._append(slot, effects.records) if effects.records and not slot.dropped else None
+        await self._complete(slot, last, effects.replies)
+
+    async def _complete(
+        self, slot: _Slot, last: int | None, replies: list[tuple[object, Response]]
+    ) -> None:
+        if last is not None and last >= 0:
+            try:
+                with trio.fail_after(COMMIT_TIMEOUT_MS / 1000):
+                    await slot.partition.wait_committed(last, slot.leader_epoch)
+                needed = self.replicas.min_insync_replicas(OFFSETS_TOPIC)
+                if len(slot.partition.isr) < needed:
+                    raise KafkaError(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, "ISR shrank")
+            except (KafkaError, trio.TooSlowError) as error:
+                log.warning("%s: group records not committed: %r", slot.partition, error)
+                last = -1
+        if last == -1:
+            self._failed(slot)
+            return
+        for token, response in replies:
+            held = slot.held.get(token)
+            if held is not None and not held.done.is_set():
+                held.response = response
+                held.done.set()
+
+    def _failed(self, slot: _Slot) -> None:
+        if slot.dropped:
+            return
+        self._drop(slot, "group records not committed")
+        if slot.partition.is_leader and self._nursery is not None:
+            self.on_leadership(slot.partition)  # reload what is durable
+
+    def _append(self, slot: _Slot, records: list[GroupRecord]) -> int:
+        """The last offset appended; -1 if the append was refused."""
+        partition = slot.partition
+        now = self.now_ms()
+        wire = [record.to_wire() for record in records]
+        batch = build_batch(RecordInput(timestamp=now, key=k, value=v) for k, v in wire)
+        try:
+            partition.require_leader(slot.leader_epoch)
+            needed = self.replicas.min_insync_replicas(OFFSETS_TOPIC)
+            if len(partition.isr) < needed:
+                raise KafkaError(ErrorCode.NOT_ENOUGH_REPLICAS, f"ISR {list(partition.isr)}")
+            info = partition.append_as_leader(batch)
+        except Exception as error:  # a refused append leaves nothing durable to trust
+            log.warning("%s: group records not appended: %r", partition, error)
+            return -1
+        return info.last_offset
+
+    # ------------------------------------------------------------------ timers
+
+    async def _timer(self) -> None:
+        while True:
+            now = self.now_ms()
+            deadlines = []
+            for slot in list(self.slots.values()):
+                coordinator = slot.coordinator
+                if coordinator is None or slot.dropped:
+                    continue
+                deadline = coordinator.next_deadline_ms()
+                if deadline is not None and deadline <= now:
+                    self._start_apply(slot, coordinator.tick(now))
+                    deadline = coordinator.next_deadline_ms()
+                if deadline is not None:
+                    deadlines.append(deadline)
+            wait_s = TICK_MAX_S
+            if deadlines:
+                wait_s = min(wait_s, max(0.0, (min(deadlines) - now) / 1000))
+            self._wake = trio.Event()
+            with trio.move_on_after(max(wait_s, 0.005)):
+                await self._wake.wait()
+
+    async def _expire(self) -> None:
+        while True:
+            await trio.sleep(EXPIRE_INTERVAL_S)
+            for slot in list(self.slots.values()):
+                if slot.coordinator is not None and not slot.dropped:
+                    self._start_apply(slot, slot.coordinator.expire_offsets(self.now_ms()))
+
+    def _start_apply(self, slot: _Slot, effects: Effects) -> None:
+        """Effects of a timer: appended now, waited for in a task of their own."""
+        if not effects.records and not effects.replies:
+            return
+        last = self._append(slot, effects.records) if effects.records else None
+        if last == -1:
+            self._failed(slot)
+            return
+        assert self._nursery is not None
+        self._nursery.start_soon(self._complete, slot, last, effects.replies)

@@ -1,0 +1,223 @@
+"""Consumer groups of Kafka's own clients against a 3-node pykraft cluster (issue 16).
+
+kafka-python and confluent-kafka (librdkafka) consumers `subscribe` in groups of two:
+the broker creates `__consumer_offsets` (6 partitions here) on the first
+FindCoordinator, the group's coordinator (the leader of its partition) assigns each
+partition to one member, the members consume every record once between them, commit
+and close, and a new member of the same group resumes from the committed offsets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from broker.local_cluster import LocalCluster
+
+kafka = pytest.importorskip("kafka")
+confluent_kafka = pytest.importorskip("confluent_kafka")
+
+from confluent_kafka import Consumer, KafkaError  # noqa: E402
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka.admin import NewTopic  # noqa: E402
+from kafka.errors import InvalidTopicError  # noqa: E402
+
+PARTITIONS = 4
+RECORDS = 400
+LATER = 40
+WAIT_S = 120
+SESSION_TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    root = tmp_path_factory.mktemp("kafka-groups")
+    with LocalCluster(str(root), combined=3, offsets_topic_num_partitions=6) as running:
+        running.start_all()
+        yield running
+
+
+def create_topic(bootstrap: str, name: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    try:
+        answer = admin.create_topics([NewTopic(name, PARTITIONS, 3)])
+        assert all(t["error_code"] == 0 for t in answer["topics"]), answer
+    finally:
+        admin.close()
+
+
+def produce(bootstrap: str, topic: str, values: range) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    try:
+        for i in values:
+            producer.send(topic, key=b"%d" % i, value=b"%d" % i)
+        producer.flush(timeout=WAIT_S)
+    finally:
+        producer.close()
+
+
+class Member:
+    """One consumer polled by a thread of its own (a join blocks its poll)."""
+
+    def __init__(self, poll: Callable[[], list[bytes]], assignment: Callable[[], set[int]]):
+        self._poll = poll
+        self._assignment = assignment
+        self.values: list[bytes] = []
+        self.assigned: set[int] = set()
+        self.stop = threading.Event()
+        self.idle = threading.Event()  # set: the thread no longer touches the consumer
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.values.extend(self._poll())
+                self.assigned = self._assignment()
+        except BaseException as error:  # reported by the test
+            self.error = error
+        finally:
+            self.idle.set()
+
+    def halt(self) -> None:
+        self.stop.set()
+        assert self.idle.wait(WAIT_S), "a member's poll did not return"
+        assert self.error is None, self.error
+
+
+def wait_until(condition: Callable[[], bool], what: str, members: list[Member]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        for member in members:
+            assert member.error is None, member.error
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def wait_split(members: list[Member]) -> None:
+    """Until each member holds some partitions and together all, none twice."""
+
+    def split() -> bool:
+        sets = [m.assigned for m in members]
+        return all(sets) and sum(map(len, sets)) == PARTITIONS and len(set().union(*sets)) == 4
+
+    wait_until(split, f"no split: {[m.assigned for m in members]}", members)
+
+
+def kafka_python_member(bootstrap: str, topic: str, group: str) -> tuple[Member, Any]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=1_000,
+    )
+    consumer.subscribe([topic])
+
+    def poll() -> list[bytes]:
+        batches = consumer.poll(timeout_ms=200)
+        return [r.value for records in batches.values() for r in records]
+
+    return Member(poll, lambda: {tp.partition for tp in consumer.assignment()}), consumer
+
+
+def confluent_member(bootstrap: str, topic: str, group: str) -> tuple[Member, Any]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": 1_000,
+        }
+    )
+    consumer.subscribe([topic])
+
+    def poll() -> list[bytes]:
+        values: list[bytes] = []
+        for message in consumer.consume(num_messages=100, timeout=0.2):
+            error = message.error()
+            # A topic just created may not be in every broker's metadata yet.
+            if error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                continue
+            assert error is None, error
+            values.append(message.value() or b"")
+        return values
+
+    return Member(poll, lambda: {tp.partition for tp in consumer.assignment()}), consumer
+
+
+def commit_kafka_python(consumer: Any) -> None:
+    consumer.commit()
+
+
+def commit_confluent(consumer: Any) -> None:
+    consumer.commit(asynchronous=False)
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        pytest.param((kafka_python_member, commit_kafka_python), id="kafka-python"),
+        pytest.param((confluent_member, commit_confluent), id="confluent-kafka"),
+    ],
+)
+def test_group_of_two_consumes_everything_once_and_resumes(
+    cluster: LocalCluster, client: Any
+) -> None:
+    start, commit = client
+    bootstrap = cluster.bootstrap_servers()
+    name = start.__name__.split("_")[0]
+    topic, group = f"group-{name}", f"readers-{name}"
+    create_topic(bootstrap, topic)
+    (first, first_consumer), (second, second_consumer) = (
+        start(bootstrap, topic, group),
+        start(bootstrap, topic, group),
+    )
+    members = [first, second]
+    wait_split(members)
+    produce(bootstrap, topic, range(RECORDS))
+    wait_until(
+        lambda: len(first.values) + len(second.values) >= RECORDS,
+        "not everything was consumed",
+        members,
+    )
+    time.sleep(1)  # anything more (a duplicate) would show now
+    for member in members:
+        member.halt()
+    consumed = first.values + second.values
+    assert sorted(consumed) == sorted(b"%d" % i for i in range(RECORDS))  # each once
+    assert first.assigned.isdisjoint(second.assigned)
+    for consumer in (first_consumer, second_consumer):
+        commit(consumer)  # both before either leaves (a leave starts a rebalance)
+    for consumer in (first_consumer, second_consumer):
+        consumer.close()
+
+    produce(bootstrap, topic, range(RECORDS, RECORDS + LATER))
+    third, third_consumer = start(bootstrap, topic, group)
+    wait_until(lambda: len(third.values) >= LATER, "the later records were not read", [third])
+    time.sleep(1)
+    third.halt()
+    third_consumer.close()
+    assert sorted(third.values) == sorted(b"%d" % i for i in range(RECORDS, RECORDS + LATER))
+
+
+def test_clients_cannot_create_reserved_topics(cluster: LocalCluster) -> None:
+    admin = KafkaAdminClient(
+        bootstrap_servers=cluster.bootstrap_servers(), request_timeout_ms=30_000
+    )
+    try:
+        try:
+            answer = admin.create_topics([NewTopic("__mine", 1, 1)], validate_only=False)
+        except InvalidTopicError:
+            return
+        assert [t["error_code"] for t in answer["topics"]] == [InvalidTopicError.errno], answer
+    finally:
+        admin.close()
