@@ -43,17 +43,24 @@ def fails(schedule: Schedule, *, planted_bug: str | None, time_s: float) -> bool
 
 
 def find_failing_schedule(
-    *, planted_bug: str | None = None, time_s: float = 6.0, max_examples: int = 30
+    *,
+    planted_bug: str | None = None,
+    time_s: float = 6.0,
+    max_examples: int = 30,
+    faults: tuple[str, ...] = SIM_FAULTS,
+    derandomize: bool = False,
 ) -> Schedule:
-    """The minimal failing schedule Hypothesis found (raises NoSuchExample if none)."""
+    """The minimal failing schedule Hypothesis found (raises NoSuchExample if none).
+    `derandomize`: the same examples every time (a test's search must not be luck)."""
     return find(
-        schedules(),
+        schedules(faults),
         lambda schedule: fails(schedule, planted_bug=planted_bug, time_s=time_s),
         settings=settings(
             max_examples=max_examples,
             deadline=None,
             database=None,
             phases=[Phase.generate, Phase.shrink],
+            derandomize=derandomize,
             suppress_health_check=list(HealthCheck),
         ),
     )
