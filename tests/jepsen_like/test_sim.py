@@ -68,11 +68,11 @@ def test_a_short_sweep_of_power_losses_with_flush_messages_1_passes(capsys) -> N
 
 @pytest.mark.sweep
 @pytest.mark.timeout(3000)
-def test_a_hundred_seeds_of_crashes_pass(capsys) -> None:
-    _sweep(capsys, 100, "--faults", CRASH_MIX)
+def test_sixty_seeds_of_crashes_pass(capsys) -> None:
+    _sweep(capsys, 60, "--faults", CRASH_MIX)
 
 
 @pytest.mark.sweep
 @pytest.mark.timeout(3000)
-def test_a_hundred_seeds_of_power_losses_with_flush_messages_1_pass(capsys) -> None:
-    _sweep(capsys, 100, "--scenario", "power-losses-flushed")
+def test_forty_seeds_of_power_losses_with_flush_messages_1_pass(capsys) -> None:
+    _sweep(capsys, 40, "--scenario", "power-losses-flushed")

@@ -42,7 +42,7 @@ def test_a_hostile_peer_breaks_nothing(seed: int, requests: list[HostileRequest]
 
 @pytest.mark.sweep
 @pytest.mark.timeout(3000)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), requests=st.lists(hostile_requests, min_size=30, max_size=90))
 def test_many_hostile_peers_break_nothing(seed: int, requests: list[HostileRequest]) -> None:
     run(seed, requests)
