@@ -9,6 +9,9 @@ and close, and a new member of the same group resumes from the committed offsets
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -221,3 +224,61 @@ def test_clients_cannot_create_reserved_topics(cluster: LocalCluster) -> None:
         assert [t["error_code"] for t in answer["topics"]] == [InvalidTopicError.errno], answer
     finally:
         admin.close()
+
+
+MEMBER_SCRIPT = """
+import sys
+from kafka import KafkaConsumer
+consumer = KafkaConsumer(bootstrap_servers=sys.argv[1], group_id=sys.argv[3],
+                         auto_offset_reset="earliest", enable_auto_commit=False,
+                         session_timeout_ms=int(sys.argv[4]), heartbeat_interval_ms=1000)
+consumer.subscribe([sys.argv[2]])
+last = None
+while True:
+    consumer.poll(timeout_ms=200)
+    assigned = sorted(tp.partition for tp in consumer.assignment())
+    if assigned != last:
+        print(",".join(map(str, assigned)), flush=True)
+        last = assigned
+"""
+
+
+def test_sigkilled_members_partitions_move_within_the_session_timeout(
+    cluster: LocalCluster,
+) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "group-sigkill", "readers-sigkill"
+    create_topic(bootstrap, topic)
+    process = subprocess.Popen(
+        [sys.executable, "-c", MEMBER_SCRIPT, bootstrap, topic, group, str(SESSION_TIMEOUT_MS)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    other: dict[str, set[int]] = {"assigned": set()}
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            other["assigned"] = {int(p) for p in line.strip().split(",") if p}
+
+    threading.Thread(target=read, daemon=True).start()
+    member, consumer = kafka_python_member(bootstrap, topic, group)
+    try:
+        stand_in = Member(lambda: [], lambda: other["assigned"])
+        wait_split([member, stand_in])
+        stand_in.halt()
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=WAIT_S)
+        killed = time.monotonic()
+        wait_until(lambda: len(member.assigned) == PARTITIONS, "partitions did not move", [member])
+        moved_s = time.monotonic() - killed
+        # The session timeout, then a rebalance the survivor joins at its next heartbeat.
+        assert moved_s < SESSION_TIMEOUT_MS / 1000 + 5, moved_s
+        member.halt()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        member.stop.set()
+        member.idle.wait(WAIT_S)
+        consumer.close()
