@@ -819,6 +819,13 @@ def test_describe_configs_from_each_admin_client(cluster: LocalCluster) -> None:
             [NewTopic("configured", 1, 3, topic_configs={"retention.ms": "3600000"})]
         )
         assert all(t["error_code"] == 0 for t in answer["topics"]), answer
+        # Each broker answers DescribeConfigs from its own image: wait until all have it.
+        deadline = time.monotonic() + WAIT_S
+        for address in bootstrap.split(","):
+            host, port = address.split(":")
+            while not _has_leaders(host, int(port), "configured", 1):
+                assert time.monotonic() < deadline, f"configured is not known on {address}"
+                time.sleep(0.1)
         described = admin.describe_configs(
             [KafkaConfigResource(ConfigResourceType.TOPIC, "configured")], config_filter="all"
         )
