@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from broker.listeners import BROKER_LISTENER
 from broker.local_cluster import LocalCluster
 
 kafka = pytest.importorskip("kafka")
@@ -282,3 +283,43 @@ def test_sigkilled_members_partitions_move_within_the_session_timeout(
         member.stop.set()
         member.idle.wait(WAIT_S)
         consumer.close()
+
+
+def test_group_resumes_after_sigkill_of_its_coordinators_broker(cluster: LocalCluster) -> None:
+    """The coordinator's broker is SIGKILLed after a commit: the partition's new leader
+    loads the group from its replica of `__consumer_offsets`, and a new member resumes
+    from the committed offsets."""
+    from confluent_kafka.admin import AdminClient
+
+    from broker.groups import partition_for
+
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "group-failover", "readers-failover"
+    create_topic(bootstrap, topic)
+    produce(bootstrap, topic, range(100))
+    member, consumer = kafka_python_member(bootstrap, topic, group)
+    wait_until(lambda: len(member.values) >= 100, "the first records were not read", [member])
+    member.halt()
+    assert sorted(member.values) == sorted(b"%d" % i for i in range(100))
+    consumer.commit()
+    consumer.close()
+
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
+    offsets = metadata.topics["__consumer_offsets"].partitions
+    coordinator = offsets[partition_for(group, len(offsets))].leader
+    cluster.kill(coordinator)
+    try:
+        survivors = ",".join(
+            "{}:{}".format(*cluster.address(node_id, BROKER_LISTENER))
+            for node_id in cluster.broker_ids
+            if node_id != coordinator
+        )
+        produce(survivors, topic, range(100, 130))
+        later, later_consumer = kafka_python_member(survivors, topic, group)
+        wait_until(lambda: len(later.values) >= 30, "the later records were not read", [later])
+        time.sleep(1)
+        later.halt()
+        later_consumer.close()
+        assert sorted(later.values) == sorted(b"%d" % i for i in range(100, 130))
+    finally:
+        cluster.start(coordinator)
