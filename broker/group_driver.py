@@ -240,10 +240,12 @@ class GroupDriver:
         assert slot.coordinator is not None
         token = object()
         held = slot.held[token] = _Held()
-        effects = getattr(slot.coordinator, method)(*args, token, self.now_ms())
-        await self._apply(slot, effects)
-        await held.done.wait()
-        slot.held.pop(token, None)
+        try:
+            effects = getattr(slot.coordinator, method)(*args, token, self.now_ms())
+            await self._apply(slot, effects)
+            await held.done.wait()
+        finally:  # answered, or the connection went away
+            slot.held.pop(token, None)
         if held.error is not None:
             raise held.error
         assert held.response is not None

@@ -323,3 +323,41 @@ def test_group_resumes_after_sigkill_of_its_coordinators_broker(cluster: LocalCl
         assert sorted(later.values) == sorted(b"%d" % i for i in range(100, 130))
     finally:
         cluster.start(coordinator)
+
+
+def test_admin_clients_list_describe_fetch_offsets_and_delete_groups(
+    cluster: LocalCluster,
+) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "group-admin", "readers-admin"
+    create_topic(bootstrap, topic)
+    produce(bootstrap, topic, range(20))
+    member, consumer = kafka_python_member(bootstrap, topic, group)
+    wait_until(lambda: len(member.values) >= 20, "the records were not read", [member])
+    member.halt()
+    consumer.commit()
+    from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    def listed() -> set[str]:
+        return {g.group_id for g in admin.list_consumer_groups().result(timeout=WAIT_S).valid}
+
+    def described() -> Any:
+        return admin.describe_consumer_groups([group])[group].result(timeout=WAIT_S)
+
+    def committed() -> list[int]:
+        asked = [ConsumerGroupTopicPartitions(group)]
+        answer = admin.list_consumer_group_offsets(asked)[group].result(timeout=WAIT_S)
+        return [tp.offset for tp in answer.topic_partitions]
+
+    assert group in listed()
+    stable = described()
+    assert stable.state == ConsumerGroupState.STABLE and len(stable.members) == 1, stable
+    assert sum(committed()) == 20
+    consumer.close()  # leaves: the group is Empty, with its offsets
+    assert described().state == ConsumerGroupState.EMPTY
+    admin.delete_consumer_groups([group])[group].result(timeout=WAIT_S)
+    assert group not in listed()
+    assert all(offset < 0 for offset in committed())
