@@ -277,7 +277,9 @@ def test_unclean_election_hands_a_leaderless_partition_to_a_live_replica() -> No
     assert after.leader in others and after.isr == (after.leader,)
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a" * 250, "bad/name", "sp ace", "ok\n", "__cluster_metadata\n"])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "a" * 250, "bad/name", "sp ace", "ok\n", "__cluster_metadata\n"]
+)
 def test_invalid_topic_names(name: str) -> None:
     result = create_topics(
         cluster(), [CreateTopic(name=name, partitions=1, replication_factor=1)], random.Random(0)
