@@ -267,6 +267,13 @@ def offset_commit_error(request: Any, version: int, code: int, message: str) -> 
 
 def offset_fetch_error(request: Any, version: int, code: int, message: str) -> Any:
     Response = kafka.OffsetFetchResponse
+    if version >= 8:
+        return Response(
+            groups=tuple(
+                Response.OffsetFetchResponseGroup(group_id=group.group_id, error_code=code)
+                for group in request.groups
+            )
+        )
     return Response(
         error_code=code if version >= 2 else 0,
         topics=tuple(

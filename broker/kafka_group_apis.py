@@ -2,7 +2,7 @@
 generated messages onto `broker.groups.messages` and the `GroupDriver`, and back.
 
 FindCoordinator 0-4 (group keys; v4 batched), JoinGroup 0-7, SyncGroup 0-5,
-Heartbeat 0-4, LeaveGroup 0-4, OffsetCommit 2-8, OffsetFetch 1-7, DescribeGroups 0-5,
+Heartbeat 0-4, LeaveGroup 0-4, OffsetCommit 2-8, OffsetFetch 1-8 (v8: batched groups), DescribeGroups 0-5,
 ListGroups 0-4, DeleteGroups 0-2. A request for a group this broker does not
 coordinate is answered NOT_COORDINATOR (COORDINATOR_LOAD_IN_PROGRESS while loading)
 through the API's whole-request error answer in `kafka_errors`.
@@ -43,7 +43,7 @@ class KafkaGroupApis:
             HEARTBEAT: (0, 4, self._heartbeat, e.heartbeat_error),
             LEAVE_GROUP: (0, 4, self._leave_group, e.leave_group_error),
             OFFSET_COMMIT: (2, 8, self._offset_commit, e.offset_commit_error),
-            OFFSET_FETCH: (1, 7, self._offset_fetch, e.offset_fetch_error),
+            OFFSET_FETCH: (1, 8, self._offset_fetch, e.offset_fetch_error),
             DESCRIBE_GROUPS: (0, 5, self._describe_groups, e.describe_groups_error),
             LIST_GROUPS: (0, 4, self._list_groups, e.list_groups_error),
             DELETE_GROUPS: (0, 2, self._delete_groups, e.delete_groups_error),
@@ -265,6 +265,8 @@ class KafkaGroupApis:
 
     async def _offset_fetch(self, header: Any, request: Any) -> Any:
         version = header.request_api_version
+        if version >= 8:
+            return self._offset_fetch_groups(request)
         if not request.group_id:
             raise KafkaError(ErrorCode.INVALID_GROUP_ID, "the group id is empty")
         wanted = (
@@ -292,6 +294,51 @@ class KafkaGroupApis:
             ),
             error_code=answer.error_code if version >= 2 else ErrorCode.NONE,
         )
+
+    def _offset_fetch_groups(self, request: Any) -> Any:
+        """OffsetFetch v8 (KIP-709): many groups, each answered (or refused) alone."""
+        Response = kafka.OffsetFetchResponse
+        groups = []
+        for asked in request.groups:
+            wanted = (
+                None
+                if asked.topics is None
+                else [(t.name, index) for t in asked.topics for index in t.partition_indexes]
+            )
+            try:
+                if not asked.group_id:
+                    raise KafkaError(ErrorCode.INVALID_GROUP_ID, "the group id is empty")
+                coordinator = self.driver.coordinator(asked.group_id)
+            except KafkaError as error:
+                groups.append(
+                    Response.OffsetFetchResponseGroup(
+                        group_id=asked.group_id, error_code=error.code
+                    )
+                )
+                continue
+            answer = coordinator.fetch_offsets(asked.group_id, wanted)
+            by_topic: dict[str, list[Any]] = {}
+            for item in answer.partitions:
+                by_topic.setdefault(item.topic, []).append(
+                    Response.OffsetFetchResponsePartitions(
+                        partition_index=item.partition,
+                        committed_offset=item.offset,
+                        committed_leader_epoch=item.leader_epoch,
+                        metadata=item.metadata,
+                        error_code=item.error_code,
+                    )
+                )
+            groups.append(
+                Response.OffsetFetchResponseGroup(
+                    group_id=asked.group_id,
+                    error_code=answer.error_code,
+                    topics=tuple(
+                        Response.OffsetFetchResponseTopics(name=name, partitions=tuple(parts))
+                        for name, parts in by_topic.items()
+                    ),
+                )
+            )
+        return Response(groups=tuple(groups))
 
     # ------------------------------------------------------------------ groups
 

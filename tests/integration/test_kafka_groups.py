@@ -10,11 +10,13 @@ and close, and a new member of the same group resumes from the committed offsets
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -361,3 +363,55 @@ def test_admin_clients_list_describe_fetch_offsets_and_delete_groups(
     admin.delete_consumer_groups([group])[group].result(timeout=WAIT_S)
     assert group not in listed()
     assert all(offset < 0 for offset in committed())
+
+
+def test_offset_fetch_v8_answers_many_groups_at_once(cluster: LocalCluster) -> None:
+    """OffsetFetch v8 (KIP-709), sent raw: each group's offsets from its coordinator,
+    NOT_COORDINATOR for the groups another broker coordinates."""
+    from client.protocol.kafka import decode_response, encode_request, messages
+
+    bootstrap = cluster.bootstrap_servers()
+    topic = "group-v8"
+    create_topic(bootstrap, topic)
+    produce(bootstrap, topic, range(12))
+    groups = [f"v8-{i}" for i in range(3)]
+    for group in groups:
+        member, consumer = kafka_python_member(bootstrap, topic, group)
+        wait_until(
+            partial(lambda m: len(m.values) >= 12, member), f"{group} read nothing", [member]
+        )
+        member.halt()
+        consumer.commit()
+        consumer.close()
+    Request = messages.OffsetFetchRequest
+    request = Request(
+        groups=tuple(
+            Request.OffsetFetchRequestGroup(
+                group_id=group,
+                topics=(Request.OffsetFetchRequestTopics(name=topic, partition_indexes=(0, 1)),),
+            )
+            for group in [*groups, "v8-unknown"]
+        )
+    )
+    found: dict[str, list[int]] = {}
+    for address in bootstrap.split(","):
+        host, port = address.split(":")
+        header = messages.RequestHeader(
+            request_api_key=9, request_api_version=8, correlation_id=7, client_id="raw"
+        )
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(bytes(encode_request(header, request)))
+            reader = sock.makefile("rb")
+            size = int.from_bytes(reader.read(4), "big")
+            body = reader.read(size)
+        assert len(body) == size
+        for answer in decode_response(body, 9, 8)[1].groups:
+            assert answer.error_code in (0, 16), answer  # NONE, NOT_COORDINATOR
+            if answer.error_code == 0:
+                found[answer.group_id] = [
+                    p.committed_offset for t in answer.topics for p in t.partitions
+                ]
+    assert set(found) == {*groups, "v8-unknown"}, found
+    assert found["v8-unknown"] == [-1, -1]
+    for group in groups:
+        assert len(found[group]) == 2 and sum(found[group]) > 0, found
