@@ -1,6 +1,6 @@
 """Consumer groups of Kafka's own clients against a 3-node pykraft cluster (issue 16).
 
-kafka-python and confluent-kafka (librdkafka) consumers `subscribe` in groups of two:
+kafka-python, confluent-kafka (librdkafka) and aiokafka consumers `subscribe` in groups of two:
 the broker creates `__consumer_offsets` (6 partitions here) on the first
 FindCoordinator, the group's coordinator (the leader of its partition) assigns each
 partition to one member, the members consume every record once between them, commit
@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -415,3 +415,65 @@ def test_offset_fetch_v8_answers_many_groups_at_once(cluster: LocalCluster) -> N
     assert found["v8-unknown"] == [-1, -1]
     for group in groups:
         assert len(found[group]) == 2 and sum(found[group]) > 0, found
+
+
+def test_aiokafka_group_of_two_consumes_everything_once_and_resumes(
+    cluster: LocalCluster,
+) -> None:
+    aiokafka = pytest.importorskip("aiokafka")
+    import asyncio
+
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "group-aiokafka", "readers-aiokafka"
+    create_topic(bootstrap, topic)
+
+    def member() -> Any:
+        return aiokafka.AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=1_000,
+        )
+
+    async def poll(consumer: Any, values: list[bytes]) -> None:
+        batches = await consumer.getmany(timeout_ms=200)
+        values.extend(r.value for records in batches.values() for r in records)
+
+    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        first, second = member(), member()
+        await asyncio.gather(first.start(), second.start())
+        got: tuple[list[bytes], list[bytes]] = ([], [])
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            await asyncio.gather(poll(first, got[0]), poll(second, got[1]))
+            a, b = ({tp.partition for tp in c.assignment()} for c in (first, second))
+            if a and b and a.isdisjoint(b) and len(a | b) == PARTITIONS:
+                break
+            assert time.monotonic() < deadline, (a, b)
+        await asyncio.to_thread(produce, bootstrap, topic, range(RECORDS))
+        while len(got[0]) + len(got[1]) < RECORDS:
+            assert time.monotonic() < deadline, (len(got[0]), len(got[1]))
+            await asyncio.gather(poll(first, got[0]), poll(second, got[1]))
+        for _ in range(5):  # anything more (a duplicate) would show now
+            await asyncio.gather(poll(first, got[0]), poll(second, got[1]))
+        await asyncio.gather(first.commit(), second.commit())
+        await asyncio.gather(first.stop(), second.stop())
+        await asyncio.to_thread(produce, bootstrap, topic, range(RECORDS, RECORDS + LATER))
+        third, later = member(), cast(list[bytes], [])
+        await third.start()
+        try:
+            while len(later) < LATER:
+                assert time.monotonic() < deadline, len(later)
+                await poll(third, later)
+            for _ in range(5):
+                await poll(third, later)
+        finally:
+            await third.stop()
+        return got[0], got[1], later
+
+    first, second, later = asyncio.run(scenario())
+    assert sorted(first + second) == sorted(b"%d" % i for i in range(RECORDS))
+    assert sorted(later) == sorted(b"%d" % i for i in range(RECORDS, RECORDS + LATER))
