@@ -37,19 +37,12 @@ class ConfluentQueueWorkload(QueueWorkload):
                 "max.in.flight.requests.per.connection": 1,
             }
         )
-        interval = self.producers / self.rate
-        deadline = trio.current_time() + duration_s
-        next_at = trio.current_time() + self.rng.random() * interval
-        seq = 0
         try:
-            while next_at < deadline:
-                await trio.sleep_until(next_at)
-                next_at += interval
-                value = f"{process}-{seq}"
-                seq += 1
-                await self._send_through(
-                    producer, process, self.rng.randrange(self.partitions), value
-                )
+            await self._paced(
+                process,
+                duration_s,
+                lambda partition, value: self._send_through(producer, process, partition, value),
+            )
         finally:
             await trio.to_thread.run_sync(producer.flush, 10.0)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -79,20 +80,29 @@ class QueueWorkload:
             client_id=f"jepsen-{process}",
             request_timeout_ms=SEND_TIMEOUT_MS + 1_000,
         )
+        try:
+            await self._paced(
+                process,
+                duration_s,
+                lambda partition, value: self._send_one(cluster, process, partition, value),
+            )
+        finally:
+            await cluster.aclose()
+
+    async def _paced(
+        self, process: int, duration_s: float, send: Callable[[int, str], Awaitable[None]]
+    ) -> None:
+        """One producer's share of the rate: unique values to random partitions."""
         interval = self.producers / self.rate
         deadline = trio.current_time() + duration_s
         next_at = trio.current_time() + self.rng.random() * interval
         seq = 0
-        try:
-            while next_at < deadline:
-                await trio.sleep_until(next_at)
-                next_at += interval
-                value = f"{process}-{seq}"
-                seq += 1
-                partition = self.rng.randrange(self.partitions)
-                await self._send_one(cluster, process, partition, value)
-        finally:
-            await cluster.aclose()
+        while next_at < deadline:
+            await trio.sleep_until(next_at)
+            next_at += interval
+            value = f"{process}-{seq}"
+            seq += 1
+            await send(self.rng.randrange(self.partitions), value)
 
     async def _send_one(
         self, cluster: ClusterClient, process: int, partition: int, value: str
