@@ -172,7 +172,9 @@ def commit_confluent(consumer: Any) -> None:
     "client",
     [
         pytest.param((kafka_python_member, commit_kafka_python), id="kafka-python"),
-        pytest.param((confluent_member, commit_confluent), id="confluent-kafka"),
+        pytest.param(
+            (confluent_member, commit_confluent), id="confluent-kafka", marks=pytest.mark.lab
+        ),
     ],
 )
 def test_group_of_two_consumes_everything_once_and_resumes(
@@ -246,6 +248,7 @@ while True:
 """
 
 
+@pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
 def test_sigkilled_members_partitions_move_within_the_session_timeout(
     cluster: LocalCluster,
 ) -> None:
@@ -327,6 +330,7 @@ def test_group_resumes_after_sigkill_of_its_coordinators_broker(cluster: LocalCl
         cluster.start(coordinator)
 
 
+@pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
 def test_admin_clients_list_describe_fetch_offsets_and_delete_groups(
     cluster: LocalCluster,
 ) -> None:
@@ -365,6 +369,7 @@ def test_admin_clients_list_describe_fetch_offsets_and_delete_groups(
     assert all(offset < 0 for offset in committed())
 
 
+@pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
 def test_offset_fetch_v8_answers_many_groups_at_once(cluster: LocalCluster) -> None:
     """OffsetFetch v8 (KIP-709), sent raw: each group's offsets from its coordinator,
     NOT_COORDINATOR for the groups another broker coordinates."""
@@ -417,6 +422,7 @@ def test_offset_fetch_v8_answers_many_groups_at_once(cluster: LocalCluster) -> N
         assert len(found[group]) == 2 and sum(found[group]) > 0, found
 
 
+@pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
 def test_aiokafka_group_of_two_consumes_everything_once_and_resumes(
     cluster: LocalCluster,
 ) -> None:

@@ -7,7 +7,7 @@ import pytest
 from jepsen_like.sim.explore import fails, find_failing_schedule
 
 
-@pytest.mark.slow
+@pytest.mark.sweep  # ~40 s of simulation: its own CI step
 def test_a_failing_schedule_is_found_and_shrunk() -> None:
     # The faults that expose this bug (its scenario's), searched the same way every run.
     seed, faults = find_failing_schedule(

@@ -45,6 +45,7 @@ def test_each_planted_bug_is_found_by_its_schedule_and_replays(name: str, tmp_pa
     assert (tmp_path / "replay" / "history.jsonl").exists()
 
 
+@pytest.mark.sweep  # its own CI step: the sweeps cover the real code far more
 @pytest.mark.parametrize(
     "scenario", sorted({planted.get(n).scenario for n in planted.PLANTED_BUGS})
 )
