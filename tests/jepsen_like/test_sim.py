@@ -39,8 +39,8 @@ def _sweep(capsys, seeds: int, *more: str) -> None:
 
 @pytest.mark.slow
 def test_a_short_sweep_of_mixed_faults_passes(capsys) -> None:
-    # ~12 s here; ~30 s at 2.5x slower: the default suite's share of the sweep.
-    _sweep(capsys, 16)
+    # ~8 s here; ~20 s at 2.5x slower: the default suite's share of the sweep.
+    _sweep(capsys, 12)
 
 
 @pytest.mark.sweep

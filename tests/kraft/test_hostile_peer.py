@@ -231,7 +231,7 @@ def script_of(*hostiles: Hostile) -> list[Hostile]:
     return list(hostiles)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), script=st.lists(hostile_strategy, min_size=1, max_size=40))
 # The two findings of the probe, as scripts: a non-voter leader, the last int32 epoch.
 @example(
