@@ -63,6 +63,15 @@ class NodeConfig:
     # setting, written into the metadata as a feature level when it becomes active.
     eligible_leader_replicas_enable: bool = True
     offsets_topic_num_partitions: int = 50  # Kafka's offsets.topic.num.partitions
+    # How long a partition keeps an idle producer's state (Kafka's
+    # producer.id.expiration.ms, KIP-854) and a transactional one's (decision 0014).
+    producer_id_expiration_ms: int = 86_400_000
+    transactional_id_expiration_ms: int = 604_800_000
+    # The Kafka listener's largest request (Kafka's socket.request.max.bytes, 100 MiB),
+    # refused before its body is read; and how long a Kafka connection with nothing
+    # in flight may stay silent before it is closed (connections.max.idle.ms, 10 min).
+    socket_request_max_bytes: int = 104_857_600
+    connections_max_idle_ms: int = 600_000
 
     @property
     def is_controller(self) -> bool:
@@ -123,6 +132,10 @@ _INT_SETTINGS = (
     "replica_lag_time_max_ms",
     "log_retention_check_interval_ms",
     "offsets_topic_num_partitions",
+    "producer_id_expiration_ms",
+    "transactional_id_expiration_ms",
+    "socket_request_max_bytes",
+    "connections_max_idle_ms",
 )
 _BOOL_SETTINGS = ("eligible_leader_replicas_enable",)
 
@@ -221,6 +234,12 @@ def _check(config: NodeConfig) -> None:
     if config.is_broker and REPLICATION_LISTENER not in config.listeners:
         raise ConfigError(
             "a broker needs a REPLICATION listener (other brokers fetch its partitions there)"
+        )
+    if config.socket_request_max_bytes <= 0 or config.connections_max_idle_ms <= 0:
+        raise ConfigError("socket_request_max_bytes and connections_max_idle_ms must be positive")
+    if config.producer_id_expiration_ms <= 0 or config.transactional_id_expiration_ms <= 0:
+        raise ConfigError(
+            "producer_id_expiration_ms and transactional_id_expiration_ms must be positive"
         )
     if config.broker_heartbeat_interval_ms >= config.broker_session_timeout_ms:
         raise ConfigError("broker_heartbeat_interval_ms must be below broker_session_timeout_ms")

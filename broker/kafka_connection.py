@@ -12,6 +12,8 @@ then on this module owns the connection:
   request order, as Kafka's channel muting guarantees (clients close on a
   correlation-id mismatch);
 - an acks=0 Produce takes its place in line and sends nothing;
+- a connection with no request in flight, no answer unsent and no byte received for
+  `connections_max_idle_ms` (Kafka's connections.max.idle.ms, 10 min) is closed;
 - answers a peer has not taken are bounded per connection by the native server's
   `_Backlog` (past `RESPONSE_BYTES_UNSENT_MAX` no new request is read), and written by
   the native server's in-order writer: one `send_all` for every answer that is ready;
@@ -56,6 +58,7 @@ from client.protocol.rpc import (
 log = logging.getLogger(__name__)
 
 PRODUCE_KEY = 0
+CONNECTIONS_MAX_IDLE_MS_DEFAULT = 600_000  # Kafka's connections.max.idle.ms
 
 
 def decode_request_lenient(frame: bytes) -> tuple[Any, Any, int]:
@@ -130,22 +133,37 @@ class _Turns:
         return previous, self._last
 
 
+class _Activity:
+    """A connection's requests not yet answered, and when it last moved."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.last = trio.current_time()
+
+    def touch(self) -> None:
+        self.last = trio.current_time()
+
+
 class KafkaConnections:
     def __init__(
         self,
         apis: KafkaApiHandler,
         *,
         frame_bytes_max: int = SOCKET_REQUEST_MAX_BYTES_DEFAULT,
+        connections_max_idle_ms: int = CONNECTIONS_MAX_IDLE_MS_DEFAULT,
         name: str = "kafka",
     ) -> None:
+        assert connections_max_idle_ms > 0
         self.apis = apis
         self.frame_bytes_max = frame_bytes_max
+        self.idle_s = connections_max_idle_ms / 1000
         self.name = name
         self.connections = 0
         self.requests = 0
         self.malformed_requests = 0
         self.handler_errors = 0
         self.requests_with_trailing_bytes = 0
+        self.idle_closed = 0
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -154,6 +172,7 @@ class KafkaConnections:
             "malformed_requests": self.malformed_requests,
             "handler_errors": self.handler_errors,
             "requests_with_trailing_bytes": self.requests_with_trailing_bytes,
+            "idle_closed": self.idle_closed,
         }
 
     async def serve(self, stream: trio.abc.Stream, first: bytes) -> None:
@@ -164,28 +183,53 @@ class KafkaConnections:
         send_slot, receive_slot = trio.open_memory_channel[_Slot](MAX_IN_FLIGHT_PER_CONNECTION)
         backlog = _Backlog()
         turns = _Turns()
+        activity = _Activity()
         try:
             async with stream, trio.open_nursery() as nursery:
                 nursery.start_soon(RpcServer._write_in_order, stream, receive_slot, backlog)
-                data: bytes | bytearray = first
+                data: bytes | bytearray | None = first
                 while data:
                     try:
                         frames = decoder.feed(data)
                         for frame in frames:
                             await backlog.wait_room()
-                            slot = self._start(nursery, frame, backlog, turns)
+                            slot = self._start(nursery, frame, backlog, turns, activity)
                             await send_slot.send(slot)
                     except KafkaCodecError as error:
                         self.malformed_requests += 1
                         log.warning("%s: closing connection from %s: %s", self.name, peer, error)
                         break
-                    data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+                    data = await self._receive(stream, backlog, activity)
+                    if data is None:
+                        self.idle_closed += 1
+                        log.info("%s: closing idle connection from %s", self.name, peer)
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away; nothing to answer
 
+    async def _receive(
+        self, stream: trio.abc.Stream, backlog: _Backlog, activity: _Activity
+    ) -> bytes | bytearray | None:
+        """The peer's next bytes (empty at its end); None once the connection has been
+        idle, with nothing in flight, for `connections_max_idle_ms`."""
+        while True:
+            # Cancelling a socket's receive loses no byte: the next one gets it.
+            with trio.move_on_at(activity.last + self.idle_s):
+                data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+                activity.touch()
+                return data
+            if activity.in_flight or backlog.unsent_bytes:
+                activity.touch()  # a long poll or a slow reader is not idleness
+            elif trio.current_time() >= activity.last + self.idle_s:
+                return None
+
     def _start(
-        self, nursery: trio.Nursery, frame: bytes, backlog: _Backlog, turns: _Turns
+        self,
+        nursery: trio.Nursery,
+        frame: bytes,
+        backlog: _Backlog,
+        turns: _Turns,
+        activity: _Activity,
     ) -> _Slot:
         """Decode one request and start answering it; its slot in the line of answers."""
         try:
@@ -204,7 +248,8 @@ class KafkaConnections:
             self.requests_with_trailing_bytes += 1
         slot = _Slot(header.correlation_id)
         previous, mine = turns.take()
-        nursery.start_soon(self._answer, slot, header, request, backlog, previous, mine)
+        activity.in_flight += 1
+        nursery.start_soon(self._answer, slot, header, request, backlog, (previous, mine), activity)
         return slot
 
     def _fallback(self) -> Any:
@@ -226,10 +271,11 @@ class KafkaConnections:
         header: Any,
         request: Any,
         backlog: _Backlog,
-        previous: trio.Event,
-        mine: trio.Event,
+        turn: tuple[trio.Event, trio.Event],
+        activity: _Activity,
     ) -> None:
         key, version = header.request_api_key, header.request_api_version
+        previous, mine = turn
         if not previous.is_set():
             await previous.wait()
         # No checkpoint from here to the handler's first await: a Produce appends its
@@ -261,4 +307,6 @@ class KafkaConnections:
                 )
                 slot.frame = _frame(reply, key, version, failed)
             backlog.add(len(slot.frame))
+        activity.in_flight -= 1
+        activity.touch()
         slot.done.set()  # an empty frame: nothing is sent (acks=0), the line moves on

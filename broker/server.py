@@ -35,6 +35,7 @@ from kraft.metadata.records import Listener
 from kraft.runtime import RaftNode
 from storage.fs import FileSystem, OsFileSystem
 from storage.handles import HandleLimitedFileSystem, handle_budget
+from storage.producer_state import ProducerStateConfig
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ class Server:
             # Data logs may have many segments: their files are opened on use, within
             # a share of the process's descriptors (connections need the rest).
             fs=HandleLimitedFileSystem(self.fs, handle_budget()),
+            producer_state_config=ProducerStateConfig(
+                producer_id_expiration_ms=config.producer_id_expiration_ms,
+                transactional_id_expiration_ms=config.transactional_id_expiration_ms,
+            ),
         )
         await nursery.start(replicas.run)
         loader.subscribe(replicas.on_metadata)
@@ -162,7 +167,12 @@ class Server:
         await nursery.start(groups.run)
         host, port = config.listeners[BROKER_LISTENER]
         # Both codecs on the client listener, chosen per connection (decision 0011).
-        kafka = KafkaConnections(KafkaApis(apis, data, groups), name=f"kafka-{config.node_id}")
+        kafka = KafkaConnections(
+            KafkaApis(apis, data, groups),
+            frame_bytes_max=config.socket_request_max_bytes,
+            connections_max_idle_ms=config.connections_max_idle_ms,
+            name=f"kafka-{config.node_id}",
+        )
         server = RpcServer(apis.handle, name=f"broker-{config.node_id}", other_protocol=kafka.serve)
         port = await nursery.start(server.serve, host, port)
         replication_host, replication_port = config.listeners[REPLICATION_LISTENER]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from broker.kafka_connection import KafkaConnections
 from client.protocol.errors import ErrorCode
@@ -204,3 +205,35 @@ async def test_an_answer_that_does_not_encode_is_an_error_answer_not_a_dead_node
             assert connections.statistics()["handler_errors"] == 1
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+IDLE_MS = 1_000
+
+
+async def test_an_idle_connection_is_closed_and_a_busy_one_is_not(autojump_clock: Any) -> None:
+    """connections_max_idle_ms on trio's virtual clock: requests every 0.9 s keep a
+    connection open for many idle periods, as does a request held for five of them;
+    once silent, it is closed one idle period after its last answer."""
+    apis = FakeApis()
+    connections = KafkaConnections(apis, connections_max_idle_ms=IDLE_MS, name="test")
+    client, server = trio.testing.memory_stream_pair()
+    reader = Reader(client)
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connections.serve, server, metadata("first", 0))
+            assert (await reader.metadata())[0] == 0
+            for correlation_id in range(1, 21):
+                await trio.sleep(0.9 * IDLE_MS / 1000)
+                await client.send_all(metadata("busy", correlation_id))
+                assert (await reader.metadata())[0] == correlation_id
+            # Held for five idle periods: in flight, so not idle.
+            await client.send_all(metadata("slow", 21))
+            await trio.sleep(5 * IDLE_MS / 1000)
+            apis.fast_done.set()
+            assert (await reader.metadata())[0] == 21
+            assert connections.statistics()["idle_closed"] == 0
+            answered_at = trio.current_time()
+            assert await reader.frame() is None  # closed by the broker
+            silent_for = trio.current_time() - answered_at
+            assert IDLE_MS / 1000 <= silent_for <= 1.1 * IDLE_MS / 1000, silent_for
+            assert connections.statistics()["idle_closed"] == 1
