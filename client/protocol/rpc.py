@@ -32,6 +32,7 @@ from client.protocol.framing import (
     encode_frame,
     preview,
 )
+from client.protocol.reconnect import ReconnectBackoff
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ MAX_IN_FLIGHT_PER_CONNECTION = 100
 # request of that connection is read (a client that pipelines fetches and never
 # reads their answers must not hold the broker's memory).
 RESPONSE_BYTES_UNSENT_MAX = 64 * 1024 * 1024
-RECONNECT_BACKOFF_MS = 50
-RECONNECT_BACKOFF_MAX_MS = 1000  # Kafka's reconnect.backoff.max.ms
 
 Handler = Callable[[int, int, Any], Awaitable[Any]]
 # Another protocol served on the same listener (decision 0011): it gets the connection
@@ -296,8 +295,7 @@ class RpcClient:
         self._next_correlation_id = 0
         self._connect_lock = trio.Lock()
         self._send_lock = trio.Lock()
-        self._failures = 0
-        self._retry_at = 0.0
+        self._backoff = ReconnectBackoff(rng)
         self._reader_scope: trio.CancelScope | None = None
         self._closed = False
 
@@ -345,20 +343,13 @@ class RpcClient:
                 return self._stream
             if self._closed:
                 raise ConnectionLost("client is closed")
-            delay = self._retry_at - trio.current_time()
-            if delay > 0:
-                await trio.sleep(delay)
+            await self._backoff.wait()
             try:
                 stream = await environment.current().connect(self.host, self.port)
             except OSError as error:
-                self._failures += 1
-                backoff_ms = min(
-                    RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MS * 2 ** (self._failures - 1)
-                )
-                # Full jitter, so that peers that lost the same node do not retry in step.
-                self._retry_at = trio.current_time() + self.rng.uniform(0, backoff_ms) / 1000
+                self._backoff.failed()
                 raise ConnectionLost(f"{self.host}:{self.port}: {error}") from None
-            self._failures = 0
+            self._backoff.succeeded()
             self._stream = stream
             trio.lowlevel.spawn_system_task(self._read, stream)
             return stream
