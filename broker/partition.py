@@ -7,7 +7,15 @@ change is in flight, so a shrink never lets it run ahead of a member that may st
 be needed, and an expansion counts the newcomer at once).
 
 Everything here runs on the trio thread and never awaits except in `wait_*`, so each
-method sees and leaves a consistent state.
+method sees and leaves a consistent state. That is what makes idempotence safe: a
+leader's `validate`, `append` and `record` of the producer state happen with no await
+between them, so two requests of one producer can never interleave there.
+
+The producer state (`storage.producer_state`) follows the log through every change,
+as its contract asks: loaded on open, validated before and recorded after each
+leader append, recorded after each follower append, snapshotted when the log rolls a
+segment and on close, rebuilt after a truncation, moved with the log start, cleared
+when the log restarts empty, and expired on the replica manager's timer.
 """
 
 from __future__ import annotations
@@ -29,7 +37,15 @@ from client.protocol.errors import ErrorCode, KafkaError
 from kraft.metadata.image import PartitionRegistration
 from storage.divergence import EpochEnd, diverging_epoch, truncation_offset
 from storage.log import AppendInfo, SegmentedLog
-from storage.records import check_producer_batches
+from storage.producer_state import (
+    ProducerStateConfig,
+    ProducerStateManager,
+    Verdict,
+    assigned_headers,
+    log_reader,
+    logged_batches,
+)
+from storage.records import check_producer_batches, iter_batches
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +64,8 @@ class Partition:
         log: SegmentedLog,
         broker_id: int,
         blocking_io: bool = True,
+        producer_state_config: ProducerStateConfig | None = None,
+        now_wall_ms: int | None = None,
     ) -> None:
         self.topic = topic
         self.topic_id = topic_id
@@ -74,6 +92,17 @@ class Partition:
         self._changed = trio.Event()
         # The replica manager's wake-up for fetches long-polling many partitions.
         self.on_change: Callable[[], None] | None = None
+        self.producer_state, _ = ProducerStateManager.load(
+            log.fs,
+            log.directory,
+            log_start_offset=log.log_start_offset,
+            log_end_offset=log.log_end_offset,
+            read_batches=log_reader(log),
+            config=producer_state_config,
+        )
+        if now_wall_ms is not None:
+            self.producer_state.expire(now_wall_ms)
+        log.on_roll = self._on_roll
 
     def __repr__(self) -> str:
         return f"{self.topic}-{self.index}"
@@ -156,12 +185,40 @@ class Partition:
         return set(self.isr) | set(self.pending_isr or ())
 
     def append_as_leader(self, records: bytes) -> AppendInfo:
-        """A producer's batches: checked as Kafka's LogValidator does, then appended."""
+        """A producer's batches: checked as Kafka's LogValidator does, then appended.
+
+        A retry of one of its producer's last batches is answered with the offsets it
+        was written at (batch_count 0: nothing is written); a batch out of sequence,
+        of a fenced epoch or otherwise refused by the producer state raises KafkaError
+        with Kafka's code.
+        """
         check_producer_batches(
             records,
             inflated_bytes_max=self.log.config.max_message_bytes * INFLATION_RATIO_MAX,
         )
+        headers = [header for _, header in iter_batches(records, validate=False)]
+        for header in headers:
+            if header.is_transactional and header.producer_id >= 0:
+                # No transaction coordinator yet (issue 17, item 2): a transaction
+                # opened here could never be decided and would hold the LSO back.
+                raise KafkaError(
+                    ErrorCode.INVALID_TXN_STATE,
+                    f"{self}: producer {header.producer_id}: transactions are not served",
+                )
+        outcome = self.producer_state.validate(headers)
+        if outcome.verdict is Verdict.DUPLICATE:
+            assert outcome.duplicate is not None
+            batch = outcome.duplicate
+            return AppendInfo(
+                batch.first_offset, batch.last_offset, batch.max_timestamp, -1, 0, 0, 0
+            )
+        if not outcome.is_new:
+            raise KafkaError(outcome.verdict.error_code, f"{self}: {outcome.message}")
+        # No await from validate to record: nothing else may append in between.
         info = self.log.append(records, self.leader_epoch)
+        state = self.producer_state
+        for header in assigned_headers(headers, info.first_offset, self.leader_epoch):
+            state.record(header)
         self._maybe_advance_high_watermark()  # a lone ISR commits at once
         self._notify()
         return info
@@ -214,6 +271,7 @@ class Partition:
         new = min(new, self.log.log_end_offset)
         if new > self.high_watermark:
             self.high_watermark = new
+            self.producer_state.state.on_high_watermark(new)
             return True
         assert self.high_watermark <= self.log.log_end_offset, (
             f"{self}: high-water mark {self.high_watermark} above log end {self.log.log_end_offset}"
@@ -258,6 +316,10 @@ class Partition:
     def append_as_follower(self, records: bytes, leader_high_watermark: int) -> None:
         if records:
             self.log.append_as_follower(records)
+            # What the leader wrote is recorded as written: nothing is refused here.
+            state = self.producer_state
+            for header, marker in logged_batches(records):
+                state.record(header, marker)
         self.update_follower_high_watermark(leader_high_watermark)
         self._notify()
 
@@ -265,6 +327,7 @@ class Partition:
         new = min(leader_high_watermark, self.log.log_end_offset)
         if new > self.high_watermark:
             self.high_watermark = new
+            self.producer_state.state.on_high_watermark(new)
 
     def truncate_to_divergence(self, diverging: EpochEnd) -> int:
         target = truncation_offset(self.log, diverging)
@@ -283,11 +346,18 @@ class Partition:
         log.info("%s: truncating from %d to %d", self, self.log.log_end_offset, target)
         self.log.truncate_to(max(target, self.log.log_start_offset))
         self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
+        self._producer_state_after_truncation()
+
+    def _producer_state_after_truncation(self) -> None:
+        # Also when the log restarted empty at its start (a batch straddled it): the
+        # state is then what a snapshot at the start holds, as a reopen would load.
+        self.producer_state.truncate_to(self.log.log_end_offset, log_reader(self.log))
 
     def restart_at(self, offset: int) -> None:
         """Behind the leader's log start (retention took what we lack): start over there."""
         log.info("%s: behind the leader's log start, restarting empty at %d", self, offset)
         self.log.truncate_fully_and_start_at(offset)
+        self.producer_state.truncate_fully_and_start_at(offset)
         self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
 
     def follow_log_start(self, leader_log_start: int) -> None:
@@ -295,6 +365,24 @@ class Partition:
         offset = min(leader_log_start, self.log.log_end_offset)
         if offset > self.log.log_start_offset:
             self.log.advance_log_start_offset(offset)
+            self._producer_state_after_log_start_move()
+
+    def _producer_state_after_log_start_move(self) -> None:
+        self.producer_state.truncate_start(
+            self.log.log_start_offset, first_segment_base=self.log.segments[0].base_offset
+        )
+
+    def _on_roll(self, base_offset: int) -> None:
+        # Every batch below the new segment was recorded right after its append.
+        state = self.producer_state.state
+        assert state.map_end_offset == base_offset, (
+            f"{self}: producer state at {state.map_end_offset}, new segment at {base_offset}"
+        )
+        self.producer_state.take_snapshot()
+
+    def expire_producers(self, now_wall_ms: int) -> list[int]:
+        """Forget producers idle past producer_id_expiration_ms (see ProducerState)."""
+        return self.producer_state.expire(now_wall_ms)
 
     # ------------------------------------------------------------------ removing data
 
@@ -308,17 +396,23 @@ class Partition:
             )
         if offset > self.log.log_start_offset:
             self.log.advance_log_start_offset(offset)
+            self._producer_state_after_log_start_move()
         return self.log.log_start_offset
 
     def enforce_retention(self, now_wall_ms: int) -> int:
         """Segments past retention.ms / retention.bytes, below the high-water mark."""
-        return self.log.delete_old_segments(now_wall_ms, max_offset=self.high_watermark)
+        deleted = self.log.delete_old_segments(now_wall_ms, max_offset=self.high_watermark)
+        if deleted:
+            self._producer_state_after_log_start_move()
+        return deleted
 
     def close(self) -> None:
         """This broker no longer holds the partition (or is stopping)."""
         self.offline = True
         self._notify()
         self.log.close()
+        # A clean stop restarts from here without replaying the active segment.
+        self.producer_state.take_snapshot()
 
     # ------------------------------------------------------------------ durability
 

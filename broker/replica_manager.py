@@ -34,6 +34,7 @@ from kraft.metadata.image import MetadataDelta, MetadataImage, TopicImage
 from storage.checkpoint import read_file, write_atomically
 from storage.fs import FileSystem, OsFileSystem
 from storage.log import LogConfig, LogError, SegmentedLog
+from storage.producer_state import ProducerStateConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ ISR_CHANGE_BACKOFF_MS = 500
 OPEN_RETRY_INTERVAL_S = 1.0
 # How often partitions with flush.ms are looked at, at most.
 FLUSH_CHECK_INTERVAL_MS_MIN = 10
+# Kafka's producer.id.expiration.check.interval.ms (10 minutes).
+PRODUCER_EXPIRATION_CHECK_INTERVAL_MS = 600_000
 
 
 def log_config_for(settings: dict[str, str]) -> LogConfig:
@@ -77,7 +80,11 @@ class ReplicaManager:
         retention_check_interval_ms: int = RETENTION_CHECK_INTERVAL_MS,
         broker_address_overrides: dict[int, tuple[str, int]] | None = None,
         fs: FileSystem | None = None,
+        producer_state_config: ProducerStateConfig | None = None,
+        producer_expiration_check_interval_ms: int = PRODUCER_EXPIRATION_CHECK_INTERVAL_MS,
     ) -> None:
+        self.producer_state_config = producer_state_config or ProducerStateConfig()
+        self.producer_expiration_check_interval_ms = producer_expiration_check_interval_ms
         self.broker_id = broker_id
         self.data_dir = data_dir
         self.channel = channel
@@ -108,6 +115,7 @@ class ReplicaManager:
             nursery.start_soon(self._enforce_retention)
             nursery.start_soon(self._flush_on_interval)
             nursery.start_soon(self._retry_unopened)
+            nursery.start_soon(self._expire_producers)
             task_status.started()
             await trio.sleep_forever()
 
@@ -227,14 +235,23 @@ class ReplicaManager:
         except (OSError, LogError) as error:
             log.error("%s-%d: cannot open its log: %s", topic, index, error)
             return None
-        partition = Partition(
-            topic=topic,
-            topic_id=topic_id,
-            index=index,
-            log=partition_log,
-            broker_id=self.broker_id,
-            blocking_io=self.fs.blocking_io,
-        )
+        try:
+            partition = Partition(
+                topic=topic,
+                topic_id=topic_id,
+                index=index,
+                log=partition_log,
+                broker_id=self.broker_id,
+                blocking_io=self.fs.blocking_io,
+                producer_state_config=self.producer_state_config,
+                # Producer timestamps are wall clock, as the batches' max timestamps are.
+                now_wall_ms=environment.current().wall_ms(),
+            )
+        except (OSError, LogError) as error:  # loading its producer state
+            log.error("%s-%d: cannot load its producer state: %s", topic, index, error)
+            with contextlib.suppress(OSError, LogError):
+                partition_log.close()
+            return None
         partition.on_change = self._wake
         self.partitions[(topic, index)] = partition
         return partition
@@ -359,6 +376,22 @@ class ReplicaManager:
             await partition.wait_durable(partition.log.log_end_offset, now_ms)
         except (KafkaError, LogError) as error:
             log.error("%s: flush failed: %s", partition, error)
+
+    # ------------------------------------------------------------------ producer expiry
+
+    async def _expire_producers(self) -> None:
+        while True:
+            await trio.sleep(self.producer_expiration_check_interval_ms / 1000)
+            self.expire_producers_now()
+
+    def expire_producers_now(self) -> int:
+        """Drop producers idle past their expiration (every partition held here)."""
+        now_wall_ms = environment.current().wall_ms()
+        expired = 0
+        for partition in list(self.partitions.values()):
+            if not partition.offline:
+                expired += len(partition.expire_producers(now_wall_ms))
+        return expired
 
     # ------------------------------------------------------------------ retention
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from collections.abc import Callable
 from typing import NamedTuple
 
 import attrs
@@ -191,6 +192,9 @@ class SegmentedLog:
         # prepared before it never vouches for what was written after it.
         self.durable_end_offset = segments[-1].next_offset
         self._truncations = 0
+        # Called with the new active segment's base offset after each roll, once the
+        # segments below it are synced (the partition snapshots its producer state).
+        self.on_roll: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -409,6 +413,8 @@ class SegmentedLog:
         self._base_offsets.append(segment.base_offset)
         # Syncs the directory too, so the new segment's files are durable names.
         self._write_recovery_point()
+        if self.on_roll is not None:
+            self.on_roll(segment.base_offset)
 
     # ------------------------------------------------------------------ compaction hooks
 
