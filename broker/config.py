@@ -67,10 +67,6 @@ class NodeConfig:
     # producer.id.expiration.ms, KIP-854) and a transactional one's (decision 0014).
     producer_id_expiration_ms: int = 86_400_000
     transactional_id_expiration_ms: int = 604_800_000
-    # How long a partition keeps an idle producer's state (Kafka's
-    # producer.id.expiration.ms, KIP-854) and a transactional one's (decision 0014).
-    producer_id_expiration_ms: int = 86_400_000
-    transactional_id_expiration_ms: int = 604_800_000
     # The Kafka listener's largest request (Kafka's socket.request.max.bytes, 100 MiB),
     # refused before its body is read; and how long a Kafka connection with nothing
     # in flight may stay silent before it is closed (connections.max.idle.ms, 10 min).
@@ -136,8 +132,6 @@ _INT_SETTINGS = (
     "replica_lag_time_max_ms",
     "log_retention_check_interval_ms",
     "offsets_topic_num_partitions",
-    "producer_id_expiration_ms",
-    "transactional_id_expiration_ms",
     "producer_id_expiration_ms",
     "transactional_id_expiration_ms",
     "socket_request_max_bytes",
@@ -243,10 +237,6 @@ def _check(config: NodeConfig) -> None:
         )
     if config.socket_request_max_bytes <= 0 or config.connections_max_idle_ms <= 0:
         raise ConfigError("socket_request_max_bytes and connections_max_idle_ms must be positive")
-    if config.producer_id_expiration_ms <= 0 or config.transactional_id_expiration_ms <= 0:
-        raise ConfigError(
-            "producer_id_expiration_ms and transactional_id_expiration_ms must be positive"
-        )
     if config.producer_id_expiration_ms <= 0 or config.transactional_id_expiration_ms <= 0:
         raise ConfigError(
             "producer_id_expiration_ms and transactional_id_expiration_ms must be positive"

@@ -36,7 +36,6 @@ from kraft.runtime import RaftNode
 from storage.fs import FileSystem, OsFileSystem
 from storage.handles import HandleLimitedFileSystem, handle_budget
 from storage.producer_state import ProducerStateConfig
-from storage.producer_state import ProducerStateConfig
 
 log = logging.getLogger(__name__)
 
