@@ -54,7 +54,10 @@ class Delivery:
         if batch.error is not None:
             raise batch.error
         tp = batch.tp
-        return RecordMetadata(tp[0], tp[1], batch.base_offset + self.index, self.timestamp)
+        offset = batch.base_offset + self.index if batch.base_offset >= 0 else -1
+        # A topic with message.timestamp.type=LogAppendTime: the broker's time is the record's.
+        stamp = batch.log_append_time_ms if batch.log_append_time_ms >= 0 else self.timestamp
+        return RecordMetadata(tp[0], tp[1], offset, stamp)
 
     async def wait(self) -> RecordMetadata:
         await self.batch.done.wait()
@@ -73,6 +76,7 @@ class ProducerBatch:
         "data",
         "done",
         "error",
+        "log_append_time_ms",
         "records",
         "retry_at_s",
         "tp",
@@ -88,6 +92,7 @@ class ProducerBatch:
         self.data: bytes | None = None  # built once, on first drain; retries resend it
         self.done = trio.Event()
         self.base_offset = -1
+        self.log_append_time_ms = -1
         self.error: KafkaError | None = None
 
     @property
@@ -99,8 +104,9 @@ class ProducerBatch:
             self.data = self.builder.build()
         return self.data
 
-    def succeed(self, base_offset: int) -> None:
+    def succeed(self, base_offset: int, log_append_time_ms: int = -1) -> None:
         self.base_offset = base_offset
+        self.log_append_time_ms = log_append_time_ms
         self.done.set()
 
     def fail(self, error: KafkaError) -> None:

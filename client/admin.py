@@ -13,6 +13,7 @@ request timeout whatever the number of brokers tried (Kafka's default.api.timeou
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from client.consumer import Consumer
 from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.kafka import messages as kafka
 from client.protocol.messages import PartitionMetadata
 
 # One admin call, over every broker it tries, in request timeouts (Kafka: 60 s / 30 s).
@@ -32,6 +34,11 @@ API_TIMEOUT_REQUEST_TIMEOUTS = 2
 # this long (paused, overloaded) is not waited for to show a new topic.
 VISIBLE_POLL_TIMEOUT_S = 0.5
 VISIBLE_POLL_INTERVAL_S = 0.02
+ZERO_UUID = uuid.UUID(int=0)
+TOPIC_RESOURCE = 2  # Kafka's ConfigResource.Type TOPIC
+OP_SET, OP_DELETE = 0, 1  # IncrementalAlterConfigs' config_operation
+PREFERRED_ELECTION = 0  # ElectLeaders' election_type (1: unclean)
+METADATA_TOPIC = "__cluster_metadata"  # KRaft's metadata log, as DescribeQuorum names it
 
 
 @attrs.frozen
@@ -92,6 +99,18 @@ def _raise_first(outcomes: list[dict[str, Any]], what: str) -> None:
             raise KafkaError(code, f"{what} {name}: {outcome.get('message', '')}".rstrip(": "))
 
 
+def _outcome(
+    name: str | None, code: int, message: str | None, topic_id: Any = None
+) -> dict[str, Any]:
+    """One topic's outcome as the admin calls return them (and the CLI prints them)."""
+    return {
+        "name": name or "",
+        "error_code": code,
+        "message": message or "",
+        "topic_id": None if topic_id in (None, ZERO_UUID) else str(topic_id),
+    }
+
+
 class Admin:
     def __init__(
         self,
@@ -113,34 +132,56 @@ class Admin:
     async def close(self) -> None:
         await self.cluster.aclose()
 
-    async def _request(self, api_key: ApiKey, body: Any) -> Any:
+    @property
+    def _timeout_ms(self) -> int:
+        return int(self.cluster.request_timeout_s * 1000)
+
+    async def _request(self, request: Any) -> Any:
         """Through whichever broker answers, within the call's bound (the module's doc)."""
         timeout_s = API_TIMEOUT_REQUEST_TIMEOUTS * self.cluster.request_timeout_s
         with trio.move_on_after(timeout_s):
-            return await self.cluster.request_any(api_key, body)
+            return await self.cluster.request_any(request)
         raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, f"no broker answered in {timeout_s}s")
+
+    async def _any_broker(self) -> int:
+        """A broker to ask something whose request depends on its version."""
+        if not self.cluster.brokers:
+            await self.cluster.refresh([])
+        return self.cluster.rng.choice(sorted(self.cluster.brokers))
 
     async def create_topics(
         self, topics: Sequence[NewTopic], *, validate_only: bool = False, raise_errors: bool = True
     ) -> list[dict[str, Any]]:
-        body = {
-            "topics": [
-                {
-                    "name": t.name,
-                    "partitions": t.partitions,
-                    "replication_factor": t.replication_factor,
-                    "configs": [[k, v] for k, v in sorted(t.configs.items())],
-                }
+        Request = kafka.CreateTopicsRequest
+        request = Request(
+            topics=tuple(
+                Request.CreatableTopic(
+                    name=t.name,
+                    num_partitions=t.partitions,
+                    replication_factor=t.replication_factor,
+                    configs=tuple(
+                        Request.CreatableTopicConfig(name=k, value=v)
+                        for k, v in sorted(t.configs.items())
+                    ),
+                )
                 for t in topics
-            ],
-            "validate_only": validate_only,
-        }
-        outcomes: list[dict[str, Any]] = (await self._request(ApiKey.CREATE_TOPICS, body))["topics"]
+            ),
+            timeout_ms=self._timeout_ms,
+            validate_only=validate_only,
+        )
+        response = await self._request(request)
+        outcomes = [
+            _outcome(t.name, t.error_code, t.error_message, t.topic_id) for t in response.topics
+        ]
         if raise_errors:
             _raise_first(outcomes, "topic")
-        created = [o["name"] for o in outcomes if o.get("error_code") == ErrorCode.NONE]
+        created = [o["name"] for o in outcomes if o["error_code"] == ErrorCode.NONE]
         if created and not validate_only:
             await self._wait_visible(created)
+            if any(o["topic_id"] is None for o in outcomes):  # CreateTopics v6 and older
+                ids = {t.name: t.topic_id for t in await self.describe_topics(created)}
+                for o in outcomes:
+                    o["topic_id"] = o["topic_id"] or ids.get(o["name"])
         return outcomes
 
     async def _wait_visible(self, names: list[str], timeout_s: float = 10.0) -> None:
@@ -158,18 +199,17 @@ class Admin:
                     nursery.start_soon(self._wait_visible_on, broker_id, names)
 
     async def _wait_visible_on(self, broker_id: int, names: list[str]) -> None:
-        body = {"topics": names}
         while True:
             answer = None
             with trio.move_on_after(VISIBLE_POLL_TIMEOUT_S), contextlib.suppress(KafkaError):
-                answer = await self.cluster.request_broker(broker_id, ApiKey.METADATA, body)
+                answer = await self.cluster.metadata(broker_id, names)
             if answer is None:
                 return  # a broker that does not answer cannot be waited for
             if all(
-                t["error_code"] == ErrorCode.NONE
-                and t["partitions"]
-                and all(p["leader"] >= 0 for p in t["partitions"])
-                for t in answer["topics"]
+                t.error_code == ErrorCode.NONE
+                and t.partitions
+                and all(p.leader >= 0 for p in t.partitions)
+                for t in answer.topics
             ):
                 return
             await trio.sleep(VISIBLE_POLL_INTERVAL_S)
@@ -177,15 +217,35 @@ class Admin:
     async def delete_topics(
         self, names: Sequence[str], *, raise_errors: bool = True
     ) -> list[dict[str, Any]]:
-        answer = await self._request(ApiKey.DELETE_TOPICS, {"names": list(names)})
+        broker = await self._any_broker()
+        version = await self.cluster.version_for(broker, ApiKey.DELETE_TOPICS)
+        Request = kafka.DeleteTopicsRequest
+        if version >= 6:  # by name or id; names alone before
+            request = Request(
+                topics=tuple(Request.DeleteTopicState(name=n) for n in names),
+                timeout_ms=self._timeout_ms,
+            )
+        else:
+            request = Request(topic_names=tuple(names), timeout_ms=self._timeout_ms)
+        response = await self.cluster.request_broker(broker, request, version=version)
+        outcomes = [_outcome(t.name, t.error_code, t.error_message) for t in response.responses]
         if raise_errors:
-            _raise_first(answer["topics"], "topic")
-        return list(answer["topics"])
+            _raise_first(outcomes, "topic")
+        return outcomes
 
     async def create_partitions(self, increases: dict[str, int]) -> None:
-        body = {"topics": [{"name": n, "total": t} for n, t in sorted(increases.items())]}
-        answer = await self._request(ApiKey.CREATE_PARTITIONS, body)
-        _raise_first(answer["topics"], "topic")
+        Request = kafka.CreatePartitionsRequest
+        request = Request(
+            topics=tuple(
+                Request.CreatePartitionsTopic(name=n, count=t, assignments=None)
+                for n, t in sorted(increases.items())
+            ),
+            timeout_ms=self._timeout_ms,
+        )
+        response = await self._request(request)
+        _raise_first(
+            [_outcome(r.name, r.error_code, r.error_message) for r in response.results], "topic"
+        )
 
     async def list_topics(self) -> list[str]:
         response = await self.cluster.refresh(None)
@@ -208,60 +268,127 @@ class Admin:
         return found
 
     async def describe_cluster(self) -> ClusterDescription:
-        answer = await self._request(ApiKey.DESCRIBE_CLUSTER, {})
+        response = await self._request(kafka.DescribeClusterRequest())
         return ClusterDescription(
-            cluster_id=answer["cluster_id"],
-            controller_id=answer["controller_id"],
+            cluster_id=response.cluster_id,
+            controller_id=response.controller_id,
             brokers=tuple(
                 BrokerDescription(
-                    broker_id=b["broker_id"],
-                    host=b["host"],
-                    port=b["port"],
-                    rack=b["rack"],
-                    fenced=b["fenced"],
-                    broker_epoch=b["broker_epoch"],
+                    broker_id=b.broker_id,
+                    host=b.host,
+                    port=b.port,
+                    rack=b.rack,
+                    fenced=b.is_fenced,  # v2+; older versions list unfenced brokers only
+                    broker_epoch=-1,  # not in Kafka's DescribeCluster
                 )
-                for b in answer["brokers"]
+                for b in response.brokers
             ),
         )
 
     async def describe_quorum(self) -> QuorumDescription:
-        answer = await self._request(ApiKey.DESCRIBE_QUORUM, {})
+        Request = kafka.DescribeQuorumRequest
+        request = Request(
+            topics=(
+                Request.TopicData(
+                    topic_name=METADATA_TOPIC,
+                    partitions=(Request.PartitionData(partition_index=0),),
+                ),
+            )
+        )
+        response = await self._request(request)
+        (partition,) = [p for t in response.topics for p in t.partitions]
+        if partition.error_code != ErrorCode.NONE:
+            raise KafkaError(partition.error_code, partition.error_message or METADATA_TOPIC)
         now_ms = environment.current().wall_ms()
-        high_watermark = answer["high_watermark"]
+        high_watermark = partition.high_watermark
 
-        def lag(replica: dict[str, Any]) -> ReplicaLag:
+        def lag(replica: Any) -> ReplicaLag:
             def ago(at: int) -> int:
                 return -1 if at < 0 else max(0, now_ms - at)
 
             return ReplicaLag(
-                replica_id=replica["replica_id"],
-                log_end_offset=replica["log_end_offset"],
-                lag=max(0, high_watermark - replica["log_end_offset"]),
-                last_fetch_ms_ago=ago(replica["last_fetch_timestamp"]),
-                last_caught_up_ms_ago=ago(replica["last_caught_up_timestamp"]),
+                replica_id=replica.replica_id,
+                log_end_offset=replica.log_end_offset,
+                lag=max(0, high_watermark - replica.log_end_offset),
+                last_fetch_ms_ago=ago(replica.last_fetch_timestamp),  # v1+; -1 before
+                last_caught_up_ms_ago=ago(replica.last_caught_up_timestamp),
             )
 
         return QuorumDescription(
-            leader_id=answer["leader_id"],
-            leader_epoch=answer["leader_epoch"],
+            leader_id=partition.leader_id,
+            leader_epoch=partition.leader_epoch,
             high_watermark=high_watermark,
-            voters=tuple(lag(v) for v in answer["voters"]),
-            observers=tuple(lag(o) for o in answer["observers"]),
+            voters=tuple(lag(v) for v in partition.current_voters),
+            observers=tuple(lag(o) for o in partition.observers),
         )
+
+    async def describe_configs(self, topic: str) -> dict[str, str | None]:
+        """A topic's settings, defaults included."""
+        Request = kafka.DescribeConfigsRequest
+        request = Request(
+            resources=(
+                Request.DescribeConfigsResource(
+                    resource_type=TOPIC_RESOURCE, resource_name=topic, configuration_keys=None
+                ),
+            )
+        )
+        response = await self._request(request)
+        (result,) = response.results
+        if result.error_code != ErrorCode.NONE:
+            raise KafkaError(result.error_code, f"config of {topic}: {result.error_message or ''}")
+        return {c.name: c.value for c in result.configs}
 
     async def alter_configs(
         self, topic: str, set_: dict[str, str] | None = None, delete: Sequence[str] = ()
     ) -> None:
-        ops = [{"name": k, "op": 0, "value": v} for k, v in sorted((set_ or {}).items())]
-        ops += [{"name": k, "op": 1} for k in delete]
-        body = {"resources": [{"resource_type": "topic", "resource_name": topic, "ops": ops}]}
-        answer = await self._request(ApiKey.INCREMENTAL_ALTER_CONFIGS, body)
-        _raise_first(answer["resources"], "config of")
+        Request = kafka.IncrementalAlterConfigsRequest
+        ops = [
+            Request.AlterableConfig(name=k, config_operation=OP_SET, value=v)
+            for k, v in sorted((set_ or {}).items())
+        ]
+        ops += [
+            Request.AlterableConfig(name=k, config_operation=OP_DELETE, value=None) for k in delete
+        ]
+        request = Request(
+            resources=(
+                Request.AlterConfigsResource(
+                    resource_type=TOPIC_RESOURCE, resource_name=topic, configs=tuple(ops)
+                ),
+            )
+        )
+        response = await self._request(request)
+        _raise_first(
+            [
+                {"name": r.resource_name, "error_code": r.error_code, "message": r.error_message}
+                for r in response.responses
+            ],
+            "config of",
+        )
 
     async def elect_preferred_leaders(self) -> int:
-        answer = await self._request(ApiKey.ELECT_LEADERS, {})
-        return int(answer["elected"])
+        """Preferred-leader election for every partition; how many changed leader.
+
+        Over ElectLeaders where the broker serves it, else over the native API."""
+        broker = await self._any_broker()
+        try:
+            version = await self.cluster.version_for(broker, ApiKey.ELECT_LEADERS)
+        except KafkaError as error:
+            if error.code != ErrorCode.UNSUPPORTED_VERSION:
+                raise
+            answer = await self.cluster.request_native_any(ApiKey.ELECT_LEADERS, {})
+            return int(answer["elected"])
+        request = kafka.ElectLeadersRequest(
+            election_type=PREFERRED_ELECTION if version >= 1 else 0,
+            topic_partitions=None,  # every partition
+            timeout_ms=self._timeout_ms,
+        )
+        response = await self.cluster.request_broker(broker, request, version=version)
+        return sum(
+            1
+            for topic in response.replica_election_results
+            for result in topic.partition_result
+            if result.error_code == ErrorCode.NONE
+        )
 
     async def list_offsets(self, topic: str, timestamp: int = -1) -> dict[int, int]:
         """Per partition: -1 latest (high-water mark), -2 earliest, else by timestamp."""

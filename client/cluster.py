@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import trio
 
+from client.kafka_connection import KafkaConnection
 from client.protocol import environment
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
-from client.protocol.messages import MetadataRequest, MetadataResponse, PartitionMetadata
+from client.protocol.kafka import messages as kafka
+from client.protocol.messages import (
+    BrokerEndpoint,
+    MetadataResponse,
+    PartitionMetadata,
+    TopicMetadata,
+)
 from client.protocol.rpc import RpcClient
-from client.protocol.schema import from_body, to_body
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,8 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"  # the embedded default server
 METADATA_MAX_AGE_MS = 300_000  # Kafka's metadata.max.age.ms
 REQUEST_TIMEOUT_MS = 30_000  # Kafka's request.timeout.ms
 RETRY_BACKOFF_MS = 100  # Kafka's retry.backoff.ms
+ZERO_UUID = uuid.UUID(int=0)
+METADATA_TOPIC = kafka.MetadataRequest.MetadataRequestTopic
 
 
 def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[tuple[str, int]]:
@@ -46,12 +56,53 @@ def parse_bootstrap(bootstrap: str | Sequence[str]) -> list[tuple[str, int]]:
     return addresses
 
 
-def check_response(body: Any) -> Any:
-    """A whole-request error (bad body, unknown api, ...) as a KafkaError."""
-    # A whole-request error has error_code, error_message and maybe controller_id only.
-    if isinstance(body, dict) and body.get("error_code", 0) != 0 and len(body) <= 3:
-        raise KafkaError(body["error_code"], body.get("error_message", ""))
-    return body
+@attrs.frozen(kw_only=True)
+class PartitionLeadership(PartitionMetadata):
+    """A partition as Metadata describes it, with the replicas the broker says are offline."""
+
+    offline_replicas: tuple[int, ...] = ()
+
+
+def _topic_id(value: uuid.UUID) -> str | None:
+    return None if value == ZERO_UUID else str(value)
+
+
+def metadata_view(response: Any) -> MetadataResponse:
+    """Kafka's Metadata answer in the shape the client keeps (`PartitionLeadership`)."""
+    return MetadataResponse(
+        cluster_id=response.cluster_id or "",
+        controller_id=response.controller_id,
+        brokers=tuple(
+            BrokerEndpoint(broker_id=b.node_id, host=b.host, port=b.port, rack=b.rack)
+            for b in response.brokers
+        ),
+        topics=tuple(
+            TopicMetadata(
+                name=t.name or "",
+                error_code=t.error_code,
+                topic_id=_topic_id(t.topic_id),
+                partitions=tuple(
+                    sorted(
+                        (
+                            PartitionLeadership(
+                                partition=p.partition_index,
+                                error_code=p.error_code,
+                                leader=p.leader_id,
+                                leader_epoch=p.leader_epoch,
+                                replicas=tuple(p.replica_nodes),
+                                isr=tuple(p.isr_nodes),
+                                offline_replicas=tuple(p.offline_replicas),
+                            )
+                            for p in t.partitions
+                        ),
+                        key=lambda p: p.partition,
+                    )
+                ),
+            )
+            for t in response.topics
+        ),
+        metadata_offset=-1,
+    )
 
 
 class ClusterClient:
@@ -75,30 +126,42 @@ class ClusterClient:
         self.partitions: dict[str, dict[int, PartitionMetadata]] = {}
         self.topic_errors: dict[str, int] = {}
         self.interest: set[str] = set()
-        self._clients: dict[tuple[str, int], RpcClient] = {}
+        self._connections: dict[tuple[str, int], KafkaConnection] = {}
+        self._native: dict[tuple[str, int], RpcClient] = {}
         self._refreshed_at = -1e9
         self._refresh_lock = trio.Lock()
 
     # ------------------------------------------------------------------ requests
 
-    def _client(self, address: tuple[str, int]) -> RpcClient:
-        client = self._clients.get(address)
-        if client is None:
-            client = RpcClient(*address, client_id=self.client_id, rng=self.rng)
-            self._clients[address] = client
-        return client
+    def _connection(self, address: tuple[str, int]) -> KafkaConnection:
+        connection = self._connections.get(address)
+        if connection is None:
+            connection = KafkaConnection(*address, client_id=self.client_id, rng=self.rng)
+            self._connections[address] = connection
+        return connection
 
-    async def request_broker(self, broker_id: int, api_key: ApiKey, body: Any) -> Any:
+    def _address(self, broker_id: int) -> tuple[str, int]:
         address = self.brokers.get(broker_id)
         if address is None:
             raise KafkaError(ErrorCode.BROKER_NOT_AVAILABLE, f"broker {broker_id} is not known")
-        return check_response(
-            await self._client(address).request(
-                api_key, API_VERSION, body, timeout_s=self.request_timeout_s
-            )
+        return address
+
+    async def version_for(self, broker_id: int, api_key: int) -> int:
+        """The version a request of `api_key` to `broker_id` goes at (connecting if need be):
+        for the requests whose fields depend on it."""
+        return await self._connection(self._address(broker_id)).negotiated(
+            api_key, timeout_s=self.request_timeout_s
         )
 
-    async def request_any(self, api_key: ApiKey, body: Any) -> Any:
+    async def request_broker(
+        self, broker_id: int, request: Any, *, version: int | None = None
+    ) -> Any:
+        """A Kafka request to one broker; its response (None for an acks=0 Produce)."""
+        return await self._connection(self._address(broker_id)).request(
+            request, version=version, timeout_s=self.request_timeout_s
+        )
+
+    async def request_any(self, request: Any) -> Any:
         """To some broker that answers: known brokers first, then the bootstrap list."""
         candidates = list(self.brokers.values())
         self.rng.shuffle(candidates)
@@ -106,10 +169,8 @@ class ClusterClient:
         last: KafkaError | None = None
         for address in candidates:
             try:
-                return check_response(
-                    await self._client(address).request(
-                        api_key, API_VERSION, body, timeout_s=self.request_timeout_s
-                    )
+                return await self._connection(address).request(
+                    request, timeout_s=self.request_timeout_s
                 )
             except KafkaError as error:
                 if not error.retriable:
@@ -121,7 +182,54 @@ class ClusterClient:
             f"no broker answered ({', '.join(f'{h}:{p}' for h, p in candidates)}): {last.message}",
         )
 
+    async def request_native_any(self, api_key: ApiKey, body: Any) -> Any:
+        """pykraft's own APIs, which Kafka's protocol has no message for (decision 0016),
+        over the native codec the same listener also serves (decision 0011)."""
+        candidates = list(self.brokers.values())
+        self.rng.shuffle(candidates)
+        candidates += [a for a in self.bootstrap if a not in candidates]
+        last: KafkaError | None = None
+        for address in candidates:
+            client = self._native.get(address)
+            if client is None:
+                client = self._native[address] = RpcClient(
+                    *address, client_id=self.client_id, rng=self.rng
+                )
+            try:
+                body = await client.request(
+                    api_key, API_VERSION, body, timeout_s=self.request_timeout_s
+                )
+            except KafkaError as error:
+                if not error.retriable:
+                    raise
+                last = error
+                continue
+            # The native codec's whole-request error: a body of nothing else.
+            whole_request_error = isinstance(body, dict) and set(body) <= {
+                "error_code",
+                "error_message",
+            }
+            if whole_request_error and body.get("error_code", 0) != ErrorCode.NONE:
+                raise KafkaError(body["error_code"], body.get("error_message", ""))
+            return body
+        assert last is not None
+        raise last
+
     # ------------------------------------------------------------------ metadata
+
+    async def metadata(
+        self, broker_id: int | None, topics: Sequence[str] | None
+    ) -> MetadataResponse:
+        """One Metadata answer (from `broker_id`, or whichever answers), as the client keeps it."""
+        request = kafka.MetadataRequest(
+            topics=None if topics is None else tuple(METADATA_TOPIC(name=t) for t in topics),
+            allow_auto_topic_creation=False,
+        )
+        if broker_id is None:
+            response = await self.request_any(request)
+        else:
+            response = await self.request_broker(broker_id, request)
+        return metadata_view(response)
 
     async def refresh(self, topics: Sequence[str] | None = None) -> MetadataResponse:
         """Ask for fresh metadata (all known topics plus `topics`, or every topic)."""
@@ -131,8 +239,7 @@ class ClusterClient:
             # Every topic this client has asked about, not just those it knows now: a
             # lagging broker may not know a new topic yet, and it must be asked again.
             wanted = None if topics is None else sorted(self.interest)
-            body = await self.request_any(ApiKey.METADATA, to_body(MetadataRequest(topics=wanted)))
-            response = from_body(MetadataResponse, body)
+            response = await self.metadata(None, wanted)
             self.cluster_id = response.cluster_id
             self.controller_id = response.controller_id
             if response.brokers:
@@ -176,6 +283,9 @@ class ClusterClient:
         return trio.current_time() - self._refreshed_at > self.metadata_max_age_s
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
+        for connection in self._connections.values():
+            await connection.aclose()
+        self._connections.clear()
+        for client in self._native.values():
             await client.aclose()
-        self._clients.clear()
+        self._native.clear()

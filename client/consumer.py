@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -24,24 +25,21 @@ import trio
 from client.cluster import DEFAULT_BOOTSTRAP, ClusterClient
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
-from client.protocol.messages import (
-    EARLIEST_TIMESTAMP,
-    LATEST_TIMESTAMP,
-    FetchRequest,
-    FetchResponse,
-    ListOffsetsRequest,
-    ListOffsetsResponse,
-    PartitionFetch,
-    PartitionListOffsets,
-    TopicFetch,
-    TopicListOffsets,
-)
-from client.protocol.schema import from_body, to_body
+from client.protocol.kafka import messages as kafka
+from client.protocol.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from storage.records import RecordBatchError, iter_batches, iter_records
 
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+CONSUMER_REPLICA_ID = -1
+READ_UNCOMMITTED = 0
+# Fetch sessions (KIP-227) are not used: every fetch is a full one.
+SESSIONLESS_ID, SESSIONLESS_EPOCH = 0, -1
+FetchTopic = kafka.FetchRequest.FetchTopic
+FetchPartition = kafka.FetchRequest.FetchPartition
+ListOffsetsTopic = kafka.ListOffsetsRequest.ListOffsetsTopic
+ListOffsetsPartition = kafka.ListOffsetsRequest.ListOffsetsPartition
 
 
 @attrs.frozen(slots=True)
@@ -170,24 +168,38 @@ class Consumer:
         by_leader = await self._group_by_leader(timestamps)
         answers: dict[TopicPartition, int] = {}
         for leader, tps in by_leader.items():
-            topics: dict[str, list[PartitionListOffsets]] = {}
+            version = await self.cluster.version_for(leader, ApiKey.LIST_OFFSETS)
+            topics: dict[str, list[Any]] = {}
             for tp in tps:
                 topics.setdefault(tp[0], []).append(
-                    PartitionListOffsets(partition=tp[1], timestamp=timestamps[tp])
+                    ListOffsetsPartition(
+                        partition_index=tp[1],
+                        # KIP-320 (v4+): a leader of another epoch says so.
+                        current_leader_epoch=self._leader_epoch(tp) if version >= 4 else -1,
+                        timestamp=timestamps[tp],
+                    )
                 )
-            request = ListOffsetsRequest(
+            request = kafka.ListOffsetsRequest(
+                replica_id=CONSUMER_REPLICA_ID,
+                isolation_level=READ_UNCOMMITTED,
                 topics=tuple(
-                    TopicListOffsets(name=t, partitions=tuple(p)) for t, p in topics.items()
-                )
+                    ListOffsetsTopic(name=t, partitions=tuple(p)) for t, p in topics.items()
+                ),
             )
-            body = await self.cluster.request_broker(leader, ApiKey.LIST_OFFSETS, to_body(request))
-            for topic in from_body(ListOffsetsResponse, body).topics:
+            response = await self.cluster.request_broker(leader, request, version=version)
+            for topic in response.topics:
                 for result in topic.partitions:
                     if result.error_code != ErrorCode.NONE:
                         await self.cluster.refresh([topic.name])
-                        raise KafkaError(result.error_code, f"{topic.name}-{result.partition}")
-                    answers[(topic.name, result.partition)] = result.offset
+                        raise KafkaError(
+                            result.error_code, f"{topic.name}-{result.partition_index}"
+                        )
+                    answers[(topic.name, result.partition_index)] = result.offset
         return answers
+
+    def _leader_epoch(self, tp: TopicPartition) -> int:
+        leader = self.cluster.leader(*tp)
+        return -1 if leader is None else leader.leader_epoch
 
     async def _group_by_leader(
         self, tps: Iterable[TopicPartition]
@@ -248,27 +260,33 @@ class Consumer:
     async def _fetch_from(
         self, leader: int, tps: list[TopicPartition], wait_ms: int, out: list[ConsumerRecord]
     ) -> None:
-        topics: dict[str, list[PartitionFetch]] = {}
-        for tp in tps:
-            position = self._positions.get(tp)
-            if position is None:
-                continue
-            topics.setdefault(tp[0], []).append(
-                PartitionFetch(
-                    partition=tp[1],
-                    fetch_offset=position,
-                    partition_max_bytes=self.max_partition_fetch_bytes,
-                )
-            )
-        request = FetchRequest(
-            topics=tuple(TopicFetch(name=t, partitions=tuple(p)) for t, p in topics.items()),
-            max_wait_ms=wait_ms,
-            min_bytes=self.fetch_min_bytes,
-            max_bytes=self.fetch_max_bytes,
-        )
         try:
-            body = await self.cluster.request_broker(leader, ApiKey.FETCH, to_body(request))
-            response = from_body(FetchResponse, body)
+            version = await self.cluster.version_for(leader, ApiKey.FETCH)
+            topics: dict[str, list[Any]] = {}
+            for tp in tps:
+                position = self._positions.get(tp)
+                if position is None:
+                    continue
+                topics.setdefault(tp[0], []).append(
+                    FetchPartition(
+                        partition=tp[1],
+                        # KIP-320 (v9+): a leader of another epoch refuses, and we look again.
+                        current_leader_epoch=self._leader_epoch(tp) if version >= 9 else -1,
+                        fetch_offset=position,
+                        partition_max_bytes=self.max_partition_fetch_bytes,
+                    )
+                )
+            request = kafka.FetchRequest(
+                replica_id=CONSUMER_REPLICA_ID,
+                max_wait_ms=wait_ms,
+                min_bytes=self.fetch_min_bytes,
+                max_bytes=self.fetch_max_bytes,
+                isolation_level=READ_UNCOMMITTED,
+                session_id=SESSIONLESS_ID,
+                session_epoch=SESSIONLESS_EPOCH,
+                topics=tuple(FetchTopic(topic=t, partitions=tuple(p)) for t, p in topics.items()),
+            )
+            response = await self.cluster.request_broker(leader, request, version=version)
         except KafkaError as error:
             log.debug("fetch from broker %d failed: %s", leader, error)
             # The refresh may fail too (every broker down); the next poll tries again.
@@ -276,17 +294,20 @@ class Consumer:
             with contextlib.suppress(KafkaError):
                 await self.cluster.refresh([])
             return
-        for topic in response.topics:
+        for topic in response.responses:
             for result in topic.partitions:
-                tp = (topic.name, result.partition)
+                tp = (topic.topic, result.partition_index)
                 if result.error_code == ErrorCode.OFFSET_OUT_OF_RANGE:
                     if self.auto_offset_reset == "none":
                         raise OffsetOutOfRange(tp, self._positions.get(tp) or -1)
                     self._positions[tp] = None
                     continue
                 if result.error_code != ErrorCode.NONE:
-                    await self.cluster.refresh([topic.name])
+                    await self.cluster.refresh([topic.topic])
                     continue
+                # diverging_epoch is only sent to a fetcher that names its last fetched
+                # epoch (followers); preferred_read_replica only to one that names its
+                # rack (KIP-392). This consumer names neither, so both stay unset.
                 if result.records and tp in self._positions:
                     self._take(tp, result.records, out)
 

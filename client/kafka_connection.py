@@ -50,7 +50,7 @@ CLIENT_VERSIONS: dict[int, tuple[int, int]] = {
     0: (3, 9),  # Produce: v3 is the first with RecordBatch v2; v10+ are KIP-890's
     1: (4, 12),  # Fetch: by topic name (v13+ take topic ids)
     2: (1, 7),  # ListOffsets
-    3: (1, 12),  # Metadata: by topic name, null asks for all (v0 cannot say "all")
+    3: (4, 12),  # Metadata: by topic name, null asks for all; v4+ can refuse auto-creation
     18: (0, 3),  # ApiVersions
     19: (2, 7),  # CreateTopics
     20: (1, 6),  # DeleteTopics

@@ -29,15 +29,8 @@ from client.accumulator import Delivery, ProducerBatch, RecordAccumulator, Recor
 from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
 from client.partitioner import murmur2, to_positive
 from client.protocol import environment
-from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
-from client.protocol.messages import (
-    PartitionProduce,
-    ProduceRequest,
-    ProduceResponse,
-    TopicProduce,
-)
-from client.protocol.schema import from_body, to_body
+from client.protocol.kafka import messages as kafka
 from storage.records import Compression
 
 log = logging.getLogger(__name__)
@@ -45,6 +38,8 @@ log = logging.getLogger(__name__)
 ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
 COMPRESSION = {codec.name.lower(): codec for codec in Compression}  # Kafka's compression.type
 KEY_HASH_CACHE_SIZE = 100_000
+TopicProduceData = kafka.ProduceRequest.TopicProduceData
+PartitionProduceData = kafka.ProduceRequest.PartitionProduceData
 # Errors after which the leader must be looked up again.
 REFRESH_ON = frozenset(
     {
@@ -228,38 +223,52 @@ class Producer:
             log.debug("metadata refresh failed: %s", error)
 
     async def _send_request(self, leader_id: int, batches: list[ProducerBatch]) -> None:
-        by_topic: dict[str, list[PartitionProduce]] = {}
+        by_topic: dict[str, list[Any]] = {}
         for batch in batches:
             by_topic.setdefault(batch.tp[0], []).append(
-                PartitionProduce(partition=batch.tp[1], records=batch.build())
+                PartitionProduceData(index=batch.tp[1], records=batch.build())
             )
-        request = ProduceRequest(
+        request = kafka.ProduceRequest(
+            transactional_id=None,
             acks=self.acks,
             timeout_ms=self.request_timeout_ms,
-            topics=tuple(TopicProduce(name=t, partitions=tuple(p)) for t, p in by_topic.items()),
+            topic_data=tuple(
+                TopicProduceData(name=t, partition_data=tuple(p)) for t, p in by_topic.items()
+            ),
         )
+        outcomes: dict[tuple[str, int], Any] = {}
         try:
-            body = await self.cluster.request_broker(leader_id, ApiKey.PRODUCE, to_body(request))
-            if self.acks == 0:
-                codes = {batch.tp: (ErrorCode.NONE, -1) for batch in batches}
+            response = await self.cluster.request_broker(leader_id, request)
+        except KafkaError as failure:
+            codes = {batch.tp: (failure.code, failure.message) for batch in batches}
+        else:
+            codes = {}
+            if response is None:  # acks=0: the broker says nothing; the offset is unknown
+                outcomes = {batch.tp: None for batch in batches}
             else:
-                response = from_body(ProduceResponse, body)
-                codes = {
-                    (topic.name, result.partition): (result.error_code, result.base_offset)
-                    for topic in response.topics
-                    for result in topic.partitions
-                }
-        except KafkaError as error:
-            codes = {batch.tp: (error.code, -1) for batch in batches}
+                for topic in response.responses:
+                    for result in topic.partition_responses:
+                        tp = (topic.name, result.index)
+                        if result.error_code == ErrorCode.NONE:
+                            outcomes[tp] = result
+                        else:
+                            codes[tp] = (result.error_code, _error_text(tp, result))
         refresh = False
         for batch in batches:
             self._in_flight[batch.tp] -= 1
-            code, base_offset = codes.get(batch.tp, (ErrorCode.UNKNOWN_SERVER_ERROR, -1))
-            if code == ErrorCode.NONE:
-                batch.succeed(base_offset)
+            if batch.tp in outcomes:
+                result = outcomes[batch.tp]
+                if result is None:
+                    batch.succeed(-1)
+                else:
+                    batch.succeed(result.base_offset, result.log_append_time_ms)
                 self.accumulator.completed(batch)
                 continue
-            error = KafkaError(code, f"producing to {batch.tp[0]}-{batch.tp[1]}")
+            code, text = codes.get(
+                batch.tp,
+                (ErrorCode.UNKNOWN_SERVER_ERROR, f"{batch.tp[0]}-{batch.tp[1]}: not answered"),
+            )
+            error = KafkaError(code, text)
             expired = trio.current_time() - batch.created_s >= self.delivery_timeout_s
             if error.retriable and not expired:
                 self.retries += 1
@@ -278,3 +287,13 @@ class Producer:
         self.accumulator.completed(batch)
         self._progress.set()
         self._progress = trio.Event()
+
+
+def _error_text(tp: tuple[str, int], result: Any) -> str:
+    """What a Produce answer says of one partition's failure (v8+: the records named)."""
+    text = f"producing to {tp[0]}-{tp[1]}"
+    if result.error_message:
+        text += f": {result.error_message}"
+    for record in result.record_errors[:3]:
+        text += f"; record {record.batch_index}: {record.batch_index_error_message or '?'}"
+    return text

@@ -25,6 +25,7 @@ from client.cluster import ClusterClient
 from client.consumer import Consumer
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.kafka import messages as kafka
 from jepsen_like.cluster_control import ClusterControl
 from jepsen_like.history import FAIL, INFO, INVOKE, OK, History
 from storage.records import RecordInput, build_batch
@@ -118,32 +119,35 @@ class QueueWorkload:
                     process, FAIL, "send", [partition, value], invoked=invoked, error="no leader"
                 )
                 return
-            body = {
-                "acks": self.acks,
-                "timeout_ms": SEND_TIMEOUT_MS,
-                "topics": [
-                    {
-                        "name": self.topic,
-                        "partitions": [
-                            {
-                                "partition": partition,
-                                "records": build_batch(
+            Request = kafka.ProduceRequest
+            request = Request(
+                transactional_id=None,
+                acks=self.acks,
+                timeout_ms=SEND_TIMEOUT_MS,
+                topic_data=(
+                    Request.TopicProduceData(
+                        name=self.topic,
+                        partition_data=(
+                            Request.PartitionProduceData(
+                                index=partition,
+                                records=build_batch(
                                     [RecordInput(timestamp=0, value=value.encode())]
                                 ),
-                            }
-                        ],
-                    }
-                ],
-            }
-            answer = await cluster.request_broker(leader.leader, ApiKey.PRODUCE, body)
-            result = answer["topics"][0]["partitions"][0]
-            code = result["error_code"]
-        except KafkaError as error:
-            code, result = error.code, {}
-        if code == ErrorCode.NONE:
-            self.history.add(
-                process, OK, "send", [partition, result["base_offset"], value], invoked=invoked
+                            ),
+                        ),
+                    ),
+                ),
             )
+            answer = await cluster.request_broker(leader.leader, request)
+            if answer is None:  # acks=0: no answer, so no telling whether it was written
+                code, base_offset = ErrorCode.REQUEST_TIMED_OUT, -1
+            else:
+                result = answer.responses[0].partition_responses[0]
+                code, base_offset = result.error_code, result.base_offset
+        except KafkaError as error:
+            code, base_offset = error.code, -1
+        if code == ErrorCode.NONE:
+            self.history.add(process, OK, "send", [partition, base_offset, value], invoked=invoked)
             return
         outcome = FAIL if code in DEFINITE_FAILURES else INFO
         self.history.add(

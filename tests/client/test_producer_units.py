@@ -10,6 +10,7 @@ import trio
 from client.accumulator import RecordAccumulator
 from client.producer import Producer
 from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.kafka import messages as kafka
 from client.protocol.messages import PartitionMetadata
 from storage.records import iter_records
 
@@ -94,21 +95,29 @@ class ScriptedCluster:
         self.refreshes += 1
         self.leader_id = 2  # the new leader
 
-    async def request_broker(self, broker_id: int, api_key: int, body: Any) -> Any:
-        self.requests.append((broker_id, body))
+    async def request_broker(self, broker_id: int, request: Any, *, version: Any = None) -> Any:
+        self.requests.append((broker_id, request))
         code = self.codes.pop(0) if self.codes else 0
         if code == ErrorCode.NETWORK_EXCEPTION:
             raise KafkaError(code, "connection lost")
+        Response = kafka.ProduceResponse
         results = []
-        for topic in body["topics"]:
-            for part in topic["partitions"]:
+        for topic in request.topic_data:
+            for part in topic.partition_data:
                 base = len(self.log)
                 if code == 0:
-                    self.log += values(part["records"])
+                    self.log += values(part.records)
                 results.append(
-                    {"partition": part["partition"], "error_code": code, "base_offset": base}
+                    Response.PartitionProduceResponse(
+                        index=part.index, error_code=code, base_offset=base
+                    )
                 )
-        return {"topics": [{"name": body["topics"][0]["name"], "partitions": results}]}
+        name = request.topic_data[0].name
+        return Response(
+            responses=(
+                Response.TopicProduceResponse(name=name, partition_responses=tuple(results)),
+            )
+        )
 
     async def aclose(self) -> None:
         pass
