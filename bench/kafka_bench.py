@@ -1,6 +1,7 @@
 """librdkafka against pykraft and against the Tansu broker, in one run.
 
-    python bench/kafka_bench.py [--records 300000] [--seconds 60] [--profile DIR]
+    python bench/kafka_bench.py [--records 1000000] [--seconds 60] [--only rf1,rf3,tansu]
+                                [--profile DIR]
 
 One confluent-kafka (librdkafka) producer, acks=all, 100-byte values, linger.ms 5,
 record i to partition i mod 6, then one librdkafka consumer reading the topic back
@@ -44,10 +45,10 @@ from bench import librdkafka_load as load
 from bench import pyspy_profile
 from bench.librdkafka_load import PhaseResult
 from bench.tansu import running_tansu, tansu_binary
-from broker.local_cluster import LocalCluster
+from broker.local_cluster import LocalCluster, NodeFailedToStart
 
 PARTITIONS = 6
-DEFAULT_RECORDS = 300_000
+DEFAULT_RECORDS = 1_000_000
 DEFAULT_CAP_S = 60.0
 WARMUP_FRACTION = 10  # warm-up records: records / this, within the bounds below
 WARMUP_MIN, WARMUP_MAX = 1_000, 30_000
@@ -73,21 +74,32 @@ class Run:
         self.line[key] = why
         self.failed = True
 
-    def produce(self, prefix: str, bootstrap: str, topic: str) -> PhaseResult:
-        result = load.produce(bootstrap, topic, PARTITIONS, self.records, self.warmup, self.cap_s)
+    def produce(self, prefix: str, bootstrap: str, topic: str, servers: list[int]) -> PhaseResult:
+        clock = ServerCpu(servers)
+        result = load.produce(
+            bootstrap, topic, PARTITIONS, self.records, self.warmup, self.cap_s, clock
+        )
         self.delivery_errors += result.errors
-        self._record(f"{prefix}produce", result)
+        self._record(f"{prefix}produce", result, clock.seconds)
         return result
 
-    def consume(self, prefix: str, bootstrap: str, topic: str) -> PhaseResult:
+    def consume(self, prefix: str, bootstrap: str, topic: str, servers: list[int]) -> PhaseResult:
+        clock = ServerCpu(servers)
         expected = self.warmup + self.records
-        result = load.consume(bootstrap, topic, PARTITIONS, expected, self.cap_s)
-        self._record(f"{prefix}consume", result)
+        result = load.consume(bootstrap, topic, PARTITIONS, expected, self.cap_s, clock)
+        self._record(f"{prefix}consume", result, clock.seconds)
         return result
 
-    def _record(self, phase: str, result: PhaseResult) -> None:
+    def _record(self, phase: str, result: PhaseResult, server_cpu: float) -> None:
         self.line[f"{phase}_seconds"] = round(result.seconds, 3)
         self.line[f"{phase}_client_cpu_s"] = round(result.client_cpu_s, 2)
+        self.line[f"{phase}_client_main_thread_cpu_s"] = round(result.client_main_thread_cpu_s, 2)
+        self.line[f"{phase}_server_cpu_s"] = round(server_cpu, 2)
+        if result.records:
+            per_message = 1e6 * server_cpu / result.records
+            self.line[f"{phase}_server_cpu_us_per_msg"] = round(per_message, 2)
+        for key, value in result.producer_stats.items():
+            self.line[f"{phase}_{key}"] = value
         if result.error:
             self.fail(f"{phase}_error", result.error)
 
@@ -145,16 +157,68 @@ def _tansu_version() -> str:
     return done.stdout.strip().removeprefix("tansu ")
 
 
+class ServerCpu(load.Clock):
+    """The CPU the server processes used while a phase's clock ran."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.seconds = 0.0
+        self._began = 0.0
+
+    def started(self) -> None:
+        self._began = server_cpu_s(self.pids)
+
+    def stopped(self) -> None:
+        self.seconds = server_cpu_s(self.pids) - self._began
+
+
+def server_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes (all their threads) have used so far."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", encoding="ascii") as file:
+            fields = file.read().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tansu_pids() -> list[int]:
+    """The Tansu process running_tansu() started: a child of this one named tansu."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", encoding="ascii") as file:
+            head, _, rest = file.read().rpartition(")")
+            if head.endswith("(tansu") and int(rest.split()[1]) == os.getpid():
+                found.append(int(entry))
+    return found
+
+
 @contextlib.contextmanager
 def pykraft(root: str, name: str, brokers: int) -> Iterator[LocalCluster]:
     """1 controller + `brokers` brokers, each its own process; every pid stopped after."""
     directory = os.path.join(root, name)
     try:
         with LocalCluster(directory, controllers=1, brokers=brokers) as cluster:
-            cluster.start_all()
+            try:
+                cluster.start_all()
+            except NodeFailedToStart as error:
+                raise NodeFailedToStart(f"{error}: {_log_tails(cluster)}") from error
             yield cluster
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _log_tails(cluster: LocalCluster, chars: int = 600) -> str:
+    """The end of each node's log: the directory holding them is removed after the run."""
+    tails = []
+    for node_id in sorted(cluster.configs):
+        with contextlib.suppress(OSError), open(cluster.log_path(node_id), "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - chars))
+            tails.append(f"node {node_id}: ...{log.read().decode(errors='replace')}")
+    return " | ".join(tails)
 
 
 @contextlib.contextmanager
@@ -171,11 +235,12 @@ def run_pykraft_rf1(run: Run, root: str, profile_dir: str) -> None:
         bootstrap = cluster.bootstrap_servers()
         load.create_topic(bootstrap, "bench-rf1", PARTITIONS, 1)
         (broker,) = cluster.broker_ids
+        servers = [cluster.pid(node) for node in cluster.configs]
         with maybe_profiling(cluster.pid(broker), profile_dir, "produce"):
-            produced = run.produce("rf1_", bootstrap, "bench-rf1")
+            produced = run.produce("rf1_", bootstrap, "bench-rf1", servers)
         run.line["msgs_per_s_rf1"] = round(produced.msgs_per_s)
         with maybe_profiling(cluster.pid(broker), profile_dir, "fetch"):
-            consumed = run.consume("rf1_", bootstrap, "bench-rf1")
+            consumed = run.consume("rf1_", bootstrap, "bench-rf1", servers)
         run.line["consume_msgs_per_s_rf1"] = round(consumed.msgs_per_s)
 
 
@@ -187,18 +252,20 @@ def run_pykraft_rf3(run: Run, root: str) -> None:
             str(b): sum(1 for leader in leaders.values() if leader == b) for b in cluster.broker_ids
         }
         run.line["rf3_partitions_led_by_broker"] = led
-        produced = run.produce("rf3_", bootstrap, "bench-rf3")
+        servers = [cluster.pid(node) for node in cluster.configs]
+        produced = run.produce("rf3_", bootstrap, "bench-rf3", servers)
         run.line["msgs_per_s_rf3_acksall"] = round(produced.msgs_per_s)
-        consumed = run.consume("rf3_", bootstrap, "bench-rf3")
+        consumed = run.consume("rf3_", bootstrap, "bench-rf3", servers)
         run.line["consume_msgs_per_s"] = round(consumed.msgs_per_s)
 
 
 def run_tansu(run: Run) -> None:
     with running_tansu() as bootstrap:
         load.create_topic(bootstrap, "bench-tansu", PARTITIONS, 1)
-        produced = run.produce("tansu_", bootstrap, "bench-tansu")
+        servers = tansu_pids()
+        produced = run.produce("tansu_", bootstrap, "bench-tansu", servers)
         run.line["tansu_msgs_per_s"] = round(produced.msgs_per_s)
-        consumed = run.consume("tansu_", bootstrap, "bench-tansu")
+        consumed = run.consume("tansu_", bootstrap, "bench-tansu", servers)
         run.line["tansu_consume_msgs_per_s"] = round(consumed.msgs_per_s)
 
 
@@ -208,13 +275,20 @@ def ratio(line: dict[str, Any], numerator: str, denominator: str) -> float | Non
     return None
 
 
-def bench(records: int, cap_s: float, profile_dir: str) -> Run:
+SYSTEMS = ("rf1", "rf3", "tansu")
+
+
+def bench(records: int, cap_s: float, profile_dir: str, systems: tuple[str, ...]) -> Run:
     run = Run(records, cap_s)
+    run.line["systems"] = list(systems)
     root = tempfile.mkdtemp(prefix="kafka-bench-")
     try:
-        run.guarded("rf1_error", lambda: run_pykraft_rf1(run, root, profile_dir))
-        run.guarded("rf3_error", lambda: run_pykraft_rf3(run, root))
-        run.guarded("tansu_error", lambda: run_tansu(run))
+        if "rf1" in systems:
+            run.guarded("rf1_error", lambda: run_pykraft_rf1(run, root, profile_dir))
+        if "rf3" in systems:
+            run.guarded("rf3_error", lambda: run_pykraft_rf3(run, root))
+        if "tansu" in systems:
+            run.guarded("tansu_error", lambda: run_tansu(run))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     line = run.line
@@ -239,14 +313,20 @@ def main() -> None:
         "--seconds", type=float, default=DEFAULT_CAP_S, help="wall-clock cap of each phase"
     )
     parser.add_argument("--profile", default="", metavar="DIR", help="py-spy the RF 1 broker")
+    parser.add_argument(
+        "--only", default=",".join(SYSTEMS), help="which of rf1,rf3,tansu to run (default: all)"
+    )
     args = parser.parse_args()
     if args.records < 1 or args.seconds <= 0:
         parser.error("--records and --seconds must be positive")
+    systems = tuple(name for name in SYSTEMS if name in args.only.split(","))
+    if not systems or set(args.only.split(",")) - set(SYSTEMS):
+        parser.error(f"--only takes a comma-separated subset of {','.join(SYSTEMS)}")
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     began = time.monotonic()
-    run = bench(args.records, args.seconds, args.profile)
+    run = bench(args.records, args.seconds, args.profile, systems)
     run.line["wall_s"] = round(time.monotonic() - began, 1)
     print(json.dumps(run.line))
     sys.exit(0 if run.line["ok"] else 1)

@@ -8,6 +8,7 @@ explicit partition for record i (i mod partitions), the same client settings.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,8 @@ QUEUED_MIN_MESSAGES = 500_000
 QUEUED_MAX_KBYTES = 256 * 1024
 DEADLINE_CHECK_EVERY = 1024  # produce() calls between looks at the clock
 TOPIC_READY_TIMEOUT_S = 60.0
+STATS_INTERVAL_MS = 500
+STATS_WAIT_S = 5.0  # for the report that closes a window, after the clock has stopped
 
 PRODUCER_SETTINGS: dict[str, Any] = {
     "acks": "all",
@@ -39,6 +42,7 @@ PRODUCER_SETTINGS: dict[str, Any] = {
     "queue.buffering.max.messages": QUEUE_MAX_MESSAGES,
     "compression.type": "none",
     "enable.idempotence": False,
+    "statistics.interval.ms": STATS_INTERVAL_MS,
 }
 CONSUMER_SETTINGS: dict[str, Any] = {
     "group.id": "kafka-bench-unused",  # assign() only: no group is joined
@@ -54,6 +58,16 @@ CONSUMER_SETTINGS: dict[str, Any] = {
 }
 
 
+class Clock:
+    """Told when a phase's clock starts and stops (kafka_bench reads the servers' CPU)."""
+
+    def started(self) -> None:
+        pass
+
+    def stopped(self) -> None:
+        pass
+
+
 @attrs.define
 class PhaseResult:
     """What one produce or consume phase measured."""
@@ -61,8 +75,12 @@ class PhaseResult:
     records: int  # produced (delivered without error) or consumed
     seconds: float
     client_cpu_s: float  # this process's CPU time in the phase: the client's own cost
+    # The Python thread that calls produce()/consume(): near `seconds`, the client is the
+    # limit, not the broker.
+    client_main_thread_cpu_s: float
     errors: int = 0  # delivery reports with an error, or consumer errors
     error: str = ""  # why the phase stopped early, if it did
+    producer_stats: dict[str, float] = attrs.Factory(dict)  # from librdkafka's statistics
 
     @property
     def msgs_per_s(self) -> float:
@@ -109,6 +127,65 @@ class _DeliveryCount:
             self.first_error = self.first_error or str(error)
 
 
+class _ProducerStats:
+    """librdkafka's statistics reports, added up from one `reset()` on.
+
+    Its histograms (batch sizes, round-trip times) are windows that start anew at
+    each report; request counts are totals since the producer began.
+    """
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.reports = 0
+        self.produce_requests = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.produce_requests_before = self.produce_requests
+        self.batches = self.batch_records = self.batch_bytes = 0
+        self.rtt_count = 0
+        self.rtt_sum_us = 0.0
+        self.rtt_p99_max_us = 0
+
+    def on_stats(self, report: str) -> None:
+        stats = json.loads(report)
+        self.reports += 1
+        topic = stats.get("topics", {}).get(self.topic)
+        if topic is not None:
+            self.batches += topic["batchcnt"]["cnt"]
+            self.batch_records += topic["batchcnt"]["sum"]
+            self.batch_bytes += topic["batchsize"]["sum"]
+        requests = 0
+        for broker in stats.get("brokers", {}).values():
+            if broker.get("nodeid", -1) < 0:
+                continue  # the bootstrap connection
+            requests += broker.get("req", {}).get("Produce", 0)
+            rtt = broker["rtt"]
+            self.rtt_count += rtt["cnt"]
+            self.rtt_sum_us += rtt["sum"]
+            self.rtt_p99_max_us = max(self.rtt_p99_max_us, rtt["p99"])
+        self.produce_requests = requests
+
+    def wait_report(self, producer: Producer) -> None:
+        """Until one more report has come: it closes the windows that are open."""
+        seen = self.reports
+        deadline = time.monotonic() + STATS_WAIT_S
+        while self.reports == seen and time.monotonic() < deadline:
+            producer.poll(0.05)
+
+    def summary(self) -> dict[str, float]:
+        if not self.batches:
+            return {}
+        return {
+            "requests": self.produce_requests - self.produce_requests_before,
+            "batches": self.batches,
+            "batch_records_avg": round(self.batch_records / self.batches, 1),
+            "batch_bytes_avg": round(self.batch_bytes / self.batches),
+            "rtt_avg_ms": round(self.rtt_sum_us / max(1, self.rtt_count) / 1000, 2),
+            "rtt_p99_max_ms": round(self.rtt_p99_max_us / 1000, 2),
+        }
+
+
 def _produce_all(
     producer: Producer,
     topic: str,
@@ -139,14 +216,21 @@ def produce(
     records: int,
     warmup: int,
     cap_s: float,
+    clock: Clock | None = None,
 ) -> PhaseResult:
     """`warmup` records (connections, metadata, first batches), then `records` on the clock.
 
     The clock runs from the first measured produce() to the last delivery report.
     """
     counts = _DeliveryCount()
+    stats = _ProducerStats(topic)
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "on_delivery": counts.on_delivery, **PRODUCER_SETTINGS}
+        {
+            "bootstrap.servers": bootstrap,
+            "on_delivery": counts.on_delivery,
+            "stats_cb": stats.on_stats,
+            **PRODUCER_SETTINGS,
+        }
     )
     value = b"v" * VALUE_BYTES
     deadline = time.monotonic() + cap_s
@@ -158,20 +242,27 @@ def produce(
         _produce_all(producer, topic, partitions, 0, warmup, value, past_deadline)
         left = producer.flush(max(0.0, deadline - time.monotonic()))
         if left or counts.errors or counts.delivered != warmup:
-            return PhaseResult(
-                0, 0.0, 0.0, counts.errors, _failed("warm-up", counts, warmup, left, cap_s)
-            )
+            why = _failed("warm-up", counts, warmup, left, cap_s)
+            return PhaseResult(0, 0.0, 0.0, 0.0, counts.errors, why)
+        stats.wait_report(producer)
+        stats.reset()
         counts.delivered = 0
-        cpu_began = time.process_time()
+        clock = clock or Clock()
+        clock.started()
+        cpu_began, main_began = time.process_time(), time.thread_time()
         began = time.perf_counter()
         handed = _produce_all(producer, topic, partitions, warmup, records, value, past_deadline)
         left = producer.flush(max(0.0, deadline - time.monotonic()))
+        clock.stopped()
         seconds = counts.last_report_at - began
-        cpu = time.process_time() - cpu_began
+        cpu, main_cpu = time.process_time() - cpu_began, time.thread_time() - main_began
+        stats.wait_report(producer)
         error = ""
         if handed < records or left or counts.errors or counts.delivered != records:
             error = _failed("produce", counts, records, left + records - handed, cap_s)
-        return PhaseResult(counts.delivered, seconds, cpu, counts.errors, error)
+        return PhaseResult(
+            counts.delivered, seconds, cpu, main_cpu, counts.errors, error, stats.summary()
+        )
     finally:
         producer.purge()  # nothing is left after a clean run; after a capped one, drop it
         producer.flush(0)
@@ -187,7 +278,12 @@ def _failed(what: str, counts: _DeliveryCount, wanted: int, undelivered: int, ca
 
 
 def consume(
-    bootstrap: str, topic: str, partitions: int, expected: int, cap_s: float
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    expected: int,
+    cap_s: float,
+    clock: Clock | None = None,
 ) -> PhaseResult:
     """Read the topic from the beginning with assign() until `expected` messages are in.
 
@@ -195,15 +291,24 @@ def consume(
     metadata are set up before it.
     """
     consumer = Consumer({"bootstrap.servers": bootstrap, **CONSUMER_SETTINGS})
+    assigned = [TopicPartition(topic, p) for p in range(partitions)]
     try:
         consumer.list_topics(topic, timeout=30)
+        # The client needs a group.id, so it looks for its coordinator at once; asking for
+        # committed offsets waits for it. A broker that creates its offsets topic on the
+        # first FindCoordinator does that now, not on the clock.
+        consumer.committed(assigned, timeout=TOPIC_READY_TIMEOUT_S)
         deadline = time.monotonic() + cap_s
         seen = errors = 0
         at_end: set[int] = set()
         first_error = ""
-        cpu_began = time.process_time()
+        clock = clock or Clock()
+        clock.started()
+        cpu_began, main_began = time.process_time(), time.thread_time()
         began = last = time.perf_counter()
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        for item in assigned:
+            item.offset = OFFSET_BEGINNING
+        consumer.assign(assigned)
         while seen < expected and time.monotonic() < deadline:
             before = seen
             # Never more than are left: consume() waits until it has num_messages (or
@@ -225,7 +330,8 @@ def consume(
                 # Everything was produced before: every partition at its end means the
                 # rest will never come.
                 break
-        cpu = time.process_time() - cpu_began
+        clock.stopped()
+        cpu, main_cpu = time.process_time() - cpu_began, time.thread_time() - main_began
         why = ""
         if seen != expected or errors:
             why = f"consume: {seen} of {expected} messages"
@@ -233,6 +339,6 @@ def consume(
                 why += f", stopped by the {cap_s:g} s cap"
             if errors:
                 why += f", {errors} consumer errors (first: {first_error})"
-        return PhaseResult(seen, last - began, cpu, errors, why)
+        return PhaseResult(seen, last - began, cpu, main_cpu, errors, why)
     finally:
         consumer.close()
