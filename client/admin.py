@@ -27,6 +27,7 @@ from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
 from client.protocol.messages import PartitionMetadata
+from client.protocol.rpc import ConnectionLost
 
 # One admin call, over every broker it tries, in request timeouts (Kafka: 60 s / 30 s).
 API_TIMEOUT_REQUEST_TIMEOUTS = 2
@@ -375,7 +376,14 @@ class Admin:
         except KafkaError as error:
             if error.code != ErrorCode.UNSUPPORTED_VERSION:
                 raise
-            answer = await self.cluster.request_native_any(ApiKey.ELECT_LEADERS, {})
+            try:
+                answer = await self.cluster.request_native_any(ApiKey.ELECT_LEADERS, {})
+            except ConnectionLost:
+                # It answered ApiVersions a moment ago: it is not pykraft, or not this one.
+                raise KafkaError(
+                    ErrorCode.UNSUPPORTED_VERSION,
+                    f"{error.message}, nor pykraft's native protocol",
+                ) from None
             return int(answer["elected"])
         request = kafka.ElectLeadersRequest(
             election_type=PREFERRED_ELECTION if version >= 1 else 0,
