@@ -14,9 +14,10 @@ ApiVersions, answered at v0). Produce is advertised from v0, as Kafka 4 does
 (KAFKA-18659: librdkafka compresses only when v0 is in range), though the codec
 cannot read v0-2 (Kafka 4 refuses them too). The group APIs (FindCoordinator,
 JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups,
-ListGroups, DeleteGroups) are `KafkaGroupApis`' over the broker's `GroupDriver`. No
-InitProducerId and no transaction API is built, so idempotent and transactional
-producers are not served yet. Clients cannot create topics named `__...` (the broker's).
+ListGroups, DeleteGroups) are `KafkaGroupApis`' over the broker's `GroupDriver`.
+InitProducerId is `KafkaProducerApis`' (idempotent producers); no transaction API is
+built, so transactional producers are not served yet. Clients cannot create topics
+named `__...` (the broker's).
 
 Errors are Kafka's codes (`ErrorCode` has Kafka's numbers). An error concerning the
 whole request (a `KafkaError` from the call, a handler's bug) is answered by
@@ -44,6 +45,12 @@ from broker.kafka_admin_apis import (
     topic_uuid,
 )
 from broker.kafka_group_apis import KafkaGroupApis
+from broker.kafka_producer_apis import (
+    INIT_PRODUCER_ID,
+    INIT_PRODUCER_ID_VERSIONS,
+    KafkaProducerApis,
+    init_producer_id_error,
+)
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import API_VERSIONS_KEY, APIS
@@ -85,7 +92,11 @@ class Served:
 
 class KafkaApis:
     def __init__(
-        self, broker: BrokerApis, data: DataApis, groups: GroupDriver | None = None
+        self,
+        broker: BrokerApis,
+        data: DataApis,
+        groups: GroupDriver | None = None,
+        producers: KafkaProducerApis | None = None,
     ) -> None:
         self.broker = broker
         self.data = data
@@ -155,6 +166,11 @@ class KafkaApis:
         if groups is not None:  # the group APIs (issue 16)
             for key, (low, high, handle, error) in KafkaGroupApis(groups).served().items():
                 self.served[key] = Served(low=low, high=high, handle=handle, error=error)
+        if producers is not None:  # idempotent producers' ids (issue 17)
+            low, high = INIT_PRODUCER_ID_VERSIONS
+            self.served[INIT_PRODUCER_ID] = Served(
+                low=low, high=high, handle=producers.init_producer_id, error=init_producer_id_error
+            )
         for key, served in self.served.items():
             codec = APIS[key].versions
             # What is served the codec can read, except Produce v0-2 (advertised only).

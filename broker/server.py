@@ -26,7 +26,9 @@ from broker.data_apis import DataApis
 from broker.group_driver import GroupDriver
 from broker.kafka_apis import KafkaApis
 from broker.kafka_connection import KafkaConnections
+from broker.kafka_producer_apis import KafkaProducerApis
 from broker.lifecycle import BrokerLifecycle
+from broker.producer_ids import ProducerIdManager
 from broker.replica_manager import ReplicaManager
 from client.protocol.rpc import RpcServer
 from kraft.controller.quorum_controller import QuorumController
@@ -165,10 +167,19 @@ class Server:
             rng=random.Random(self.rng.random()),
         )
         await nursery.start(groups.run)
+        producer_ids = ProducerIdManager(
+            broker_id=config.node_id,
+            broker_epoch=lambda: self.lifecycle.broker_epoch if self.lifecycle else -1,
+            forward=lambda key, body: channel.request(
+                key, body, timeout_s=config.request_timeout_ms * 5 / 1000
+            ),
+        )
+        await nursery.start(producer_ids.run)
+        producers = KafkaProducerApis(producer_ids, lambda: loader.image)
         host, port = config.listeners[BROKER_LISTENER]
         # Both codecs on the client listener, chosen per connection (decision 0011).
         kafka = KafkaConnections(
-            KafkaApis(apis, data, groups),
+            KafkaApis(apis, data, groups, producers),
             frame_bytes_max=config.socket_request_max_bytes,
             connections_max_idle_ms=config.connections_max_idle_ms,
             name=f"kafka-{config.node_id}",

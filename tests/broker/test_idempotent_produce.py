@@ -12,11 +12,13 @@ from typing import Any
 import hypothesis.strategies as st
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from broker.data_apis import DataApis
 from broker.partition import Partition
+from broker.producer_ids import ProducerIdManager
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import PartitionProduce, ProduceRequest, TopicProduce
 from kraft.metadata.image import PartitionRegistration
@@ -361,3 +363,85 @@ IdempotentPartition.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_idempotent_partition = IdempotentPartition.TestCase
+
+
+# --------------------------------------------------------------------------- producer ids
+
+
+class FakeController:
+    """Grants consecutive blocks as the controller does; can be told to fail."""
+
+    def __init__(self, size: int = 10) -> None:
+        self.size = size
+        self.next_first = 0
+        self.asked = 0
+        self.failing = False
+        self.gate: trio.Event | None = None
+
+    async def forward(self, api_key: int, body: Any) -> Any:
+        self.asked += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failing:
+            raise KafkaError(ErrorCode.REQUEST_TIMED_OUT, "no controller answered")
+        first, self.next_first = self.next_first, self.next_first + self.size
+        return {"error_code": 0, "first_producer_id": first, "size": self.size, "message": ""}
+
+
+def test_producer_ids_come_from_blocks_prefetched_at_90_percent_and_never_repeat() -> None:
+    controller = FakeController(size=10)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            manager = ProducerIdManager(
+                broker_id=1, broker_epoch=lambda: 5, forward=controller.forward
+            )
+            await nursery.start(manager.run)
+            ids = [await manager.next_id() for _ in range(9)]
+            assert ids == list(range(9)) and controller.asked == 1
+            await trio.testing.wait_all_tasks_blocked()
+            assert controller.asked == 2  # the 9th of 10 started the next block's fetch
+            ids += [await manager.next_id() for _ in range(21)]
+            assert ids == list(range(30))
+            # Many at once with no id at hand: one fetch serves them all.
+            controller.gate = trio.Event()
+            asked = controller.asked
+            got: list[int] = []
+
+            async def one() -> None:
+                got.append(await manager.next_id())
+
+            async with trio.open_nursery() as waiting:
+                for _ in range(15):
+                    waiting.start_soon(one)
+                await trio.testing.wait_all_tasks_blocked()
+                controller.gate.set()
+            assert len(set(got)) == 15 and not set(got) & set(ids)
+            assert controller.asked - asked <= 2
+            # A controller that does not answer: a retriable error, then ids again.
+            controller.gate = None
+            controller.failing = True
+            with pytest.raises(KafkaError) as raised:
+                for _ in range(30):
+                    await manager.next_id()
+            assert raised.value.code == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+            controller.failing = False
+            assert await manager.next_id() >= 30
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_an_unregistered_broker_hands_out_no_producer_id() -> None:
+    controller = FakeController()
+
+    async def main() -> None:
+        manager = ProducerIdManager(
+            broker_id=1, broker_epoch=lambda: -1, forward=controller.forward
+        )
+        with pytest.raises(KafkaError) as raised:
+            await manager.next_id()
+        assert raised.value.code == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+        assert controller.asked == 0
+
+    trio.run(main)

@@ -1,0 +1,77 @@
+"""InitProducerId (v0-4) on the Kafka listener: producer ids for idempotent producers.
+
+An idempotent producer (transactional_id null, KIP-679: every Kafka client's default)
+asks any broker for a producer id and gets a fresh one from the broker's block, with
+epoch 0. From v3 (KIP-360) it may name its current id and epoch to have the epoch
+bumped after an error that left its sequences uncertain: it is answered with the same
+id and the next epoch, from which partitions take its batches at sequence 0 again
+(decision 0018; Kafka's coordinator hands such a producer a fresh id instead). An id
+that was never allocated, or an epoch that would pass the int16 range, gets a fresh
+id.
+
+A transactional id needs the transaction coordinator, which is not built yet: such a
+request is answered TRANSACTIONAL_ID_AUTHORIZATION_FAILED. That answer is final in
+every client (COORDINATOR_NOT_AVAILABLE would have them retry forever; the response
+has no field for a message, so INVALID_REQUEST would reach the user as an
+"unexpected error"); it says, as Kafka says it to a principal without access, that
+this cluster will not serve that transactional id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from broker.producer_ids import ProducerIdManager
+from client.protocol.errors import ErrorCode, KafkaError
+from client.protocol.kafka import messages as kafka
+from kraft.metadata.image import MetadataImage
+from storage.producer_state import EPOCH_MAX
+
+log = logging.getLogger(__name__)
+
+INIT_PRODUCER_ID = 22  # Kafka's API key (the native protocol has none)
+INIT_PRODUCER_ID_VERSIONS = (0, 4)
+NO_PRODUCER_ID, NO_PRODUCER_EPOCH = -1, -1
+
+
+def init_producer_id_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.InitProducerIdResponse(
+        error_code=code, producer_id=NO_PRODUCER_ID, producer_epoch=NO_PRODUCER_EPOCH
+    )
+
+
+class KafkaProducerApis:
+    def __init__(self, producer_ids: ProducerIdManager, image: Callable[[], MetadataImage]):
+        self.producer_ids = producer_ids
+        self.image = image
+
+    async def init_producer_id(self, header: Any, request: Any) -> Any:
+        version = header.request_api_version
+        if request.transactional_id is not None:
+            log.warning(
+                "InitProducerId for transactional id %r refused: transactions are not served",
+                request.transactional_id,
+            )
+            code = (
+                ErrorCode.INVALID_REQUEST
+                if request.transactional_id == ""
+                else ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+            )
+            return init_producer_id_error(request, version, code, "")
+        if version >= 3 and self._may_bump(request.producer_id, request.producer_epoch):
+            producer_id, epoch = request.producer_id, request.producer_epoch + 1
+        else:
+            try:
+                producer_id, epoch = await self.producer_ids.next_id(), 0
+            except KafkaError as error:
+                return init_producer_id_error(request, version, error.code, error.message)
+        return kafka.InitProducerIdResponse(
+            error_code=ErrorCode.NONE, producer_id=producer_id, producer_epoch=epoch
+        )
+
+    def _may_bump(self, producer_id: int, epoch: int) -> bool:
+        """Is this an id some broker handed out, with an epoch that can still grow?"""
+        allocated = 0 <= producer_id < self.image().next_producer_id
+        return allocated and 0 <= epoch < EPOCH_MAX
