@@ -63,6 +63,10 @@ class NodeConfig:
     # setting, written into the metadata as a feature level when it becomes active.
     eligible_leader_replicas_enable: bool = True
     offsets_topic_num_partitions: int = 50  # Kafka's offsets.topic.num.partitions
+    offsets_retention_minutes: int = 10_080  # offsets.retention.minutes (7 days)
+    offsets_retention_check_interval_ms: int = 600_000  # offsets.retention.check.interval.ms
+    log_cleaner_enable: bool = True  # log.cleaner.enable
+    log_cleaner_backoff_ms: int = 15_000  # log.cleaner.backoff.ms
     # How long a partition keeps an idle producer's state (Kafka's
     # producer.id.expiration.ms, KIP-854) and a transactional one's (decision 0014).
     producer_id_expiration_ms: int = 86_400_000
@@ -132,12 +136,15 @@ _INT_SETTINGS = (
     "replica_lag_time_max_ms",
     "log_retention_check_interval_ms",
     "offsets_topic_num_partitions",
+    "offsets_retention_minutes",
+    "offsets_retention_check_interval_ms",
+    "log_cleaner_backoff_ms",
     "producer_id_expiration_ms",
     "transactional_id_expiration_ms",
     "socket_request_max_bytes",
     "connections_max_idle_ms",
 )
-_BOOL_SETTINGS = ("eligible_leader_replicas_enable",)
+_BOOL_SETTINGS = ("eligible_leader_replicas_enable", "log_cleaner_enable")
 
 
 def _quote(text: str) -> str:

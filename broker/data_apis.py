@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from broker.log_cleaner import refuse_keyless_records
 from broker.partition import Partition
 from broker.replica_manager import ReplicaManager
 from client.protocol.errors import ErrorCode, KafkaError
@@ -156,6 +157,7 @@ class DataApis:
                         f"{partition}: ISR {list(partition.isr)} is smaller than "
                         f"min.insync.replicas={needed}",
                     )
+            refuse_keyless_records(topic, self.replicas.topic_settings(topic), item.records)
             info = partition.append_as_leader(item.records)
         except Exception as error:
             code, message = _error_of(error)

@@ -13,9 +13,12 @@ coordinator's state (what it decided is not durable) and reloads it from the log
 
 The topic is created by the first FindCoordinator or group request, through the
 controller like CreateTopics: `offsets_topic_num_partitions` partitions (50 by
-default), RF min(3, live brokers), min.insync.replicas 2 where RF >= 3. Compaction is
-not wired to the broker yet, so the topic keeps cleanup.policy=delete with
-retention.ms=-1 (nothing is ever removed from it).
+default), RF min(3, live brokers), min.insync.replicas 2 where RF >= 3,
+cleanup.policy=compact (Kafka's): the broker's log cleaner keeps the latest record of
+each group and offset key, and drops tombstones after delete.retention.ms, so a replay
+reads a log with gaps between offsets (it takes records by their own offsets).
+Committed offsets expire (`GroupCoordinator.expire_offsets`, tombstones written) every
+`offsets_retention_check_interval_ms`.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ log = logging.getLogger(__name__)
 OFFSETS_TOPIC = "__consumer_offsets"
 OFFSETS_TOPIC_NUM_PARTITIONS = 50  # offsets.topic.num.partitions
 OFFSETS_TOPIC_REPLICATION_FACTOR = 3  # offsets.topic.replication.factor
+OFFSETS_TOPIC_SEGMENT_BYTES = 100 * 1024 * 1024  # offsets.topic.segment.bytes
 COMMIT_TIMEOUT_MS = 5_000  # offsets.commit.timeout.ms
-EXPIRE_INTERVAL_S = 600.0  # offsets.retention.check.interval.ms
+OFFSETS_RETENTION_CHECK_INTERVAL_MS = 600_000  # offsets.retention.check.interval.ms
 TICK_MAX_S = 0.5
 READ_BYTES = 1 << 20
 
@@ -82,7 +86,12 @@ class GroupDriver:
         num_partitions: int = OFFSETS_TOPIC_NUM_PARTITIONS,
         config: GroupConfig | None = None,
         rng: random.Random | None = None,
+        offsets_retention_check_interval_ms: int = OFFSETS_RETENTION_CHECK_INTERVAL_MS,
+        wall_ms: Callable[[], int] | None = None,
     ) -> None:
+        self.offsets_retention_check_interval_ms = offsets_retention_check_interval_ms
+        # Commit timestamps and retention are wall clock; tests may pass their own.
+        self._wall_ms = wall_ms if wall_ms is not None else lambda: int(time.time() * 1000)
         self.replicas = replicas
         self.data = data
         self._forward = forward  # (api key, body) -> awaitable answer, via the controller
@@ -94,9 +103,8 @@ class GroupDriver:
         self._wake = trio.Event()
         self._creating = False
 
-    @staticmethod
-    def now_ms() -> int:
-        return int(time.time() * 1000)  # commit timestamps and retention are wall-clock
+    def now_ms(self) -> int:
+        return self._wall_ms()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -187,7 +195,10 @@ class GroupDriver:
         factor = max(1, min(OFFSETS_TOPIC_REPLICATION_FACTOR, live))
         configs = (
             ("min.insync.replicas", "2" if factor >= 3 else "1"),
-            ("retention.ms", "-1"),  # compaction is not wired yet: keep everything
+            ("cleanup.policy", "compact"),
+            # Kafka's offsets.topic.segment.bytes (100 MiB): the active segment is never
+            # cleaned, so a smaller one lets the cleaner reach more of the log.
+            ("segment.bytes", str(OFFSETS_TOPIC_SEGMENT_BYTES)),
         )
         request = CreateTopicsRequest(
             topics=(
@@ -329,10 +340,14 @@ class GroupDriver:
 
     async def _expire(self) -> None:
         while True:
-            await trio.sleep(EXPIRE_INTERVAL_S)
-            for slot in list(self.slots.values()):
-                if slot.coordinator is not None and not slot.dropped:
-                    self._start_apply(slot, slot.coordinator.expire_offsets(self.now_ms()))
+            await trio.sleep(self.offsets_retention_check_interval_ms / 1000)
+            self.expire_offsets_now()
+
+    def expire_offsets_now(self) -> None:
+        """Kafka's offsets cleanup on every loaded coordinator (tombstones appended)."""
+        for slot in list(self.slots.values()):
+            if slot.coordinator is not None and not slot.dropped:
+                self._start_apply(slot, slot.coordinator.expire_offsets(self.now_ms()))
 
     def _start_apply(self, slot: _Slot, effects: Effects) -> None:
         """Effects of a timer: appended now, waited for in a task of their own."""

@@ -4,7 +4,8 @@ Applies each published metadata change in log order: creates the log of a partit
 assigned here, becomes its leader or a follower at the new leader epoch, takes ISR
 changes, and deletes the logs of partitions removed or moved away. As leader it asks
 the controller (AlterPartition) to shrink the ISR of followers that lag and to expand
-it with followers that caught up. It also runs retention.
+it with followers that caught up. It also runs retention and the log cleaner
+(broker/log_cleaner.py) of compacted topics.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from broker.controller_channel import ControllerChannel
+from broker.log_cleaner import LOG_CLEANER_BACKOFF_MS, LogCleaner
 from broker.partition import Partition
 from broker.replica_fetcher import FetcherManager
 from broker.replica_state import REPLICA_LAG_TIME_MAX_MS
@@ -25,6 +28,7 @@ from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.schema import from_body, to_body
+from kraft.controller.configs_schema import cleanup_policies
 from kraft.controller.replication import (
     UNCLEAN_ELECTION_CONFIG,
     AlterPartition,
@@ -32,6 +36,7 @@ from kraft.controller.replication import (
 )
 from kraft.metadata.image import MetadataDelta, MetadataImage, TopicImage
 from storage.checkpoint import read_file, write_atomically
+from storage.cleaner import CLEANER_CHECKPOINT_FILE
 from storage.fs import FileSystem, OsFileSystem
 from storage.log import LogConfig, LogError, SegmentedLog
 from storage.producer_state import ProducerStateConfig
@@ -53,11 +58,17 @@ PRODUCER_EXPIRATION_CHECK_INTERVAL_MS = 600_000
 
 def log_config_for(settings: dict[str, str]) -> LogConfig:
     defaults = LogConfig()
+    policies = cleanup_policies(settings.get("cleanup.policy", "delete"))
+    # cleanup.policy=compact alone: nothing expires by time or size (compact,delete: both).
+    deletes = "delete" in policies
     return LogConfig(
         segment_bytes=int(settings.get("segment.bytes", defaults.segment_bytes)),
         segment_ms=int(settings.get("segment.ms", defaults.segment_ms)),
-        retention_ms=int(settings.get("retention.ms", defaults.retention_ms)),
-        retention_bytes=int(settings.get("retention.bytes", defaults.retention_bytes)),
+        retention_ms=int(settings.get("retention.ms", defaults.retention_ms)) if deletes else -1,
+        retention_bytes=(
+            int(settings.get("retention.bytes", defaults.retention_bytes)) if deletes else -1
+        ),
+        allow_offset_gaps="compact" in policies,
         max_message_bytes=int(settings.get("max.message.bytes", defaults.max_message_bytes)),
         flush_messages=_optional_int(settings.get("flush.messages")),
         flush_ms=_optional_int(settings.get("flush.ms")),
@@ -78,6 +89,8 @@ class ReplicaManager:
         broker_epoch: Any,  # () -> int: the lifecycle's current broker epoch
         replica_lag_time_max_ms: int = REPLICA_LAG_TIME_MAX_MS,
         retention_check_interval_ms: int = RETENTION_CHECK_INTERVAL_MS,
+        log_cleaner_enable: bool = True,
+        log_cleaner_backoff_ms: int = LOG_CLEANER_BACKOFF_MS,
         broker_address_overrides: dict[int, tuple[str, int]] | None = None,
         fs: FileSystem | None = None,
         producer_state_config: ProducerStateConfig | None = None,
@@ -106,6 +119,9 @@ class ReplicaManager:
         self._isr_wake = trio.Event()
         self._flush_config_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self.cleaner = (
+            LogCleaner(self, backoff_ms=log_cleaner_backoff_ms) if log_cleaner_enable else None
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -115,6 +131,8 @@ class ReplicaManager:
             nursery.start_soon(self._enforce_retention)
             nursery.start_soon(self._flush_on_interval)
             nursery.start_soon(self._retry_unopened)
+            if self.cleaner is not None:
+                nursery.start_soon(self.cleaner.run)
             nursery.start_soon(self._expire_producers)
             task_status.started()
             await trio.sleep_forever()
@@ -207,7 +225,10 @@ class ReplicaManager:
     @staticmethod
     def _configure(partition: Partition, image: MetadataImage) -> None:
         settings = dict(image.configs.get(("topic", partition.topic), {}))
-        partition.log.config = log_config_for(settings)
+        config = log_config_for(settings)
+        if partition.log.config.allow_offset_gaps:
+            config = attrs.evolve(config, allow_offset_gaps=True)  # compacted once: has gaps
+        partition.log.config = config
         partition.min_insync_replicas = image.min_insync_replicas(partition.topic)
         partition.elr_enabled = image.elr_enabled
         partition.unclean_election = settings.get(UNCLEAN_ELECTION_CONFIG) == "true"
@@ -229,7 +250,9 @@ class ReplicaManager:
         if existing is not None and existing.decode().strip() != f"topic_id={topic_id}":
             self._remove_directory(directory)  # an older topic of the same name
         try:
-            partition_log = SegmentedLog.open(directory, LogConfig(), fs=self.fs)
+            partition_log = SegmentedLog.open(
+                directory, self._opening_config(topic, directory), fs=self.fs
+            )
             if read_file(self.fs, marker) is None:
                 write_atomically(self.fs, marker, f"topic_id={topic_id}\n".encode())
         except (OSError, LogError) as error:
@@ -255,6 +278,15 @@ class ReplicaManager:
         partition.on_change = self._wake
         self.partitions[(topic, index)] = partition
         return partition
+
+    def _opening_config(self, topic: str, directory: str) -> LogConfig:
+        """The topic's settings; a log that was ever compacted reads with its gaps."""
+        config = log_config_for(dict(self.image.configs.get(("topic", topic), {})))
+        if not config.allow_offset_gaps and self.fs.exists(
+            f"{directory}/{CLEANER_CHECKPOINT_FILE}"
+        ):
+            config = attrs.evolve(config, allow_offset_gaps=True)
+        return config
 
     def _remove(self, key: tuple[str, int], why: str) -> None:
         partition = self.partitions.pop(key)
@@ -290,6 +322,9 @@ class ReplicaManager:
                 f"{topic}-{index} is not on broker {self.broker_id}",
             )
         return partition
+
+    def topic_settings(self, topic: str) -> dict[str, str]:
+        return dict(self.image.configs.get(("topic", topic), {}))
 
     def min_insync_replicas(self, topic: str) -> int:
         return self.image.min_insync_replicas(topic)

@@ -24,6 +24,7 @@ from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, REPLICATION_LIST
 from broker.controller_channel import ControllerChannel
 from broker.data_apis import DataApis
 from broker.group_driver import GroupDriver
+from broker.groups import GroupConfig
 from broker.kafka_apis import KafkaApis
 from broker.kafka_connection import KafkaConnections
 from broker.kafka_producer_apis import KafkaProducerApis
@@ -131,6 +132,8 @@ class Server:
             broker_epoch=lambda: self.lifecycle.broker_epoch if self.lifecycle else -1,
             replica_lag_time_max_ms=config.replica_lag_time_max_ms,
             retention_check_interval_ms=config.log_retention_check_interval_ms,
+            log_cleaner_enable=config.log_cleaner_enable,
+            log_cleaner_backoff_ms=config.log_cleaner_backoff_ms,
             broker_address_overrides=config.broker_address_overrides,
             # Data logs may have many segments: their files are opened on use, within
             # a share of the process's descriptors (connections need the rest).
@@ -164,6 +167,8 @@ class Server:
                 key, body, timeout_s=config.request_timeout_ms * 5 / 1000
             ),
             num_partitions=config.offsets_topic_num_partitions,
+            config=GroupConfig(offsets_retention_ms=config.offsets_retention_minutes * 60_000),
+            offsets_retention_check_interval_ms=config.offsets_retention_check_interval_ms,
             rng=random.Random(self.rng.random()),
         )
         await nursery.start(groups.run)

@@ -35,23 +35,29 @@ and batches whose records cannot be decoded (snappy, lz4, zstd, a malformed reco
 Records with a null key (a compacted topic refuses new ones, old ones may exist) are
 kept; Kafka's cleaner drops them as invalid, we keep what we cannot reason about.
 
-Not yet: producer state (Kafka keeps the last batch of each producer even when it
-empties, to keep its sequence numbers; pykraft has no producer state to keep yet),
-`max.compaction.lag.ms`, throttling. The pass is synchronous; the broker's driver runs
-it off its event loop, holding the log against truncation while it does.
+`max_compaction_lag_ms` makes a pass run whatever the ratio once the first dirty
+batch is that old. Not yet: producer state (Kafka keeps the last batch of each
+producer even when it empties, to keep its sequence numbers), throttling.
+
+`clean` runs a pass at once; `clean_in_steps` is the same pass as a generator that
+yields after each batch it reads, for the broker's cleaner (broker/log_cleaner.py),
+which runs it on the event loop a slice at a time (decision 0017): every mutation of
+the log stays on the one thread, and the pass checks before each swap that what it
+read is still there.
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 import attrs
 from crc32c import crc32c
 
 from storage.checkpoint import CheckpointError, read_offset_file, write_offset_file
+from storage.log import LogError
 from storage.records import (
     BATCH_HEADER_BYTES,
     CRC_START,
@@ -63,6 +69,7 @@ from storage.records import (
     Record,
     RecordBatchError,
     iter_records,
+    read_header,
 )
 from storage.segment import BatchLocationIterator, LogSegment
 from storage.swap import cleaned_path
@@ -105,6 +112,9 @@ class CleanerConfig:
     # Kafka sizes its offset map by log.cleaner.dedupe.buffer.size (128 MiB, 24 bytes
     # an entry: about 5M keys); Python's dict of bytes keys costs ~100 bytes an entry.
     offset_map_keys_max: int = attrs.field(default=1_000_000, validator=_positive)
+    # A log with a dirty record older than this is cleaned whatever its dirty ratio
+    # (None: Kafka's default, Long.MAX_VALUE, never).
+    max_compaction_lag_ms: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -120,6 +130,13 @@ class CleanResult:
     records_removed: int = 0
     tombstones_removed: int = 0
     batches_removed: int = 0
+    # The earliest delete horizon of a tombstone kept below `end_offset` (None: none
+    # waits), when the pass knows it: a caller need not look again before then.
+    next_horizon_ms: int | None = None
+
+
+class CleaningAborted(Exception):
+    """The log changed between two steps of a pass (see `clean_in_steps`)."""
 
 
 class CleanerError(Exception):
@@ -132,6 +149,11 @@ class _Counts:
     records_removed: int = 0
     tombstones_removed: int = 0
     batches_removed: int = 0
+    next_horizon_ms: int | None = None
+
+    def saw_horizon(self, horizon_ms: int) -> None:
+        if self.next_horizon_ms is None or horizon_ms < self.next_horizon_ms:
+            self.next_horizon_ms = horizon_ms
 
 
 def read_checkpoint(log: SegmentedLog) -> int | None:
@@ -163,16 +185,28 @@ def first_uncleanable_offset(
 def clean(
     log: SegmentedLog, now_ms: int, config: CleanerConfig, *, max_offset: int | None = None
 ) -> CleanResult:
-    """One cleaning pass over `log` (see the module docstring)."""
-    first_dirty = first_dirty_offset(log)
-    uncleanable = first_uncleanable_offset(log, now_ms, config, max_offset)
-    cleanable = [s for s in log.inactive_segments() if s.base_offset < uncleanable]
-    clean_part = [s for s in cleanable if s.next_offset <= first_dirty]
-    dirty_part = [s for s in cleanable if s not in clean_part]
-    clean_bytes = sum(s.size for s in clean_part)
-    dirty_bytes = sum(s.size for s in dirty_part)
-    total = clean_bytes + dirty_bytes
-    ratio = dirty_bytes / total if total else 0.0
+    """One cleaning pass over `log` (see the module docstring), all at once."""
+    steps = clean_in_steps(log, now_ms, config, max_offset=max_offset)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def clean_in_steps(
+    log: SegmentedLog, now_ms: int, config: CleanerConfig, *, max_offset: int | None = None
+) -> Generator[int, None, CleanResult]:
+    """One cleaning pass that yields (the bytes it read since the last yield) after
+    every batch it reads, so a caller on an event loop can let others run between
+    steps. Whatever ran meanwhile may have changed the log: before each swap and the
+    checkpoint the pass checks that every segment it read is still an inactive
+    segment of the open log, else it raises CleaningAborted (nothing of that run
+    swapped; earlier runs stay swapped, which is sound: each is a cleaning of its
+    own) and the next pass starts over from the checkpoint."""
+    part = cleanable_part(log, now_ms, config, max_offset)
+    first_dirty, uncleanable, ratio = part.first_dirty, part.uncleanable, part.ratio
+    clean_part, dirty_part = part.clean_part, part.dirty_part
     idle = CleanResult(
         cleaned=False,
         reason="",
@@ -180,14 +214,19 @@ def clean(
         end_offset=first_dirty,
         dirty_ratio=ratio,
     )
-    if not cleanable:
+    if not clean_part and not dirty_part:
         return attrs.evolve(idle, reason="no inactive segment is cleanable yet")
-    horizon_due = _delete_horizon_passed(clean_part, now_ms)
-    if ratio <= config.min_cleanable_dirty_ratio and not horizon_due:
-        return attrs.evolve(
-            idle, reason=f"dirty ratio {ratio:.3f} <= {config.min_cleanable_dirty_ratio}"
-        )
-    offset_map, mapped = _build_offset_map(dirty_part, config.offset_map_keys_max)
+    over_ratio = part.over_ratio
+    overdue = not over_ratio and part.overdue
+    if not over_ratio and not overdue:
+        horizon_due, next_horizon = yield from _delete_horizon_passed(clean_part, now_ms)
+        if not horizon_due:
+            return attrs.evolve(
+                idle,
+                reason=f"dirty ratio {ratio:.3f} <= {config.min_cleanable_dirty_ratio}",
+                next_horizon_ms=next_horizon,
+            )
+    offset_map, mapped = yield from _build_offset_map(dirty_part, config.offset_map_keys_max)
     if len(mapped) < len(dirty_part):
         end_offset = dirty_part[len(mapped)].base_offset  # the map filled up
     elif dirty_part:
@@ -200,17 +239,34 @@ def clean(
     bytes_before = sum(s.size for s in to_clean)
     bytes_after = 0
     groups = _group_by_size(to_clean, log.config.segment_bytes)
+    expected = list(to_clean)  # what the log must still hold: read, or swapped in
+    if read_checkpoint(log) is None:
+        # Durable before the first gap exists: it tells a reopening broker that this
+        # log has gaps, whatever the topic's cleanup.policy is by then.
+        _write_checkpoint(log, first_dirty)
     for group in groups:
-        path = _write_cleaned(log, group, offset_map, now_ms, config, counts)
-        bytes_after += log.replace_segments(group, path).size
+        path = yield from _write_cleaned(log, group, offset_map, now_ms, config, counts)
+        try:
+            _check_unchanged(log, expected)
+            replacement = log.replace_segments(group, path)
+        except (CleaningAborted, LogError):  # LogError: closed or offline meanwhile
+            _discard(log, path)  # gone already if the swap got past its commit point
+            raise
+        bytes_after += replacement.size
+        expected = [s for s in expected if s not in group] + [replacement]
+    _check_unchanged(log, expected)
     _write_checkpoint(log, end_offset)
+    if over_ratio:
+        reason = f"dirty ratio {ratio:.3f} > {config.min_cleanable_dirty_ratio}"
+    elif overdue:
+        reason = (
+            f"a dirty record is older than max.compaction.lag.ms={config.max_compaction_lag_ms}"
+        )
+    else:
+        reason = "tombstone horizon passed"
     return CleanResult(
         cleaned=True,
-        reason=(
-            "tombstone horizon passed"
-            if ratio <= config.min_cleanable_dirty_ratio
-            else f"dirty ratio {ratio:.3f} > {config.min_cleanable_dirty_ratio}"
-        ),
+        reason=reason,
         first_dirty_offset=first_dirty,
         end_offset=end_offset,
         dirty_ratio=ratio,
@@ -220,7 +276,71 @@ def clean(
         records_removed=counts.records_removed,
         tombstones_removed=counts.tombstones_removed,
         batches_removed=counts.batches_removed,
+        next_horizon_ms=counts.next_horizon_ms,
     )
+
+
+@attrs.frozen
+class CleanablePart:
+    """What a pass would clean now, from segment sizes and the checkpoint alone."""
+
+    first_dirty: int
+    uncleanable: int
+    clean_part: list[LogSegment]
+    dirty_part: list[LogSegment]
+    ratio: float
+    over_ratio: bool
+    overdue: bool  # max.compaction.lag.ms passed for the oldest dirty batch
+
+
+def cleanable_part(
+    log: SegmentedLog, now_ms: int, config: CleanerConfig, max_offset: int | None = None
+) -> CleanablePart:
+    first_dirty = first_dirty_offset(log)
+    uncleanable = first_uncleanable_offset(log, now_ms, config, max_offset)
+    cleanable = [s for s in log.inactive_segments() if s.base_offset < uncleanable]
+    clean_part = [s for s in cleanable if s.next_offset <= first_dirty]
+    dirty_part = [s for s in cleanable if s not in clean_part]
+    clean_bytes = sum(s.size for s in clean_part)
+    dirty_bytes = sum(s.size for s in dirty_part)
+    total = clean_bytes + dirty_bytes
+    ratio = dirty_bytes / total if total else 0.0
+    return CleanablePart(
+        first_dirty=first_dirty,
+        uncleanable=uncleanable,
+        clean_part=clean_part,
+        dirty_part=dirty_part,
+        ratio=ratio,
+        over_ratio=bool(cleanable) and ratio > config.min_cleanable_dirty_ratio,
+        overdue=_compaction_overdue(dirty_part, now_ms, config),
+    )
+
+
+def _check_unchanged(log: SegmentedLog, read: list[LogSegment]) -> None:
+    """Raise CleaningAborted unless every segment in `read` is still an inactive
+    segment of the log (a truncation, retention, DeleteRecords or a follower's restart
+    ran between two steps of the pass). A closed log refuses the swap itself."""
+    inactive = {id(segment) for segment in log.inactive_segments()}
+    if any(id(segment) not in inactive for segment in read):
+        raise CleaningAborted(f"{log.directory}: segments changed during the pass")
+
+
+def _discard(log: SegmentedLog, path: str) -> None:
+    try:
+        if log.fs.exists(path):
+            log.fs.remove(path)
+    except OSError:
+        pass  # the directory may be gone with its log; opening it again drops the file
+
+
+def _compaction_overdue(dirty: list[LogSegment], now_ms: int, config: CleanerConfig) -> bool:
+    """max.compaction.lag.ms: the oldest dirty batch waited too long (its first
+    timestamp is the earliest the segment holds, near enough: batches are in order)."""
+    if config.max_compaction_lag_ms is None or not dirty:
+        return False
+    for location in BatchLocationIterator(dirty[0].log, 0, validate=False):
+        return location.header.base_timestamp <= now_ms - config.max_compaction_lag_ms
+    return False
 
 
 def _write_checkpoint(log: SegmentedLog, offset: int) -> None:
@@ -255,7 +375,7 @@ def _remember(offset_map: dict[bytes, int], key: bytes, offset: int) -> None:
 
 def _build_offset_map(
     dirty: list[LogSegment], keys_max: int
-) -> tuple[dict[bytes, int], list[LogSegment]]:
+) -> Generator[int, None, tuple[dict[bytes, int], list[LogSegment]]]:
     """key -> last offset over whole segments of `dirty`, and the segments mapped."""
     offset_map: dict[bytes, int] = {}
     mapped: list[LogSegment] = []
@@ -265,6 +385,7 @@ def _build_offset_map(
             for record in _records(header, batch) or ():
                 if record.key is not None:
                     _remember(segment_map, record.key, record.offset)
+            yield len(batch)
         if mapped and len(offset_map.keys() | segment_map.keys()) > keys_max:
             break  # the next pass goes on from here
         offset_map.update(segment_map)
@@ -272,13 +393,21 @@ def _build_offset_map(
     return offset_map, mapped
 
 
-def _delete_horizon_passed(segments: list[LogSegment], now_ms: int) -> bool:
+def _delete_horizon_passed(
+    segments: list[LogSegment], now_ms: int
+) -> Generator[int, None, tuple[bool, int | None]]:
+    """Has a stamped batch's horizon passed; else the earliest horizon still ahead."""
+    earliest: int | None = None
     for segment in segments:
         for location in BatchLocationIterator(segment.log, 0, validate=False):
             header = location.header
-            if header.attributes & DELETE_HORIZON_BIT and header.base_timestamp <= now_ms:
-                return True
-    return False
+            if header.attributes & DELETE_HORIZON_BIT:
+                if header.base_timestamp <= now_ms:
+                    return True, header.base_timestamp
+                if earliest is None or header.base_timestamp < earliest:
+                    earliest = header.base_timestamp
+            yield BATCH_HEADER_BYTES
+    return False, earliest
 
 
 def _group_by_size(segments: list[LogSegment], segment_bytes: int) -> list[list[LogSegment]]:
@@ -306,7 +435,7 @@ def _write_cleaned(
     now_ms: int,
     config: CleanerConfig,
     counts: _Counts,
-) -> str:
+) -> Generator[int, None, str]:
     path = cleaned_path(log.directory, group[0].base_offset)
     if log.fs.exists(path):
         log.fs.remove(path)
@@ -317,9 +446,16 @@ def _write_cleaned(
                 kept = clean_batch(header, batch, offset_map, now_ms, config, counts)
                 if kept is not None:
                     out.append(kept)
+                    kept_header = read_header(kept)
+                    if kept_header.attributes & DELETE_HORIZON_BIT:
+                        counts.saw_horizon(kept_header.base_timestamp)
+                yield len(batch)
         out.sync()
-    finally:
+    except BaseException:
         out.close()
+        _discard(log, path)
+        raise
+    out.close()
     return path
 
 
@@ -425,10 +561,14 @@ __all__ = [
     "CLEANER_CHECKPOINT_FILE",
     "DELETE_HORIZON_BIT",
     "CleanResult",
+    "CleanablePart",
     "CleanerConfig",
     "CleanerError",
+    "CleaningAborted",
     "clean",
     "clean_batch",
+    "clean_in_steps",
+    "cleanable_part",
     "encode_cleaned_batch",
     "first_dirty_offset",
     "first_uncleanable_offset",

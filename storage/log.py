@@ -487,7 +487,8 @@ class SegmentedLog:
             data, next_offset = segment.read(start_offset, max_bytes, max_offset)
             if data:
                 return LogSlice(data, next_offset)
-            if segment.next_offset > start_offset:
+            # An empty segment (the cleaner removed all it held) is read across.
+            if segment.next_offset > start_offset and not segment.is_empty:
                 break
         return LogSlice(b"", start_offset)
 

@@ -23,6 +23,32 @@ def _boolean(value: str) -> str | None:
     return None if value in ("true", "false") else f"{value!r} is not true or false"
 
 
+def _ratio(value: str) -> str | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return f"{value!r} is not a number"
+    return None if 0.0 <= number <= 1.0 else f"{number} is not within [0, 1]"
+
+
+CLEANUP_POLICIES = ("compact", "delete")
+
+
+def cleanup_policies(value: str) -> frozenset[str]:
+    """Kafka's list syntax: `compact,delete`, `delete, compact`, `delete`."""
+    return frozenset(item.strip() for item in value.split(",") if item.strip())
+
+
+def _cleanup_policy(value: str) -> str | None:
+    policies = cleanup_policies(value)
+    if not policies:
+        return "cleanup.policy names no policy"
+    unknown = sorted(policies - set(CLEANUP_POLICIES))
+    if unknown:
+        return f"{', '.join(map(repr, unknown))}: not one of {', '.join(CLEANUP_POLICIES)}"
+    return None
+
+
 def _one_of(*choices: str) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         return None if value in choices else f"{value!r} is not one of {', '.join(choices)}"
@@ -31,7 +57,11 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
 
 
 TOPIC_CONFIGS: dict[str, Callable[[str], str | None]] = {
-    "cleanup.policy": _one_of("delete"),
+    "cleanup.policy": _cleanup_policy,
+    "delete.retention.ms": _integer(0),
+    "min.cleanable.dirty.ratio": _ratio,
+    "min.compaction.lag.ms": _integer(0),
+    "max.compaction.lag.ms": _integer(1),
     "retention.ms": _integer(-1),
     "retention.bytes": _integer(-1),
     "segment.bytes": _integer(14),
@@ -55,6 +85,10 @@ BROKER_CONFIGS: dict[str, Callable[[str], str | None]] = {
 LONG_MAX = str(2**63 - 1)
 TOPIC_DEFAULTS: dict[str, tuple[str, str]] = {
     "cleanup.policy": ("delete", "list"),
+    "delete.retention.ms": ("86400000", "long"),
+    "min.cleanable.dirty.ratio": ("0.5", "double"),
+    "min.compaction.lag.ms": ("0", "long"),
+    "max.compaction.lag.ms": (LONG_MAX, "long"),
     "retention.ms": ("604800000", "long"),
     "retention.bytes": ("-1", "long"),
     "segment.bytes": ("1073741824", "int"),
@@ -71,7 +105,15 @@ BROKER_DEFAULTS: dict[str, tuple[str, str]] = {
     "log.retention.check.interval.ms": ("300000", "long"),
     "replica.lag.time.max.ms": ("30000", "long"),
 }
-CONFIG_TYPES = {"boolean": 1, "string": 2, "int": 3, "short": 4, "long": 5, "list": 7}
+CONFIG_TYPES = {
+    "boolean": 1,
+    "string": 2,
+    "int": 3,
+    "short": 4,
+    "long": 5,
+    "double": 6,
+    "list": 7,
+}
 
 
 def described(
