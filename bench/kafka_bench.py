@@ -14,10 +14,16 @@ from the beginning with assign(). The same workload runs against:
 one system at a time, so they never share the CPU. Each produce phase first sends a
 warm-up (connections, metadata, first batches), then the clock runs from the first
 measured produce() to the last delivery report; each consume phase runs from assign()
-to the last message. Phases are bounded by record count and by a wall-clock cap
+to the last message (it reads the warm-up too, and must get exactly what was
+acknowledged; it finds its group coordinator before the clock, since librdkafka
+insists on a group.id). Phases are bounded by record count and by a wall-clock cap
 (--seconds): one that reaches it ends with an `<phase>_error` key. Prints one JSON
 line; exits 1 if any delivery report had an error, any count is off or any phase
-failed. With --profile DIR, py-spy samples the RF 1 broker through its produce and
+failed. Besides the rates, each phase reports the servers' CPU per message
+(`*_server_cpu_us_per_msg`, from /proc) and the client's (`*_client_cpu_s`, all its
+threads; `*_client_main_thread_cpu_s` near `*_seconds` means the Python loop calling
+produce() was the limit, not the broker), and each produce phase librdkafka's own
+statistics (requests, records and bytes per batch, round-trip times). With --profile DIR, py-spy samples the RF 1 broker through its produce and
 its consume phase (DIR/produce.txt, DIR/fetch.txt; see bench/pyspy_profile.py).
 Every process started here is stopped by its pid however the run ends.
 """
@@ -83,9 +89,12 @@ class Run:
         self._record(f"{prefix}produce", result, clock.seconds)
         return result
 
-    def consume(self, prefix: str, bootstrap: str, topic: str, servers: list[int]) -> PhaseResult:
+    def consume(
+        self, prefix: str, bootstrap: str, topic: str, servers: list[int], produced: PhaseResult
+    ) -> PhaseResult:
+        """Everything the produce phase had acknowledged, read back."""
         clock = ServerCpu(servers)
-        expected = self.warmup + self.records
+        expected = self.warmup + produced.records
         result = load.consume(bootstrap, topic, PARTITIONS, expected, self.cap_s, clock)
         self._record(f"{prefix}consume", result, clock.seconds)
         return result
@@ -240,7 +249,7 @@ def run_pykraft_rf1(run: Run, root: str, profile_dir: str) -> None:
             produced = run.produce("rf1_", bootstrap, "bench-rf1", servers)
         run.line["msgs_per_s_rf1"] = round(produced.msgs_per_s)
         with maybe_profiling(cluster.pid(broker), profile_dir, "fetch"):
-            consumed = run.consume("rf1_", bootstrap, "bench-rf1", servers)
+            consumed = run.consume("rf1_", bootstrap, "bench-rf1", servers, produced)
         run.line["consume_msgs_per_s_rf1"] = round(consumed.msgs_per_s)
 
 
@@ -255,7 +264,7 @@ def run_pykraft_rf3(run: Run, root: str) -> None:
         servers = [cluster.pid(node) for node in cluster.configs]
         produced = run.produce("rf3_", bootstrap, "bench-rf3", servers)
         run.line["msgs_per_s_rf3_acksall"] = round(produced.msgs_per_s)
-        consumed = run.consume("rf3_", bootstrap, "bench-rf3", servers)
+        consumed = run.consume("rf3_", bootstrap, "bench-rf3", servers, produced)
         run.line["consume_msgs_per_s"] = round(consumed.msgs_per_s)
 
 
@@ -265,7 +274,7 @@ def run_tansu(run: Run) -> None:
         servers = tansu_pids()
         produced = run.produce("tansu_", bootstrap, "bench-tansu", servers)
         run.line["tansu_msgs_per_s"] = round(produced.msgs_per_s)
-        consumed = run.consume("tansu_", bootstrap, "bench-tansu", servers)
+        consumed = run.consume("tansu_", bootstrap, "bench-tansu", servers, produced)
         run.line["tansu_consume_msgs_per_s"] = round(consumed.msgs_per_s)
 
 
@@ -326,7 +335,11 @@ def main() -> None:
         os.makedirs(args.profile, exist_ok=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     began = time.monotonic()
-    run = bench(args.records, args.seconds, args.profile, systems)
+    try:
+        run = bench(args.records, args.seconds, args.profile, systems)
+    except KeyboardInterrupt:
+        print("kafka_bench: interrupted; every process it started is stopped", file=sys.stderr)
+        sys.exit(130)
     run.line["wall_s"] = round(time.monotonic() - began, 1)
     print(json.dumps(run.line))
     sys.exit(0 if run.line["ok"] else 1)

@@ -242,7 +242,9 @@ def produce(
         _produce_all(producer, topic, partitions, 0, warmup, value, past_deadline)
         left = producer.flush(max(0.0, deadline - time.monotonic()))
         if left or counts.errors or counts.delivered != warmup:
-            why = _failed("warm-up", counts, warmup, left, cap_s)
+            why = _failed(
+                "warm-up", counts, warmup, warmup - counts.delivered - counts.errors, cap_s
+            )
             return PhaseResult(0, 0.0, 0.0, 0.0, counts.errors, why)
         stats.wait_report(producer)
         stats.reset()
@@ -254,12 +256,13 @@ def produce(
         handed = _produce_all(producer, topic, partitions, warmup, records, value, past_deadline)
         left = producer.flush(max(0.0, deadline - time.monotonic()))
         clock.stopped()
-        seconds = counts.last_report_at - began
+        seconds = max(0.0, counts.last_report_at - began)
         cpu, main_cpu = time.process_time() - cpu_began, time.thread_time() - main_began
         stats.wait_report(producer)
         error = ""
         if handed < records or left or counts.errors or counts.delivered != records:
-            error = _failed("produce", counts, records, left + records - handed, cap_s)
+            undelivered = records - counts.delivered - counts.errors
+            error = _failed("produce", counts, records, undelivered, cap_s)
         return PhaseResult(
             counts.delivered, seconds, cpu, main_cpu, counts.errors, error, stats.summary()
         )
@@ -320,7 +323,7 @@ def consume(
                     seen += 1
                     continue
                 if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(message.partition())
+                    at_end.add(message.partition() or 0)
                     continue
                 errors += 1
                 first_error = first_error or str(error)

@@ -6,8 +6,8 @@
 one line per distinct stack, "frame;frame;... count"). `summarise` turns such a file
 into the functions with the most samples where they are the innermost frame (self)
 and where they are anywhere on the stack (total), as shares of the samples that
-were taken while a thread was busy (py-spy leaves out idle threads, so a trio loop
-waiting in epoll is not counted).
+were taken while a thread was busy (py-spy leaves out idle threads; samples of the
+trio loop in epoll are left out here too, and counted as `loop_wait_pct`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from collections.abc import Iterator
 from typing import Any
 
 SAMPLES_PER_S = 100
+# Where a trio loop waits for sockets: py-spy can count it as busy (the thread is
+# running a syscall), but it is the loop having nothing to do.
+WAIT_LEAVES = ("trio/_core/_io_epoll.py:EpollIOManager.get_events",)
+# The process's entry frames, on every stack: left out of the totals.
+ROOT_FRAMES = ("<frozen runpy>:", "broker/cli.py:", "trio/_core/_run.py:run")
 STOP_TIMEOUT_S = 30.0
 # "name (path/to/file.py:12)": with --function the line is the function's first one.
 FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -82,19 +87,36 @@ def short_name(frame: str) -> str:
     return f"{match['file']}:{match['name']}"
 
 
+def _first(names: list[str], under: str) -> int:
+    return next(i for i, name in enumerate(names) if under in name)
+
+
 def summarise(path: str, top: int = 15, under: str = "") -> dict[str, Any]:
     """Top `top` functions by self and by total samples; with `under`, only the stacks
     that pass through a frame whose short name contains it (one path, e.g. produce)."""
     stacks = [
         ([short_name(frame) for frame in frames], count) for frames, count in read_stacks(path)
     ]
+    sampled = sum(count for _, count in stacks)
+    stacks = [(names, count) for names, count in stacks if names[-1] not in WAIT_LEAVES]
     busy = sum(count for _, count in stacks)
     if under:
-        stacks = [(names, count) for names, count in stacks if any(under in n for n in names)]
+        # From the `under` frame down: its callers are on every chosen stack.
+        stacks = [
+            (names[_first(names, under) :], count)
+            for names, count in stacks
+            if any(under in n for n in names)
+        ]
+    else:
+        stacks = [
+            ([n for n in names if not n.startswith(ROOT_FRAMES)], count) for names, count in stacks
+        ]
     chosen = sum(count for _, count in stacks)
     self_samples: collections.Counter[str] = collections.Counter()
     total_samples: collections.Counter[str] = collections.Counter()
     for names, count in stacks:
+        if not names:
+            continue
         self_samples[names[-1]] += count
         for name in set(names):
             total_samples[name] += count
@@ -107,6 +129,8 @@ def summarise(path: str, top: int = 15, under: str = "") -> dict[str, Any]:
 
     return {
         "profile": path,
+        "sampled": sampled,
+        "loop_wait_pct": round(100 * (sampled - busy) / sampled, 1) if sampled else 0,
         "busy_samples": busy,
         "under": under,
         "samples": chosen,
@@ -129,8 +153,9 @@ def main() -> None:
         return
     print(
         f"{summary['profile']}: {summary['samples']} samples"
-        f" ({summary['pct_of_busy']}% of {summary['busy_samples']} busy)"
         + (f" under {args.under}" if args.under else "")
+        + f" ({summary['pct_of_busy']}% of {summary['busy_samples']} busy;"
+        f" {summary['loop_wait_pct']}% of all {summary['sampled']} were the loop waiting)"
     )
     for kind in ("self", "total"):
         print(f"\n  by {kind} samples")
