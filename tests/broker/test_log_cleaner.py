@@ -12,6 +12,8 @@ import pytest
 import trio
 
 import broker.log_cleaner as log_cleaner_module
+from broker.group_driver import OFFSETS_TOPIC
+from broker.groups.messages import CommitPartition, OffsetCommitRequest
 from broker.log_cleaner import LogCleaner, cleaner_config_for, refuse_keyless_records
 from broker.partition import Partition
 from broker.replica_manager import ReplicaManager, log_config_for
@@ -341,3 +343,74 @@ def restarted(fs: MemoryFileSystem, settings: dict[str, str]) -> ReplicaManager:
     )
     replicas.image = MetadataImage(configs={("topic", "c"): settings})
     return replicas
+
+
+# ---------------------------------------------------------------------- __consumer_offsets
+
+
+def commit_request(group: str, offset: int) -> OffsetCommitRequest:
+    return OffsetCommitRequest(
+        group_id=group,
+        partitions=tuple(
+            CommitPartition(topic="t", partition=p, offset=offset + p, metadata=f"m{offset}")
+            for p in range(3)
+        ),
+    )
+
+
+async def wait_loaded(driver: Any) -> Any:
+    while not driver.slots or driver.slots[0].coordinator is None:
+        await trio.sleep(0.01)
+    return driver.slots[0]
+
+
+@pytest.mark.slow
+async def test_the_coordinator_reloads_from_a_compacted_offsets_topic_and_offsets_expire(
+    nursery, tmp_path
+) -> None:
+    """Commits over several segments, an Empty group's offsets expired (tombstones),
+    the offsets partition compacted and its tombstones dropped a delete horizon later:
+    a coordinator loaded again from that log (gaps between offsets) holds exactly the
+    latest commits of the live group and nothing of the expired one."""
+    with trio.fail_after(60):
+        cluster = await started(
+            nursery, tmp_path, combined=1, log_cleaner_enable=False, offsets_topic_num_partitions=1
+        )
+        server = cluster.servers[1]
+        driver = server.groups
+        clock = 1_000_000_000
+        driver._wall_ms = lambda: clock
+        await driver.ensure_topic()
+        assert server.replicas.image.topic_config(OFFSETS_TOPIC, "cleanup.policy") == "compact"
+        slot = await wait_loaded(driver)
+        partition = slot.partition
+        await driver.call("expiring", "commit_offsets", commit_request("expiring", 5))
+        clock += driver.config.offsets_retention_ms + 1
+        for round_ in range(12):
+            await driver.call("live", "commit_offsets", commit_request("live", round_ * 10))
+            if round_ % 3 == 2:
+                partition.log.roll()
+        driver.expire_offsets_now()
+        while partition.high_watermark < partition.log.log_end_offset or (
+            driver.coordinator("expiring").fetch_offsets("expiring", None).partitions
+        ):
+            await trio.sleep(0.01)
+        partition.log.roll()  # the tombstones leave the active segment
+        cleaner = LogCleaner(server.replicas, wall_ms=lambda: clock)
+        done = await cleaner.clean_once()
+        assert done is not None and done.result.records_removed > 0
+        clock += 86_400_000 + 1  # delete.retention.ms: the tombstones go
+        done = await cleaner.clean_once()
+        assert done is not None and done.result.tombstones_removed == 3
+        offsets = [r[0] for r in records_of(partition.log)]
+        assert len(offsets) == 3 and offsets[0] > partition.log.log_start_offset  # a gap
+
+        driver._drop(slot, "test: load again")
+        driver.on_leadership(partition)
+        await wait_loaded(driver)
+        fetched = driver.coordinator("live").fetch_offsets("live", None).partitions
+        assert [(f.partition, f.offset, f.metadata) for f in fetched] == [
+            (p, 110 + p, "m110") for p in range(3)
+        ]
+        assert driver.coordinator("expiring").fetch_offsets("expiring", None).partitions == ()
+        assert "expiring" not in driver.coordinator("live").groups
