@@ -1,7 +1,8 @@
 """Kafka's admin APIs on the PLAINTEXT listener (decision 0011): topics, partitions,
 configs, the quorum and the cluster.
 
-CreateTopics, DeleteTopics, CreatePartitions and IncrementalAlterConfigs are
+CreateTopics, DeleteTopics, CreatePartitions, IncrementalAlterConfigs, AlterConfigs
+(as an incremental change that replaces the resource's dynamic set) and ElectLeaders are
 forwarded to the active controller through the `ControllerChannel` as native
 requests, as the native listener forwards them (KIP-590); DescribeQuorum asks the
 controller too. DescribeCluster and DescribeConfigs are read from this node's image.
@@ -22,14 +23,22 @@ from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
 from client.protocol.schema import from_body, to_body
-from kraft.controller.configs import AlterConfigOp, AlterConfigsOutcome, AlterConfigsResource
+from kraft.controller.configs import (
+    OP_DELETE,
+    OP_SET,
+    AlterConfigOp,
+    AlterConfigsOutcome,
+    AlterConfigsResource,
+)
 from kraft.controller.configs_schema import BROKER, CONFIG_TYPES, TOPIC, described
+from kraft.controller.elections import ElectLeadersRequest, PartitionElection
 from kraft.controller.messages import (
     AlterConfigsResponse,
     CreatePartitionsRequest,
     CreateTopicsRequest,
     DeleteTopicsRequest,
     DescribeQuorumResponse,
+    ElectLeadersResponse,
     IncrementalAlterConfigsRequest,
     PartitionsIncrease,
     TopicsResponse,
@@ -39,6 +48,9 @@ from kraft.controller.replication import CreateTopic, TopicOutcome
 
 ZERO_UUID = kafka_errors.ZERO_UUID
 DESCRIBE_CONFIGS_KEY = 32
+ALTER_CONFIGS_KEY = 33
+# ElectLeaders' election_type (v1+; v0 elects preferred leaders only).
+PREFERRED_ELECTION, UNCLEAN_ELECTION = 0, 1
 # Kafka's DescribeConfigs config sources.
 DYNAMIC_TOPIC_CONFIG, DYNAMIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 2, 5
 # CreateTopics with num_partitions / replication_factor -1 (v4+, KIP-464) takes the
@@ -271,6 +283,89 @@ class KafkaAdminApis:
                 )
             )
         return Response(responses=tuple(results))
+
+    async def alter_configs(self, header: Any, request: Any) -> Any:
+        """Kafka's legacy AlterConfigs: the configs given become the resource's whole
+        dynamic set (the controller deletes every other one), or are only checked."""
+        Response = kafka.AlterConfigsResponse
+        forwarded = [
+            AlterConfigsResource(
+                resource_type=RESOURCE_TYPES[r.resource_type],
+                resource_name=r.resource_name,
+                ops=tuple(
+                    AlterConfigOp(name=c.name, op=OP_SET, value=c.value)
+                    if c.value is not None
+                    else AlterConfigOp(name=c.name, op=OP_DELETE)
+                    for c in r.configs
+                ),
+            )
+            for r in request.resources
+            if r.resource_type in RESOURCE_TYPES
+        ]
+        outcomes: Iterator[AlterConfigsOutcome] = iter(())
+        if forwarded:
+            answer = await self._forward(
+                ApiKey.INCREMENTAL_ALTER_CONFIGS,
+                IncrementalAlterConfigsRequest(
+                    resources=tuple(forwarded), validate_only=request.validate_only, replace=True
+                ),
+                AlterConfigsResponse,
+            )
+            outcomes = iter(answer.resources)  # in the order asked
+        results = []
+        for resource in request.resources:
+            if resource.resource_type in RESOURCE_TYPES:
+                outcome = next(outcomes)
+                code, message = outcome.error_code, outcome.message
+            else:
+                code = ErrorCode.INVALID_REQUEST
+                message = f"no configs of resource type {resource.resource_type} here"
+            results.append(
+                Response.AlterConfigsResourceResponse(
+                    error_code=code,
+                    error_message=message or None,
+                    resource_type=resource.resource_type,
+                    resource_name=resource.resource_name,
+                )
+            )
+        return Response(responses=tuple(results))
+
+    async def elect_leaders(self, header: Any, request: Any) -> Any:
+        """Preferred or unclean elections, decided by the controller per partition;
+        null topic partitions ask for every partition (those needing none left out)."""
+        version = header.request_api_version
+        Response = kafka.ElectLeadersResponse
+        election_type = request.election_type if version >= 1 else PREFERRED_ELECTION
+        if election_type not in (PREFERRED_ELECTION, UNCLEAN_ELECTION):
+            raise KafkaError(ErrorCode.INVALID_REQUEST, f"election type {election_type}")
+        named = None
+        if request.topic_partitions is not None:
+            named = tuple(
+                PartitionElection(topic=topic.topic, partition=partition)
+                for topic in request.topic_partitions
+                for partition in topic.partitions
+            )
+        answer = await self._forward(
+            ApiKey.ELECT_LEADERS,
+            ElectLeadersRequest(partitions=named, unclean=election_type == UNCLEAN_ELECTION),
+            ElectLeadersResponse,
+        )
+        by_topic: dict[str, list[Any]] = {}
+        for result in answer.results:
+            by_topic.setdefault(result.topic, []).append(
+                Response.PartitionResult(
+                    partition_id=result.partition,
+                    error_code=result.error_code,
+                    error_message=result.message or None,
+                )
+            )
+        return Response(
+            error_code=ErrorCode.NONE,
+            replica_election_results=tuple(
+                Response.ReplicaElectionResult(topic=topic, partition_result=tuple(results))
+                for topic, results in by_topic.items()
+            ),
+        )
 
     async def describe_quorum(self, header: Any, request: Any) -> Any:
         version = header.request_api_version

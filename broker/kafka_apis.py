@@ -38,6 +38,7 @@ from broker.broker_apis import BrokerApis, metadata
 from broker.data_apis import DataApis
 from broker.group_driver import GroupDriver
 from broker.kafka_admin_apis import (
+    ALTER_CONFIGS_KEY,
     DESCRIBE_CONFIGS_KEY,
     RESERVED_TOPIC_PREFIX,
     KafkaAdminApis,
@@ -155,6 +156,12 @@ class KafkaApis:
                 high=1,
                 handle=admin.describe_quorum,
                 error=kafka_errors.describe_quorum_error,
+            ),
+            ALTER_CONFIGS_KEY: Served(
+                low=0, high=2, handle=admin.alter_configs, error=kafka_errors.alter_configs_error
+            ),
+            ApiKey.ELECT_LEADERS: Served(
+                low=0, high=2, handle=admin.elect_leaders, error=kafka_errors.elect_leaders_error
             ),
             OFFSET_FOR_LEADER_EPOCH_KEY: Served(
                 low=2,

@@ -188,6 +188,40 @@ def incremental_alter_configs_error(request: Any, version: int, code: int, messa
     )
 
 
+def alter_configs_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.AlterConfigsResponse
+    return Response(
+        responses=tuple(
+            Response.AlterConfigsResourceResponse(
+                error_code=code,
+                error_message=message or None,
+                resource_type=r.resource_type,
+                resource_name=r.resource_name,
+            )
+            for r in request.resources
+        )
+    )
+
+
+def elect_leaders_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.ElectLeadersResponse
+    return Response(
+        error_code=code if version >= 1 else 0,
+        replica_election_results=tuple(
+            Response.ReplicaElectionResult(
+                topic=topic.topic,
+                partition_result=tuple(
+                    Response.PartitionResult(
+                        partition_id=p, error_code=code, error_message=message or None
+                    )
+                    for p in topic.partitions
+                ),
+            )
+            for topic in request.topic_partitions or ()
+        ),
+    )
+
+
 def describe_quorum_error(request: Any, version: int, code: int, message: str) -> Any:
     return kafka.DescribeQuorumResponse(error_code=code)
 

@@ -84,6 +84,17 @@ def incremental_alter_configs(
     return ControllerResult(records=tuple(records), response=tuple(outcomes))
 
 
+def replacing(image: MetadataImage, resource: AlterConfigsResource) -> AlterConfigsResource:
+    """Kafka's legacy AlterConfigs on `resource`: the configs it names become the
+    resource's whole dynamic set, so every other one set now is deleted."""
+    named = {op.name for op in resource.ops}
+    current = image.configs.get((resource.resource_type, resource.resource_name), {})
+    deletes = tuple(
+        AlterConfigOp(name=name, op=OP_DELETE) for name in sorted(current) if name not in named
+    )
+    return attrs.evolve(resource, ops=resource.ops + deletes)
+
+
 def _check_resource(image: MetadataImage, resource: AlterConfigsResource) -> tuple[int, str] | None:
     if resource.resource_type == TOPIC:
         if image.topic(resource.resource_name) is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import attrs
 
 from kraft.controller.configs import AlterConfigsOutcome, AlterConfigsResource
+from kraft.controller.elections import ElectionOutcome
 from kraft.controller.replication import CreateTopic, TopicOutcome
 
 
@@ -44,12 +45,16 @@ class CreatePartitionsRequest:
 class ElectLeadersResponse:
     error_code: int
     elected: int  # partitions whose leadership moved to their preferred replica
+    results: tuple[ElectionOutcome, ...] = ()  # per partition (ElectLeadersRequest)
 
 
 @attrs.frozen(kw_only=True)
 class IncrementalAlterConfigsRequest:
     resources: tuple[AlterConfigsResource, ...]
     validate_only: bool = False
+    # Kafka's legacy AlterConfigs: each resource's ops are SETs that replace its whole
+    # dynamic set, decided on the controller's image (`configs.replacing`).
+    replace: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -37,7 +37,8 @@ from kraft.controller.cluster import (
     heartbeat,
     register_broker,
 )
-from kraft.controller.configs import incremental_alter_configs
+from kraft.controller.configs import incremental_alter_configs, replacing
+from kraft.controller.elections import ElectLeadersRequest, elect_leaders
 from kraft.controller.messages import (
     AllocateProducerIdsRequest,
     AlterConfigsResponse,
@@ -59,7 +60,6 @@ from kraft.controller.replication import (
     create_partitions,
     create_topics,
     delete_topics,
-    elect_preferred_leaders,
 )
 from kraft.controller.replication import (
     alter_partition as decide_alter_partition,
@@ -345,14 +345,20 @@ class QuorumController:
         return await self._write(lambda image, _: decide_alter_partition(image, request))
 
     async def _elect_leaders(self, body: Any) -> Any:
-        elected = await self._write(lambda image, _: elect_preferred_leaders(image))
-        return ElectLeadersResponse(error_code=ErrorCode.NONE, elected=elected)
+        request = from_body(ElectLeadersRequest, body)
+        results = await self._write(lambda image, _: elect_leaders(image, request))
+        elected = sum(1 for result in results if result.error_code == ErrorCode.NONE)
+        return ElectLeadersResponse(error_code=ErrorCode.NONE, elected=elected, results=results)
 
     async def _incremental_alter_configs(self, body: Any) -> Any:
         request = from_body(IncrementalAlterConfigsRequest, body)
         outcomes = await self._write(
             lambda image, _: incremental_alter_configs(
-                image, request.resources, validate_only=request.validate_only
+                image,
+                [replacing(image, r) for r in request.resources]
+                if request.replace
+                else request.resources,
+                validate_only=request.validate_only,
             )
         )
         return AlterConfigsResponse(resources=outcomes)

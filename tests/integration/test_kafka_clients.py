@@ -843,3 +843,124 @@ def test_describe_configs_from_each_admin_client(cluster: LocalCluster) -> None:
     missing = confluent.describe_configs([ConfigResource("topic", "no-such-topic")])
     with pytest.raises(confluent_kafka.KafkaException):
         next(iter(missing.values())).result(timeout=WAIT_S)
+
+
+def _wait_until(check: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_elect_leaders_from_confluent_kafka_and_raw_requests(cluster: LocalCluster) -> None:
+    """ElectLeaders v0-2, per partition. Leaders start as their preferred replicas, so
+    a preferred election is not needed, nor an unclean one where a leader leads (the
+    elections themselves are tests/kraft/test_elections.py's, on the controller)."""
+    from confluent_kafka import ElectionType
+
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "elect", 3)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    asked = [CTopicPartition("elect", p) for p in range(3)] + [CTopicPartition("elect", 9)]
+    for election in (ElectionType.PREFERRED, ElectionType.UNCLEAN):
+        found = admin.elect_leaders(election, asked).result(timeout=WAIT_S)
+        codes = {
+            tp.partition: None if error is None else error.code() for tp, error in found.items()
+        }
+        assert codes == {0: 84, 1: 84, 2: 84, 9: 3}, (election, codes)  # 84 NOT_NEEDED
+    # Every partition: the ones needing no election are left out.
+    assert admin.elect_leaders(ElectionType.PREFERRED, None).result(timeout=WAIT_S) == {}
+
+    M = messages
+    Request = M.ElectLeadersRequest
+    asked_raw = (Request.TopicPartitions(topic="elect", partitions=(0, 2)),)
+    broker = cluster.address(cluster.broker_ids[0], "PLAINTEXT")
+    for version in range(3):
+        answer = _ask(broker, 43, version, Request(topic_partitions=asked_raw, timeout_ms=30_000))
+        assert answer.error_code == 0
+        ((topic, results),) = [
+            (r.topic, r.partition_result) for r in answer.replica_election_results
+        ]
+        assert topic == "elect"
+        assert [(r.partition_id, r.error_code) for r in results] == [(0, 84), (2, 84)], version
+    refused = _ask(broker, 43, 2, Request(election_type=7, topic_partitions=asked_raw))
+    assert refused.error_code == 42  # INVALID_REQUEST: no such election type
+
+
+def test_alter_configs_replaces_the_dynamic_set(cluster: LocalCluster) -> None:
+    """Legacy AlterConfigs v0-2: the configs given become the resource's whole dynamic
+    set (every other one returns to its default), or are only checked (validate_only)."""
+    from kafka.admin import ConfigResource as KafkaConfigResource
+    from kafka.admin import ConfigResourceType
+
+    bootstrap = cluster.bootstrap_servers()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    broker = cluster.address(cluster.broker_ids[0], "PLAINTEXT")
+    M = messages
+    Request = M.AlterConfigsRequest
+
+    def described() -> dict[str, str]:
+        answer = _ask(
+            broker,
+            32,
+            4,
+            M.DescribeConfigsRequest(
+                resources=(
+                    M.DescribeConfigsRequest.DescribeConfigsResource(
+                        resource_type=2, resource_name="altered", configuration_keys=None
+                    ),
+                )
+            ),
+        )
+        (result,) = answer.results
+        assert result.error_code == 0, result
+        return {c.name: c.value for c in result.configs if c.config_source == 1}  # dynamic
+
+    def alter(version: int, configs: dict[str, str], validate_only: bool = False) -> Any:
+        entries = tuple(Request.AlterableConfig(name=k, value=v) for k, v in configs.items())
+        resource = Request.AlterConfigsResource(
+            resource_type=2, resource_name="altered", configs=entries
+        )
+        answer = _ask(
+            broker, 33, version, Request(resources=(resource,), validate_only=validate_only)
+        )
+        (response,) = answer.responses
+        return response
+
+    try:
+        answer = admin.create_topics(
+            [
+                NewTopic(
+                    "altered",
+                    1,
+                    3,
+                    topic_configs={"retention.ms": "3600000", "max.message.bytes": "2000000"},
+                )
+            ]
+        )
+        assert all(t["error_code"] == 0 for t in answer["topics"]), answer
+        wanted = {"retention.ms": "3600000", "max.message.bytes": "2000000"}
+        _wait_until(lambda: _has_leaders(*broker, "altered", 1), "no topic altered")
+        _wait_until(lambda: described() == wanted, "created configs not described")
+        # Only checked: nothing changes.
+        assert alter(0, {"retention.ms": "1000"}, validate_only=True).error_code == 0
+        # A bad value refuses the whole resource.
+        refused = alter(1, {"retention.ms": "7200000", "max.message.bytes": "lots"})
+        assert refused.error_code == 40 and refused.error_message, refused  # INVALID_CONFIG
+        assert described() == wanted
+        # Only retention.ms given: max.message.bytes goes back to its default.
+        assert alter(2, {"retention.ms": "7200000"}).error_code == 0
+        _wait_until(lambda: described() == {"retention.ms": "7200000"}, "not replaced")
+        # kafka-python forced onto AlterConfigs.
+        result = admin.alter_configs(
+            [
+                KafkaConfigResource(
+                    ConfigResourceType.TOPIC, "altered", configs={"segment.bytes": "1048576"}
+                )
+            ],
+            incremental=False,
+        )
+        assert "altered" in str(result) and "Error" not in str(result), result
+        _wait_until(lambda: described().get("segment.bytes") == "1048576", "kafka-python's set")
+    finally:
+        admin.close()
