@@ -429,6 +429,10 @@ def _delete_before(partition: Partition, item: Any) -> PartitionLowWatermark:
     )
 
 
+# ListOffsets' spec for the record with the largest timestamp (KIP-734, Kafka's v7+).
+MAX_TIMESTAMP = -3
+
+
 def _offset_of(partition: Partition, index: int, timestamp: int) -> PartitionOffset:
     log_ = partition.log
     if timestamp == EARLIEST_TIMESTAMP:
@@ -442,7 +446,10 @@ def _offset_of(partition: Partition, index: int, timestamp: int) -> PartitionOff
             offset=partition.high_watermark,
             leader_epoch=partition.leader_epoch,
         )
-    found = log_.offset_for_timestamp(timestamp)
+    if timestamp == MAX_TIMESTAMP:
+        found = log_.max_timestamp_record()
+    else:
+        found = log_.offset_for_timestamp(timestamp)
     if found is None or found.offset >= partition.high_watermark:
         return PartitionOffset(partition=index, error_code=ErrorCode.NONE)  # -1: none yet
     return PartitionOffset(

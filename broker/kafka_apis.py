@@ -35,7 +35,7 @@ import attrs
 
 from broker import kafka_errors
 from broker.broker_apis import BrokerApis, metadata
-from broker.data_apis import DataApis
+from broker.data_apis import MAX_TIMESTAMP, DataApis
 from broker.group_driver import GroupDriver
 from broker.kafka_admin_apis import (
     ALTER_CONFIGS_KEY,
@@ -379,8 +379,9 @@ class KafkaApis:
 
     async def _list_offsets(self, header: Any, request: Any) -> Any:
         version = header.request_api_version
-        # Only the earliest (-2), the latest (-1) and a point in time are built; the
-        # max timestamp (-3, KIP-734) and the local-tier specs are refused per partition.
+        # The earliest (-2), the latest (-1), a point in time and, from v7, the largest
+        # timestamp (-3, KIP-734) are built; other specs are refused per partition.
+        lowest = MAX_TIMESTAMP if version >= 7 else EARLIEST_TIMESTAMP
         wanted = tuple(
             TopicListOffsets(
                 name=topic.name,
@@ -391,7 +392,7 @@ class KafkaApis:
                         current_leader_epoch=p.current_leader_epoch,
                     )
                     for p in topic.partitions
-                    if p.timestamp >= EARLIEST_TIMESTAMP
+                    if p.timestamp >= lowest
                 ),
             )
             for topic in request.topics
@@ -405,7 +406,7 @@ class KafkaApis:
             for item in topic.partitions:
                 result = (
                     next(results)
-                    if item.timestamp >= EARLIEST_TIMESTAMP
+                    if item.timestamp >= lowest
                     else PartitionOffset(
                         partition=item.partition_index, error_code=ErrorCode.UNSUPPORTED_VERSION
                     )

@@ -518,6 +518,22 @@ class SegmentedLog:
                     return OffsetAndTimestamp(record.offset, record.timestamp)
         return None
 
+    def max_timestamp_record(self) -> OffsetAndTimestamp | None:
+        """The first record with the largest timestamp (ListOffsets -3, KIP-734). The
+        segments' maxima name the segment; only its first batch reaching it is read."""
+        self._check_open()
+        holder = max(self._segments, key=lambda segment: segment.max_timestamp)
+        if holder.max_timestamp < 0:
+            return None  # no record, or none with a timestamp
+        largest = holder.max_timestamp
+        location = holder.find_offset_by_timestamp(largest)
+        assert location is not None, (holder.base_offset, largest)
+        batch = holder.log.read_at(location.position, location.header.size_bytes)
+        for record in iter_records(batch):
+            if record.timestamp >= largest and record.offset >= self._log_start_offset:
+                return OffsetAndTimestamp(record.offset, record.timestamp)
+        return None
+
     # ------------------------------------------------------------------ durability
 
     @property

@@ -964,3 +964,49 @@ def test_alter_configs_replaces_the_dynamic_set(cluster: LocalCluster) -> None:
         _wait_until(lambda: described().get("segment.bytes") == "1048576", "kafka-python's set")
     finally:
         admin.close()
+
+
+def test_list_offsets_max_timestamp(cluster: LocalCluster) -> None:
+    """ListOffsets -3 (KIP-734, v7): the first record with the largest timestamp, found
+    from the segments' maxima; before v7 it is refused per partition."""
+    from confluent_kafka.admin import OffsetSpec
+
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "max-time", 1)
+    base_ms = 1_700_000_000_000
+    largest = {37, 80}  # a tie: the first one is the answer
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    try:
+        for i in range(100):
+            stamp = base_ms + (10**7 if i in largest else 1000 * i)
+            producer.send("max-time", value=b"%d" % i, timestamp_ms=stamp)
+            if i % 10 == 9:
+                producer.flush(timeout=WAIT_S)  # several batches
+    finally:
+        producer.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partition = CTopicPartition("max-time", 0)
+    futures = admin.list_offsets({partition: OffsetSpec.max_timestamp()})
+    found = futures[partition].result(timeout=WAIT_S)
+    assert (found.offset, found.timestamp) == (37, base_ms + 10**7)
+
+    M = messages
+    Request = M.ListOffsetsRequest
+    asked = (
+        Request.ListOffsetsTopic(
+            name="max-time",
+            partitions=(Request.ListOffsetsPartition(partition_index=0, timestamp=-3),),
+        ),
+    )
+    leader = _leader_address(cluster, "max-time")
+    for version, wanted in ((7, (0, 37, base_ms + 10**7)), (6, (35, -1, -1))):
+        answer = _ask(leader, 2, version, Request(replica_id=-1, topics=asked))
+        (part,) = answer.topics[0].partitions
+        assert (part.error_code, part.offset, part.timestamp) == wanted, version
+
+
+def _leader_address(cluster: LocalCluster, topic: str) -> tuple[str, int]:
+    Topic = messages.MetadataRequest.MetadataRequestTopic
+    any_broker = cluster.address(cluster.broker_ids[0], "PLAINTEXT")
+    answer = _ask(any_broker, 3, 12, messages.MetadataRequest(topics=(Topic(name=topic),)))
+    return cluster.address(answer.topics[0].partitions[0].leader_id, "PLAINTEXT")
