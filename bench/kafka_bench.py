@@ -23,7 +23,8 @@ failed. Besides the rates, each phase reports the servers' CPU per message
 (`*_server_cpu_us_per_msg`, from /proc) and the client's (`*_client_cpu_s`, all its
 threads; `*_client_main_thread_cpu_s` near `*_seconds` means the Python loop calling
 produce() was the limit, not the broker), and each produce phase librdkafka's own
-statistics (requests, records and bytes per batch, round-trip times). With --profile DIR, py-spy samples the RF 1 broker through its produce and
+statistics (requests, records and bytes per batch, round-trip times) and how often
+produce() found librdkafka's queue full (`*_queue_full_waits`: the broker held it back). With --profile DIR, py-spy samples the RF 1 broker through its produce and
 its consume phase (DIR/produce.txt, DIR/fetch.txt; see bench/pyspy_profile.py).
 Every process started here is stopped by its pid however the run ends.
 """

@@ -194,19 +194,22 @@ def _produce_all(
     count: int,
     value: bytes,
     past_deadline: Callable[[], bool],
-) -> int:
-    """produce() record first..first+count-1; how many were handed to librdkafka."""
+) -> tuple[int, int]:
+    """produce() record first..first+count-1: (how many were handed to librdkafka, how
+    often its queue was full)."""
+    queue_full = 0
     for seq in range(first, first + count):
         while True:
             try:
                 producer.produce(topic, value, partition=seq % partitions)
                 break
             except BufferError:  # the local queue is full: serve delivery reports
+                queue_full += 1
                 producer.poll(0.01)
         producer.poll(0)
         if seq % DEADLINE_CHECK_EVERY == 0 and past_deadline():
-            return seq - first + 1
-    return count
+            return seq - first + 1, queue_full
+    return count, queue_full
 
 
 def produce(
@@ -253,7 +256,9 @@ def produce(
         clock.started()
         cpu_began, main_began = time.process_time(), time.thread_time()
         began = time.perf_counter()
-        handed = _produce_all(producer, topic, partitions, warmup, records, value, past_deadline)
+        handed, queue_full = _produce_all(
+            producer, topic, partitions, warmup, records, value, past_deadline
+        )
         left = producer.flush(max(0.0, deadline - time.monotonic()))
         clock.stopped()
         seconds = max(0.0, counts.last_report_at - began)
@@ -263,9 +268,8 @@ def produce(
         if handed < records or left or counts.errors or counts.delivered != records:
             undelivered = records - counts.delivered - counts.errors
             error = _failed("produce", counts, records, undelivered, cap_s)
-        return PhaseResult(
-            counts.delivered, seconds, cpu, main_cpu, counts.errors, error, stats.summary()
-        )
+        summary = {**stats.summary(), "queue_full_waits": queue_full}
+        return PhaseResult(counts.delivered, seconds, cpu, main_cpu, counts.errors, error, summary)
     finally:
         producer.purge()  # nothing is left after a clean run; after a capped one, drop it
         producer.flush(0)
