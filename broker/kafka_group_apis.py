@@ -3,7 +3,7 @@ generated messages onto `broker.groups.messages` and the `GroupDriver`, and back
 
 FindCoordinator 0-4 (group keys; v4 batched), JoinGroup 0-7, SyncGroup 0-5,
 Heartbeat 0-4, LeaveGroup 0-4, OffsetCommit 2-8, OffsetFetch 1-8 (v8: batched groups), DescribeGroups 0-5,
-ListGroups 0-4, DeleteGroups 0-2. A request for a group this broker does not
+ListGroups 0-4, DeleteGroups 0-2, OffsetDelete 0 (KIP-496). A request for a group this broker does not
 coordinate is answered NOT_COORDINATOR (COORDINATOR_LOAD_IN_PROGRESS while loading)
 through the API's whole-request error answer in `kafka_errors`.
 """
@@ -25,6 +25,7 @@ GROUP_KEY_TYPE = 0
 # Kafka's API keys of the group APIs (the native protocol has none of them).
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT = 8, 9, 10, 11, 12
 LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS, DELETE_GROUPS = 13, 14, 15, 16, 42
+OFFSET_DELETE = 47
 
 Handle = Callable[[Any, Any], Awaitable[Any]]
 ErrorBuilder = Callable[[Any, int, int, str], Any]
@@ -47,6 +48,7 @@ class KafkaGroupApis:
             DESCRIBE_GROUPS: (0, 5, self._describe_groups, e.describe_groups_error),
             LIST_GROUPS: (0, 4, self._list_groups, e.list_groups_error),
             DELETE_GROUPS: (0, 2, self._delete_groups, e.delete_groups_error),
+            OFFSET_DELETE: (0, 0, self._offset_delete, offset_delete_error),
         }
 
     # ------------------------------------------------------------------ FindCoordinator
@@ -410,3 +412,51 @@ class KafkaGroupApis:
                 code = error.code
             results.append(Response.DeletableGroupResult(group_id=group_id, error_code=code))
         return Response(results=tuple(results))
+
+    async def _offset_delete(self, header: Any, request: Any) -> Any:
+        """Kafka's rules: GROUP_ID_NOT_FOUND for no such group, NON_EMPTY_GROUP for a
+        group with members that is not a consumer group; per partition
+        GROUP_SUBSCRIBED_TO_TOPIC while a member consumes its topic, and
+        UNKNOWN_TOPIC_OR_PARTITION for one the metadata does not have."""
+        Response = kafka.OffsetDeleteResponse
+        image: MetadataImage = self.driver.replicas.image
+        codes: dict[tuple[str, int], int] = {}
+        for topic in request.topics:
+            known = image.topic(topic.name)
+            for item in topic.partitions:
+                missing = known is None or item.partition_index not in known.partitions
+                if missing:
+                    codes[(topic.name, item.partition_index)] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        wanted = [
+            (t.name, p.partition_index)
+            for t in request.topics
+            for p in t.partitions
+            if (t.name, p.partition_index) not in codes
+        ]
+        answer = cast(
+            g.OffsetDeleteResponse,
+            await self.driver.call(request.group_id, "delete_offsets", request.group_id, wanted),
+        )
+        if answer.error_code != ErrorCode.NONE:
+            return Response(error_code=answer.error_code)
+        codes.update({(r.topic, r.partition): r.error_code for r in answer.partitions})
+        by_topic: dict[str, list[Any]] = {}
+        for t in request.topics:
+            for p in t.partitions:
+                by_topic.setdefault(t.name, []).append(
+                    Response.OffsetDeleteResponsePartition(
+                        partition_index=p.partition_index,
+                        error_code=codes[(t.name, p.partition_index)],
+                    )
+                )
+        return Response(
+            error_code=ErrorCode.NONE,
+            topics=tuple(
+                Response.OffsetDeleteResponseTopic(name=name, partitions=tuple(partitions))
+                for name, partitions in by_topic.items()
+            ),
+        )
+
+
+def offset_delete_error(request: Any, version: int, code: int, message: str) -> Any:
+    return kafka.OffsetDeleteResponse(error_code=code)

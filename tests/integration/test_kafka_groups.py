@@ -483,3 +483,39 @@ def test_aiokafka_group_of_two_consumes_everything_once_and_resumes(
     first, second, later = asyncio.run(scenario())
     assert sorted(first + second) == sorted(b"%d" % i for i in range(RECORDS))
     assert sorted(later) == sorted(b"%d" % i for i in range(RECORDS, RECORDS + LATER))
+
+
+@pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
+def test_offset_delete_refuses_subscribed_topics_until_the_group_is_empty(
+    cluster: LocalCluster,
+) -> None:
+    """kafka-python's `delete_group_offsets` (OffsetDelete v0, KIP-496)."""
+    from kafka import TopicPartition
+    from kafka.errors import GroupIdNotFoundError, GroupSubscribedToTopicError, NoError
+    from kafka.structs import OffsetAndMetadata
+
+    bootstrap = cluster.bootstrap_servers()
+    topic, other, group = "group-offset-delete", "group-offset-delete-other", "readers-delete"
+    create_topic(bootstrap, topic)
+    create_topic(bootstrap, other)
+    produce(bootstrap, topic, range(20))
+    member, consumer = kafka_python_member(bootstrap, topic, group)
+    wait_until(lambda: len(member.values) >= 20, "the records were not read", [member])
+    member.halt()
+    consumer.commit()
+    consumer.commit({TopicPartition(other, 0): OffsetAndMetadata(5, "", -1)})
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    try:
+        subscribed, unsubscribed = TopicPartition(topic, 0), TopicPartition(other, 0)
+        # Stable, and its member consumes `topic`: only `other`'s offset goes.
+        answer = admin.delete_group_offsets(group, [subscribed, unsubscribed])
+        assert answer == {subscribed: GroupSubscribedToTopicError, unsubscribed: NoError}
+        left = admin.list_group_offsets(group)[group]
+        assert unsubscribed not in left and subscribed in left
+        with pytest.raises(GroupIdNotFoundError):
+            admin.delete_group_offsets("no-such-group", [subscribed])
+        consumer.close()  # the group is Empty now
+        assert admin.delete_group_offsets(group, [subscribed]) == {subscribed: NoError}
+        assert subscribed not in admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
