@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import trio
 
-from client.cluster import DEFAULT_BOOTSTRAP, ClusterClient
+from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
@@ -163,6 +163,21 @@ class Consumer:
         return {tp: (offset if offset >= 0 else None) for tp, offset in found.items()}
 
     async def list_offsets(
+        self, timestamps: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """The offset for each (-2 earliest, -1 latest, else by timestamp), from each
+        partition's leader; retriable errors (a leader or its epoch changed) are retried
+        after a metadata refresh for up to a request timeout, as Kafka's consumer does."""
+        deadline = trio.current_time() + self.cluster.request_timeout_s
+        while True:
+            try:
+                return await self._list_offsets_once(timestamps)
+            except KafkaError as error:
+                if not error.retriable or trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(RETRY_BACKOFF_MS / 1000)
+
+    async def _list_offsets_once(
         self, timestamps: dict[TopicPartition, int]
     ) -> dict[TopicPartition, int]:
         by_leader = await self._group_by_leader(timestamps)
