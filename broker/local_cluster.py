@@ -61,9 +61,13 @@ class LocalCluster:
         combined: int = 0,
         cluster_id: str | None = None,
         configs: list[NodeConfig] | None = None,
+        launcher: tuple[str, ...] = ("-m", "broker.cli"),
         **settings: Any,
     ) -> None:
+        """`launcher`: what follows the interpreter in a node's command line, before
+        `start --config ...` (the fault lab starts nodes with a planted bug this way)."""
         self.root = os.path.abspath(root)
+        self.launcher = launcher
         os.makedirs(self.root, exist_ok=True)
         self.cluster_id = cluster_id or meta_properties.new_cluster_id()
         planned = configs or plan_cluster(
@@ -136,8 +140,7 @@ class LocalCluster:
             process = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "broker.cli",
+                    *self.launcher,
                     "start",
                     "--config",
                     self.config_path(node_id),

@@ -20,6 +20,7 @@ at the end; both carry {partition: [[offset, value], ...]}.
 | phantom-topic | a topic is there though every create of it was refused (or none was sent) |
 | lost-partitions | fewer partitions than an acknowledged create or add-partitions gave |
 | phantom-partitions | more partitions than any change not refused asked for |
+| group-lost, commit-regression, double-owned, unowned-partition | the subscribe workload's consumer group (see group_checkers.py) |
 | stale-admin | a metadata change through a broker under no fault took more than twice the request timeout (checked when given one) |
 """
 
@@ -50,6 +51,11 @@ ANOMALIES = (
     "lost-partitions",
     "phantom-partitions",
     "stale-admin",
+    # the subscribe workload's (jepsen_like/group_checkers.py)
+    "group-lost",
+    "commit-regression",
+    "double-owned",
+    "unowned-partition",
     # checked from inside the simulator (jepsen_like/sim/invariants.py)
     "two-leaders-in-an-epoch",
     "metadata-divergence",

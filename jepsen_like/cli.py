@@ -6,6 +6,8 @@
     jepsen-like run --nodes 3 --workload queue --nemesis kill,pause,kill-controller --time 60 --rate 500 --seed 7
     jepsen-like run --nodes 5 --nemesis ring,bridge,rolling-restart
     jepsen-like run --controllers 3 --brokers 3 --workload metadata --nemesis kill-controller
+    jepsen-like run --workload subscribe --nemesis kill,pause,kill-coordinator,pause-member
+    jepsen-like run --workload subscribe --nemesis pause-member --planted commit-ignores-generation
 
 Exit code 0 when every checker passes, 1 when one finds an anomaly, 2 on bad usage.
 """
@@ -24,6 +26,8 @@ from jepsen_like.nemesis import FAULTS
 from jepsen_like.report import describe_report
 from jepsen_like.run import RunConfig, run
 from jepsen_like.sim import cli as sim_cli
+from jepsen_like.sim.planted import PLANTED_BUGS, REAL_PROCESS_BUGS
+from jepsen_like.sim.planted import get as get_planted
 
 
 def _out_dir(given: str | None, name: str) -> str:
@@ -55,7 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument("--nodes", type=int, default=3, help="combined controller+broker nodes")
     runner.add_argument("--controllers", type=int, default=0, help="separate roles, with --brokers")
     runner.add_argument("--brokers", type=int, default=0)
-    runner.add_argument("--workload", default="queue", choices=["queue", "metadata"])
+    runner.add_argument(
+        "--workload",
+        default="queue",
+        choices=["queue", "metadata", "subscribe"],
+        help="subscribe: the queue's producers, read by a consumer group of --members processes",
+    )
+    runner.add_argument("--members", type=int, default=3, help="subscribe: group members")
+    runner.add_argument(
+        "--planted",
+        help=f"plant a bug in every node (real processes): {', '.join(REAL_PROCESS_BUGS + PLANTED_BUGS)}",
+    )
     runner.add_argument(
         "--client",
         default="pykraft",
@@ -94,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"unknown nemesis {', '.join(sorted(bad))}; choose from {', '.join(FAULTS)}"
             )
+        if args.planted is not None:
+            try:
+                get_planted(args.planted)
+            except ValueError as error:
+                parser.error(str(error))
         if bool(args.controllers) != bool(args.brokers):
             parser.error("--controllers and --brokers go together")
         config = RunConfig(
@@ -113,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             min_insync_replicas=2 if args.acks == "all" else 1,
             unclean_leader_election=args.unclean,
             corrupt_on_restart=args.corrupt_on_restart,
+            members=args.members,
+            planted_bug=args.planted,
         )
     print(
         f"jepsen-like: {_shape(config)}, {config.workload} workload, faults {', '.join(config.scripted or config.faults) or 'none'}, "

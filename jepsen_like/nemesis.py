@@ -7,6 +7,8 @@ through the fault proxies (one node isolated, halves, a majorities ring, a bridg
 active controller or a partition leader isolated). Targets are chosen with a seeded random generator, so a
 schedule is repeatable. Optionally a killed node's newest segment gets its tail
 truncated or a byte flipped before restart (a recovery test: the CRC must catch it).
+With a consumer group (the subscribe workload): kill or pause one of its members, or
+kill the broker that coordinates it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
+from broker.group_driver import OFFSETS_TOPIC
+from broker.groups.hashing import partition_for
 from client.protocol.apis import ApiKey
 from client.protocol.errors import KafkaError
 from jepsen_like.cluster_control import ClusterControl
@@ -25,6 +29,19 @@ from jepsen_like.history import INFO, History
 from jepsen_like.proxy import LinkFaults
 
 log = logging.getLogger(__name__)
+
+
+class GroupMembers(Protocol):
+    """What the nemesis needs of a workload's consumer group (SubscribeWorkload)."""
+
+    group: str
+
+    def member_ids(self) -> list[int]: ...
+    def kill_member(self, member: int) -> None: ...
+    def pause_member(self, member: int) -> None: ...
+    def resume_member(self, member: int) -> None: ...
+    async def start_member(self, member: int) -> None: ...
+
 
 KILLS = (
     "kill",
@@ -40,7 +57,11 @@ PARTITIONS = ("isolate", "halves", "ring", "bridge", "isolate-controller", "isol
 # every node's at once ("power-loss"). Two sequences of them are targeted at KIP-966
 # and KIP-903 (see `_crash_lone_leader` and `_crash_follower_cut_off`).
 SIMULATED = ("crash", "power-loss", "crash-lone-leader", "crash-follower-cut-off")
-FAULTS = KILLS + PARTITIONS
+# The subscribe workload's: its group's members (OS processes of their own), and the
+# broker that coordinates the group (the leader of its `__consumer_offsets` partition).
+MEMBER_FAULTS = ("kill-member", "pause-member")
+GROUP_FAULTS = ("kill-coordinator", *MEMBER_FAULTS)
+FAULTS = KILLS + PARTITIONS + GROUP_FAULTS
 
 
 class Nemesis:
@@ -54,6 +75,7 @@ class Nemesis:
         topic: str,
         corrupt_on_restart: bool = False,
         network: LinkFaults | None = None,
+        members: GroupMembers | None = None,
     ) -> None:
         unknown = (
             set(faults) - set(FAULTS) - set(SIMULATED if hasattr(cluster, "power_loss") else ())
@@ -69,6 +91,9 @@ class Nemesis:
         self.network = network
         if network is None and set(faults) & set(PARTITIONS):
             raise ValueError("partition faults need the cluster routed through proxies")
+        if members is None and set(faults) & set(GROUP_FAULTS):
+            raise ValueError("group faults need a consumer group (--workload subscribe)")
+        self.members = members
         if "ring" in faults and len(cluster.configs) < 4:
             raise ValueError("the ring partition needs at least 4 nodes (use --nodes 5)")
         self.windows: list[tuple[int, str]] = []  # (start time ns, fault) for the checkers
@@ -92,6 +117,8 @@ class Nemesis:
         self.windows.append((start, label))
         if fault in PARTITIONS:
             await self._partition(fault, node, duration_s)
+        elif fault in MEMBER_FAULTS:
+            await self._member_fault(fault, node, duration_s)
         elif fault == "rolling-restart":
             await self._rolling_restart(duration_s)
         elif fault == "kill-all":
@@ -128,6 +155,17 @@ class Nemesis:
             await self.cluster.start(node)
         self.history.add("nemesis", INFO, fault, {"node": node, "phase": "heal"})
         self.intervals.append((start, self.history.now(), label))
+
+    async def _member_fault(self, fault: str, member: int, duration_s: float) -> None:
+        assert self.members is not None
+        if fault == "pause-member":
+            self.members.pause_member(member)
+            await trio.sleep(duration_s)
+            self.members.resume_member(member)
+        else:
+            self.members.kill_member(member)
+            await trio.sleep(duration_s)
+            await self.members.start_member(member)
 
     async def _crash_lone_leader(self, leader: int, duration_s: float) -> None:
         """KIP-966's case: the followers of `leader` die one after another (the ISR shrinks
@@ -219,6 +257,11 @@ class Nemesis:
             await trio.sleep(pause_s / len(nodes))
 
     async def _target(self, fault: str) -> int | None:
+        if fault in MEMBER_FAULTS:
+            assert self.members is not None
+            return self.rng.choice(self.members.member_ids())
+        if fault == "kill-coordinator":
+            return await self._coordinator()
         running = [n for n in sorted(self.cluster.configs) if self.cluster.is_running(n)]
         if fault in ("kill-controller", "pause-controller", "isolate-controller"):
             return await self._active_controller()
@@ -245,6 +288,19 @@ class Nemesis:
         answer = await self._ask_any(ApiKey.DESCRIBE_QUORUM, {})
         leader = answer.get("leader_id", -1) if answer else -1
         return leader if leader in self.cluster.configs else None
+
+    async def _coordinator(self) -> int | None:
+        """The broker leading the group's `__consumer_offsets` partition (Kafka's rule)."""
+        assert self.members is not None
+        answer = await self._ask_any(ApiKey.METADATA, {"topics": [OFFSETS_TOPIC]})
+        parts = answer["topics"][0]["partitions"] if answer and answer["topics"] else []
+        if not parts:
+            return None
+        wanted = partition_for(self.members.group, len(parts))
+        for part in parts:
+            if part["partition"] == wanted and part["leader"] in self.cluster.configs:
+                return int(part["leader"])
+        return None
 
     async def _replicas_of(self, partition: int) -> list[int]:
         answer = await self._ask_any(ApiKey.METADATA, {"topics": [self.topic]})

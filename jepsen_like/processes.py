@@ -20,8 +20,13 @@ from broker.local_cluster import LocalCluster
 
 
 class ProcessCluster:
-    def __init__(self, root: str, configs: list[NodeConfig]) -> None:
-        self.local = LocalCluster(root, configs=configs)
+    def __init__(
+        self, root: str, configs: list[NodeConfig], *, planted_bug: str | None = None
+    ) -> None:
+        launcher = ("-m", "broker.cli")
+        if planted_bug is not None:
+            launcher = ("-m", "jepsen_like.planted_node", planted_bug)
+        self.local = LocalCluster(root, configs=configs, launcher=launcher)
         self.configs = self.local.configs
 
     def __enter__(self) -> ProcessCluster:

@@ -33,6 +33,9 @@ def describe_report(out: str) -> str:
     return line
 
 
+REBALANCE_LABEL = "rebalance"
+
+
 def write_report(
     out: str,
     ops: list[Op],
@@ -113,16 +116,18 @@ def _plot(
     ctrl_ax.set_xlabel("seconds since the run began")
 
     for start, stop, name in fault_intervals:
+        # A consumer group's rebalance (the subscribe workload) is shaded apart from faults.
+        color, line = ("tab:blue", 2) if name.startswith(REBALANCE_LABEL) else ("tab:red", 1)
         for ax in (rate_ax, latency_ax, ctrl_ax):
-            ax.axvspan(start / 1e9, stop / 1e9, color="tab:red", alpha=0.12)
+            ax.axvspan(start / 1e9, stop / 1e9, color=color, alpha=0.12)
         rate_ax.annotate(
             name,
             (start / 1e9, 1),
             xycoords=("data", "axes fraction"),
-            xytext=(2, -12),
+            xytext=(2, -12 * line),
             textcoords="offset points",
             fontsize=8,
-            color="tab:red",
+            color=color,
         )
     for window in avail["windows"]:
         if window["window_ms"] is not None:
@@ -134,7 +139,10 @@ def _plot(
                 textcoords="offset points",
                 fontsize=8,
             )
-    fig.suptitle("pykraft under faults: throughput, latency, controller timeline (faults shaded)")
+    fig.suptitle(
+        "pykraft under faults: throughput, latency, controller timeline "
+        "(faults shaded red, group rebalances blue)"
+    )
     fig.tight_layout()
     path = os.path.join(out, "timeline.png")
     fig.savefig(path, dpi=110)

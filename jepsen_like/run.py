@@ -35,12 +35,14 @@ from jepsen_like.checkers import (
 )
 from jepsen_like.cluster_control import ClusterControl
 from jepsen_like.confluent_workload import ConfluentQueueWorkload
+from jepsen_like.group_checkers import check_subscribe, rebalance_windows
 from jepsen_like.history import History
 from jepsen_like.metadata_workload import MetadataWorkload
 from jepsen_like.nemesis import Nemesis
 from jepsen_like.processes import ProcessCluster
 from jepsen_like.proxy import LinkFaults, Network, route_through_proxies
-from jepsen_like.report import write_report
+from jepsen_like.report import REBALANCE_LABEL, write_report
+from jepsen_like.subscribe_workload import SubscribeWorkload
 from jepsen_like.workload import ClusterObserver, QueueWorkload
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class RunConfig:
     nodes: int = 3  # combined controller+broker nodes
     controllers: int = 0  # or, with brokers, separate roles
     brokers: int = 0
-    workload: str = "queue"  # or "metadata"
+    workload: str = "queue"  # or "metadata", or "subscribe" (a consumer group reads)
     faults: tuple[str, ...] = ("kill",)
     time_s: float = 20.0
     rate: float = 200.0
@@ -82,6 +84,9 @@ class RunConfig:
     # Whose client the queue workload sends and polls with: "pykraft" (its own, native
     # protocol) or "confluent-kafka" (librdkafka, Kafka's protocol; real runs only).
     client: str = "pykraft"
+    members: int = 3  # the subscribe workload's group members (OS processes)
+    # A bug from the planted-bug library, planted in every node (real processes only).
+    planted_bug: str | None = None
     corrupt_on_restart: bool = False
     scripted: tuple[str, ...] = ()  # run these faults in order instead of a random schedule
     report: bool = True  # summary.txt, stats.json and the plot in `out`
@@ -138,7 +143,7 @@ async def run(config: RunConfig) -> RunResult:
         network = Network(links)
         async with trio.open_nursery() as proxies:
             await network.start(proxies)
-            with ProcessCluster(root, configs) as cluster:
+            with ProcessCluster(root, configs, planted_bug=config.planted_bug) as cluster:
                 result = await drive(config, rng, history, cluster, network)
             proxies.cancel_scope.cancel()
     return result
@@ -167,7 +172,20 @@ async def drive(
             [NewTopic(TOPIC, config.partitions, replication_factor, settings)]
         )
     workload: QueueWorkload | MetadataWorkload
-    if config.workload == "metadata":
+    members: SubscribeWorkload | None = None
+    if config.workload == "subscribe":
+        workload = members = SubscribeWorkload(
+            bootstrap,
+            history,
+            members=config.members,
+            topic=TOPIC,
+            partitions=config.partitions,
+            producers=config.producers,
+            rate=config.rate,
+            rng=random.Random(rng.random()),
+            acks=config.acks,
+        )
+    elif config.workload == "metadata":
         workload = MetadataWorkload(
             cluster,
             history,
@@ -196,10 +214,13 @@ async def drive(
         topic=TOPIC,
         corrupt_on_restart=config.corrupt_on_restart,
         network=network,
+        members=members,
     )
     observer = ClusterObserver(cluster, history, topic=TOPIC)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(observer.run)
+        if members is not None:
+            await nursery.start(members.run_members)
         async with trio.open_nursery() as active:
             active.start_soon(workload.run, config.time_s)
             if config.scripted:
@@ -221,6 +242,7 @@ async def drive(
     cluster_verdict = check_cluster(ops)
     verdicts = {
         config.workload: queue,
+        **({"group": check_subscribe(ops, partitions=config.partitions)} if members else {}),
         "cluster": cluster_verdict,
         "recovery": _recovery_verdict(settle_s, config),
     }
@@ -240,7 +262,13 @@ async def drive(
     )
     findings = {name: f for verdict in verdicts.values() for name, f in verdict.findings.items()}
     if config.report:
-        write_report(config.out, ops, nemesis.intervals, summary, avail)
+        intervals = list(nemesis.intervals)
+        if members is not None:
+            intervals += [
+                (w["start"], w["end"], f"{REBALANCE_LABEL} to g{w['to_generation']}")
+                for w in rebalance_windows(ops, config.partitions)
+            ]
+        write_report(config.out, ops, intervals, summary, avail)
         with open(os.path.join(config.out, "stats.json"), "w", encoding="utf-8") as file:
             json.dump(
                 {

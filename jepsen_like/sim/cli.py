@@ -114,9 +114,12 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.planted is not None:
         try:
-            planted.get(args.planted)
+            bug = planted.get(args.planted)
         except ValueError as error:
             print(error)
+            return 2
+        if not bug.simulated:
+            print(f"planted bug {bug.name!r} needs real processes: {bug.scenario}")
             return 2
     unknown = set(_faults(args) or ()) - set(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS)
     if unknown:

@@ -34,6 +34,9 @@ class PlantedBug:
     found_as: tuple[str, ...]  # the findings that show it
     patches: Callable[[], list[Patch]] | None = None  # None: a hook, not built yet
     pending: str = ""  # for a hook: what it waits for
+    # Found by the simulator (`scenario` names one of its scenarios), or only by a run
+    # of real processes (`scenario` is that run's command line).
+    simulated: bool = True
 
     @property
     def built(self) -> bool:
@@ -103,6 +106,15 @@ def _stale_alter_partition() -> list[Patch]:
     return [(kraft.controller.replication, "ineligible_joiners", only_fencing)]
 
 
+def _commit_ignores_generation() -> list[Patch]:
+    from broker.groups.coordinator import GroupCoordinator
+
+    def trusts_the_member(group: Any, request: Any) -> None:
+        return None
+
+    return [(GroupCoordinator, "_commit_error", staticmethod(trusts_the_member))]
+
+
 REGISTRY: dict[str, PlantedBug] = {
     bug.name: bug
     for bug in (
@@ -167,9 +179,24 @@ REGISTRY: dict[str, PlantedBug] = {
             found_as=("lost", "inconsistent-offsets", "hwm-regression", "node-died"),
             patches=_stale_alter_partition,
         ),
+        PlantedBug(
+            name="commit-ignores-generation",
+            recreates="a group coordinator that takes an offset commit from a member it "
+            "no longer counts (Kafka's generation and member checks, GroupCoordinator's "
+            "doCommitOffsets): a paused member wakes up a zombie and moves the group back",
+            wrong="OffsetCommit is accepted whatever the member id and generation it names",
+            scenario="real processes: jepsen-like run --workload subscribe --nemesis "
+            "pause-member --planted commit-ignores-generation",
+            found_as=("commit-regression",),
+            patches=_commit_ignores_generation,
+            simulated=False,
+        ),
     )
 }
-PLANTED_BUGS = tuple(name for name, bug in REGISTRY.items() if bug.built)
+# The simulator's (`jepsen-like sim --planted`), and those only real processes find
+# (`jepsen-like run --planted`: the subscribe workload's group members are OS processes).
+PLANTED_BUGS = tuple(name for name, bug in REGISTRY.items() if bug.built and bug.simulated)
+REAL_PROCESS_BUGS = tuple(name for name, bug in REGISTRY.items() if bug.built and not bug.simulated)
 
 
 def describe() -> str:
@@ -181,7 +208,8 @@ def describe() -> str:
             f"{bug.name}{state}",
             f"    re-creates: {bug.recreates}",
             f"    planted:    {bug.wrong}",
-            f"    found by:   --scenario {bug.scenario}, as {' or '.join(bug.found_as)}",
+            f"    found by:   {'--scenario ' if bug.simulated else ''}{bug.scenario}, "
+            f"as {' or '.join(bug.found_as)}",
         ]
     return "\n".join(lines)
 
