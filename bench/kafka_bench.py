@@ -24,8 +24,10 @@ failed. Besides the rates, each phase reports the servers' CPU per message
 threads; `*_client_main_thread_cpu_s` near `*_seconds` means the Python loop calling
 produce() was the limit, not the broker), and each produce phase librdkafka's own
 statistics (requests, records and bytes per batch, round-trip times) and how often
-produce() found librdkafka's queue full (`*_queue_full_waits`: the broker held it back). With --profile DIR, py-spy samples the RF 1 broker through its produce and
-its consume phase (DIR/produce.txt, DIR/fetch.txt; see bench/pyspy_profile.py).
+produce() found librdkafka's queue full (`*_queue_full_waits`: the broker held it
+back). With --profile DIR, py-spy samples the RF 1 broker through its produce and its
+consume phase (DIR/produce.txt, DIR/fetch.txt) and the first RF 3 broker through its
+produce phase (DIR/rf3_produce.txt); bench/pyspy_profile.py summarises them.
 Every process started here is stopped by its pid however the run ends.
 """
 
@@ -254,7 +256,7 @@ def run_pykraft_rf1(run: Run, root: str, profile_dir: str) -> None:
         run.line["consume_msgs_per_s_rf1"] = round(consumed.msgs_per_s)
 
 
-def run_pykraft_rf3(run: Run, root: str) -> None:
+def run_pykraft_rf3(run: Run, root: str, profile_dir: str) -> None:
     with pykraft(root, "rf3", brokers=3) as cluster:
         bootstrap = cluster.bootstrap_servers()
         leaders = load.create_topic(bootstrap, "bench-rf3", PARTITIONS, 3)
@@ -263,7 +265,9 @@ def run_pykraft_rf3(run: Run, root: str) -> None:
         }
         run.line["rf3_partitions_led_by_broker"] = led
         servers = [cluster.pid(node) for node in cluster.configs]
-        produced = run.produce("rf3_", bootstrap, "bench-rf3", servers)
+        # One broker: it leads two partitions and follows four (Kafka's replica fetches).
+        with maybe_profiling(cluster.pid(cluster.broker_ids[0]), profile_dir, "rf3_produce"):
+            produced = run.produce("rf3_", bootstrap, "bench-rf3", servers)
         run.line["msgs_per_s_rf3_acksall"] = round(produced.msgs_per_s)
         consumed = run.consume("rf3_", bootstrap, "bench-rf3", servers, produced)
         run.line["consume_msgs_per_s"] = round(consumed.msgs_per_s)
@@ -296,7 +300,7 @@ def bench(records: int, cap_s: float, profile_dir: str, systems: tuple[str, ...]
         if "rf1" in systems:
             run.guarded("rf1_error", lambda: run_pykraft_rf1(run, root, profile_dir))
         if "rf3" in systems:
-            run.guarded("rf3_error", lambda: run_pykraft_rf3(run, root))
+            run.guarded("rf3_error", lambda: run_pykraft_rf3(run, root, profile_dir))
         if "tansu" in systems:
             run.guarded("tansu_error", lambda: run_tansu(run))
     finally:
@@ -322,7 +326,7 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, default=DEFAULT_CAP_S, help="wall-clock cap of each phase"
     )
-    parser.add_argument("--profile", default="", metavar="DIR", help="py-spy the RF 1 broker")
+    parser.add_argument("--profile", default="", metavar="DIR", help="py-spy the brokers")
     parser.add_argument(
         "--only", default=",".join(SYSTEMS), help="which of rf1,rf3,tansu to run (default: all)"
     )
