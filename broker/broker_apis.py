@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
+
 from broker.controller_channel import ControllerChannel
 from broker.data_apis import DataApis
 from broker.listeners import BROKER_LISTENER
@@ -24,6 +26,7 @@ from client.protocol.messages import (
     TopicMetadata,
 )
 from client.protocol.schema import from_body, to_body
+from kraft.controller.messages import CreateTopicsRequest
 from kraft.controller.quorum_controller import describe_cluster, describe_image
 from kraft.metadata.image import MetadataImage
 from kraft.metadata.loader import MetadataLoader
@@ -136,6 +139,8 @@ class BrokerApis:
         if data_handler is not None:
             return await data_handler(body)
         if api_key in FORWARDED:
+            if api_key == ApiKey.CREATE_TOPICS:
+                body = _as_client_request(body)
             return await self.channel.request(api_key, body, timeout_s=self.forward_timeout_s)
         controller_id = self.node.leader().leader_id
         if api_key == ApiKey.METADATA:
@@ -146,6 +151,12 @@ class BrokerApis:
         if api_key == ApiKey.DESCRIBE_IMAGE:
             return to_body(describe_image(self.node_id, self.loader))
         raise KafkaError(ErrorCode.INVALID_REQUEST, f"api {api_key} is not served by a broker")
+
+
+def _as_client_request(body: Any) -> Any:
+    """A client's CreateTopics never creates an internal topic, whatever it claims."""
+    request = from_body(CreateTopicsRequest, body)
+    return to_body(attrs.evolve(request, internal=False)) if request.internal else body
 
 
 class ReplicationApis:

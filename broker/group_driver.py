@@ -210,6 +210,7 @@ class GroupDriver:
                 ),
             ),
             validate_only=False,
+            internal=True,
         )
         self._creating = True
         try:

@@ -18,6 +18,9 @@ from kraft.controller.replication import CreateTopic, TopicOutcome
 class CreateTopicsRequest:
     topics: tuple[CreateTopic, ...]
     validate_only: bool = False
+    # Set by a broker creating its own topics (`__consumer_offsets`): only those may
+    # have names starting with `__`. A broker clears it in what clients send.
+    internal: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -311,7 +311,7 @@ class QuorumController:
         request = from_body(CreateTopicsRequest, body)
 
         def decide(image: MetadataImage, _: int) -> ControllerResult:
-            result = create_topics(image, request.topics, self.rng)
+            result = create_topics(image, request.topics, self.rng, internal=request.internal)
             if request.validate_only:
                 return ControllerResult(records=(), response=result.response)
             return result

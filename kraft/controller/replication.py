@@ -39,6 +39,8 @@ TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")  # whole names only: fullmatch
 UNCLEAN_ELECTION_CONFIG = "unclean.leader.election.enable"
 # Its partition directory sits beside the data partitions' (`<topic>-<n>`).
 METADATA_TOPIC = "__cluster_metadata"
+# Names starting with it are the brokers' internal topics (issue 16).
+RESERVED_TOPIC_PREFIX = "__"
 
 
 @attrs.frozen(kw_only=True)
@@ -115,7 +117,11 @@ def place_replicas(
 
 
 def create_topics(
-    image: MetadataImage, requests: Sequence[CreateTopic], rng: random.Random
+    image: MetadataImage,
+    requests: Sequence[CreateTopic],
+    rng: random.Random,
+    *,
+    internal: bool = False,
 ) -> ControllerResult:
     records: list[MetadataRecord] = []
     outcomes = []
@@ -124,6 +130,12 @@ def create_topics(
     seen: set[str] = set()
     for request in requests:
         error = _check_new_topic(image, request, live, seen)
+        if error is None and request.name.startswith(RESERVED_TOPIC_PREFIX) and not internal:
+            error = (
+                ErrorCode.INVALID_TOPIC_EXCEPTION,
+                f"{request.name}: names starting with {RESERVED_TOPIC_PREFIX} are reserved "
+                "for the brokers' internal topics",
+            )
         if error is not None:
             outcomes.append(TopicOutcome(name=request.name, error_code=error[0], message=error[1]))
             continue
