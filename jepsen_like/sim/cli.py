@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
             print(error)
             return 2
         if not bug.simulated:
-            print(f"planted bug {bug.name!r} needs real processes: {bug.scenario}")
+            print(f"planted bug {bug.name!r} is found by real processes: {bug.scenario}")
             return 2
     unknown = set(_faults(args) or ()) - set(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS)
     if unknown:

@@ -185,8 +185,8 @@ REGISTRY: dict[str, PlantedBug] = {
             "no longer counts (Kafka's generation and member checks, GroupCoordinator's "
             "doCommitOffsets): a paused member wakes up a zombie and moves the group back",
             wrong="OffsetCommit is accepted whatever the member id and generation it names",
-            scenario="real processes: jepsen-like run --workload subscribe --nemesis "
-            "pause-member --planted commit-ignores-generation",
+            scenario="jepsen-like run --workload subscribe --nemesis pause-member "
+            "--fault-duration 9 --planted commit-ignores-generation",
             found_as=("commit-regression",),
             patches=_commit_ignores_generation,
             simulated=False,
