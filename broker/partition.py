@@ -38,6 +38,7 @@ from kraft.metadata.image import PartitionRegistration
 from storage.divergence import EpochEnd, diverging_epoch, truncation_offset
 from storage.log import AppendInfo, SegmentedLog
 from storage.producer_state import (
+    NEW,
     ProducerStateConfig,
     ProducerStateManager,
     Verdict,
@@ -205,18 +206,18 @@ class Partition:
                     ErrorCode.INVALID_TXN_STATE,
                     f"{self}: producer {header.producer_id}: transactions are not served",
                 )
-        outcome = self.producer_state.validate(headers)
-        if outcome.verdict is Verdict.DUPLICATE:
-            assert outcome.duplicate is not None
-            batch = outcome.duplicate
-            return AppendInfo(
-                batch.first_offset, batch.last_offset, batch.max_timestamp, -1, 0, 0, 0
-            )
-        if not outcome.is_new:
+        state = self.producer_state.state
+        outcome = state.validate(headers)
+        if outcome is not NEW and not outcome.is_new:  # `is NEW`: the usual case, quickly
+            if outcome.verdict is Verdict.DUPLICATE:
+                assert outcome.duplicate is not None
+                batch = outcome.duplicate
+                return AppendInfo(
+                    batch.first_offset, batch.last_offset, batch.max_timestamp, -1, 0, 0, 0
+                )
             raise KafkaError(outcome.verdict.error_code, f"{self}: {outcome.message}")
         # No await from validate to record: nothing else may append in between.
         info = self.log.append(records, self.leader_epoch)
-        state = self.producer_state
         for header in assigned_headers(headers, info.first_offset, self.leader_epoch):
             state.record(header)
         self._maybe_advance_high_watermark()  # a lone ISR commits at once

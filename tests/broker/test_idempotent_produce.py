@@ -158,6 +158,9 @@ def test_produce_answers_a_duplicate_with_its_offset_and_refusals_per_partition(
         def now_ms(self) -> int:
             return 0
 
+        def topic_settings(self, topic: str) -> dict[str, str]:
+            return {}
+
     data = DataApis(Replicas(), is_registered=lambda *_: True)  # type: ignore[arg-type]
 
     async def produce(batch: bytes) -> Any:
