@@ -194,7 +194,14 @@ class KafkaConnection:
                 if answered:
                     # In line before the bytes leave: the answer may come at once.
                     self._pending.append(pending)
-                await stream.send_all(frame)
+                sent = False
+                try:
+                    await stream.send_all(frame)
+                    sent = True
+                finally:
+                    if not sent and self._stream is stream:
+                        # Cancelled mid-frame: the stream's framing is lost with it.
+                        self._disconnect("a send was interrupted")
             finally:
                 self._send_lock.release()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
