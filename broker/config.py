@@ -64,6 +64,7 @@ class NodeConfig:
     eligible_leader_replicas_enable: bool = True
     offsets_topic_num_partitions: int = 50  # Kafka's offsets.topic.num.partitions
     offsets_retention_minutes: int = 10_080  # offsets.retention.minutes (7 days)
+    offsets_topic_segment_bytes: int = 104_857_600  # offsets.topic.segment.bytes
     offsets_retention_check_interval_ms: int = 600_000  # offsets.retention.check.interval.ms
     log_cleaner_enable: bool = True  # log.cleaner.enable
     log_cleaner_backoff_ms: int = 15_000  # log.cleaner.backoff.ms
@@ -137,6 +138,7 @@ _INT_SETTINGS = (
     "log_retention_check_interval_ms",
     "offsets_topic_num_partitions",
     "offsets_retention_minutes",
+    "offsets_topic_segment_bytes",
     "offsets_retention_check_interval_ms",
     "log_cleaner_backoff_ms",
     "producer_id_expiration_ms",

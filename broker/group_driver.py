@@ -87,9 +87,11 @@ class GroupDriver:
         config: GroupConfig | None = None,
         rng: random.Random | None = None,
         offsets_retention_check_interval_ms: int = OFFSETS_RETENTION_CHECK_INTERVAL_MS,
+        offsets_topic_segment_bytes: int = OFFSETS_TOPIC_SEGMENT_BYTES,
         wall_ms: Callable[[], int] | None = None,
     ) -> None:
         self.offsets_retention_check_interval_ms = offsets_retention_check_interval_ms
+        self.offsets_topic_segment_bytes = offsets_topic_segment_bytes
         # Commit timestamps and retention are wall clock; tests may pass their own.
         self._wall_ms = wall_ms if wall_ms is not None else lambda: int(time.time() * 1000)
         self.replicas = replicas
@@ -198,7 +200,7 @@ class GroupDriver:
             ("cleanup.policy", "compact"),
             # Kafka's offsets.topic.segment.bytes (100 MiB): the active segment is never
             # cleaned, so a smaller one lets the cleaner reach more of the log.
-            ("segment.bytes", str(OFFSETS_TOPIC_SEGMENT_BYTES)),
+            ("segment.bytes", str(self.offsets_topic_segment_bytes)),
         )
         request = CreateTopicsRequest(
             topics=(

@@ -169,6 +169,7 @@ class Server:
             num_partitions=config.offsets_topic_num_partitions,
             config=GroupConfig(offsets_retention_ms=config.offsets_retention_minutes * 60_000),
             offsets_retention_check_interval_ms=config.offsets_retention_check_interval_ms,
+            offsets_topic_segment_bytes=config.offsets_topic_segment_bytes,
             rng=random.Random(self.rng.random()),
         )
         await nursery.start(groups.run)

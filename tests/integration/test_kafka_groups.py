@@ -9,6 +9,7 @@ and close, and a new member of the same group resumes from the committed offsets
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -519,3 +520,80 @@ def test_offset_delete_refuses_subscribed_topics_until_the_group_is_empty(
         assert subscribed not in admin.list_group_offsets(group)[group]
     finally:
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def compacting_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Small __consumer_offsets segments and a cleaner that looks every 200 ms."""
+    root = tmp_path_factory.mktemp("kafka-groups-compacted")
+    with LocalCluster(
+        str(root),
+        combined=3,
+        offsets_topic_num_partitions=3,
+        offsets_topic_segment_bytes=2048,
+        log_cleaner_backoff_ms=200,
+    ) as running:
+        running.start_all()
+        yield running
+
+
+@pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
+def test_group_resumes_after_sigkill_of_its_coordinator_on_a_cleaned_offsets_topic(
+    compacting_cluster: LocalCluster,
+) -> None:
+    """Many commits over small segments; every replica of the group's offsets partition
+    is cleaned; the coordinator's broker is SIGKILLed and the new leader loads the
+    group from its own cleaned replica: a new member resumes from the last commits."""
+    from confluent_kafka.admin import AdminClient
+    from kafka.structs import OffsetAndMetadata
+
+    from broker.groups import partition_for
+
+    cluster = compacting_cluster
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "group-compacted", "readers-compacted"
+    create_topic(bootstrap, topic)
+    produce(bootstrap, topic, range(100))
+    member, consumer = kafka_python_member(bootstrap, topic, group)
+    wait_until(lambda: len(member.values) >= 100, "the records were not read", [member])
+    member.halt()
+    ends = {tp: consumer.position(tp) for tp in consumer.assignment()}
+    for step in range(150):  # the same keys again and again: a lot for the cleaner
+        consumer.commit({tp: OffsetAndMetadata(min(step, end), "", -1) for tp, end in ends.items()})
+    consumer.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in ends.items()})
+    consumer.close()
+
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30)
+    offsets = metadata.topics["__consumer_offsets"].partitions
+    index = partition_for(group, len(offsets))
+    coordinator = offsets[index].leader
+
+    def cleaned_everywhere() -> bool:
+        return all(
+            os.path.exists(
+                os.path.join(
+                    cluster.configs[node].data_dir,
+                    f"__consumer_offsets-{index}",
+                    "cleaner-offset-checkpoint",
+                )
+            )
+            for node in offsets[index].replicas
+        )
+
+    wait_until(cleaned_everywhere, "the offsets partition was not cleaned on every replica", [])
+    cluster.kill(coordinator)
+    try:
+        survivors = ",".join(
+            "{}:{}".format(*cluster.address(node_id, BROKER_LISTENER))
+            for node_id in cluster.broker_ids
+            if node_id != coordinator
+        )
+        produce(survivors, topic, range(100, 130))
+        later, later_consumer = kafka_python_member(survivors, topic, group)
+        wait_until(lambda: len(later.values) >= 30, "the later records were not read", [later])
+        time.sleep(1)
+        later.halt()
+        later_consumer.close()
+        assert sorted(later.values) == sorted(b"%d" % i for i in range(100, 130))
+    finally:
+        cluster.start(coordinator)
