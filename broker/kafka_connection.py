@@ -12,8 +12,10 @@ then on this module owns the connection:
   request order, as Kafka's channel muting guarantees (clients close on a
   correlation-id mismatch);
 - an acks=0 Produce takes its place in line and sends nothing;
-- a connection with no request in flight, no answer unsent and no byte received for
-  `connections_max_idle_ms` (Kafka's connections.max.idle.ms, 10 min) is closed;
+- a connection with no request in flight that has neither received a byte nor had an
+  answer taken by its peer for `connections_max_idle_ms` (Kafka's
+  connections.max.idle.ms, 10 min) is closed: a peer that sends nothing, or stops
+  reading its answers, holds its connection and its backlog that long at most;
 - answers a peer has not taken are bounded per connection by the native server's
   `_Backlog` (past `RESPONSE_BYTES_UNSENT_MAX` no new request is read), and written by
   the native server's in-order writer: one `send_all` for every answer that is ready;
@@ -144,6 +146,18 @@ class _Activity:
         self.last = trio.current_time()
 
 
+class _TakenBacklog(_Backlog):
+    """The native server's backlog, counting each answer its peer takes as activity."""
+
+    def __init__(self, activity: _Activity) -> None:
+        super().__init__()
+        self.activity = activity
+
+    def sent(self, size: int) -> None:
+        super().sent(size)
+        self.activity.touch()
+
+
 class KafkaConnections:
     def __init__(
         self,
@@ -181,9 +195,9 @@ class KafkaConnections:
         peer = environment.current().peer_name(stream)
         decoder = KafkaFrameDecoder(self.frame_bytes_max)
         send_slot, receive_slot = trio.open_memory_channel[_Slot](MAX_IN_FLIGHT_PER_CONNECTION)
-        backlog = _Backlog()
-        turns = _Turns()
         activity = _Activity()
+        backlog = _TakenBacklog(activity)
+        turns = _Turns()
         try:
             async with stream, trio.open_nursery() as nursery:
                 nursery.start_soon(RpcServer._write_in_order, stream, receive_slot, backlog)
@@ -192,14 +206,17 @@ class KafkaConnections:
                     try:
                         frames = decoder.feed(data)
                         for frame in frames:
-                            await backlog.wait_room()
+                            if not await self._room(backlog, activity):
+                                data = None
+                                break
                             slot = self._start(nursery, frame, backlog, turns, activity)
                             await send_slot.send(slot)
                     except KafkaCodecError as error:
                         self.malformed_requests += 1
                         log.warning("%s: closing connection from %s: %s", self.name, peer, error)
                         break
-                    data = await self._receive(stream, backlog, activity)
+                    if data is not None:
+                        data = await self._receive(stream, activity)
                     if data is None:
                         self.idle_closed += 1
                         log.info("%s: closing idle connection from %s", self.name, peer)
@@ -208,7 +225,7 @@ class KafkaConnections:
             pass  # the peer went away; nothing to answer
 
     async def _receive(
-        self, stream: trio.abc.Stream, backlog: _Backlog, activity: _Activity
+        self, stream: trio.abc.Stream, activity: _Activity
     ) -> bytes | bytearray | None:
         """The peer's next bytes (empty at its end); None once the connection has been
         idle, with nothing in flight, for `connections_max_idle_ms`."""
@@ -218,10 +235,22 @@ class KafkaConnections:
                 data = await stream.receive_some(RECEIVE_CHUNK_BYTES)
                 activity.touch()
                 return data
-            if activity.in_flight or backlog.unsent_bytes:
-                activity.touch()  # a long poll or a slow reader is not idleness
+            if activity.in_flight:
+                activity.touch()  # a long poll is not idleness
             elif trio.current_time() >= activity.last + self.idle_s:
                 return None
+
+    async def _room(self, backlog: _Backlog, activity: _Activity) -> bool:
+        """Wait until the unsent answers leave room for one more; False once the peer
+        has taken no answer byte, with nothing in flight, for the idle time."""
+        while True:
+            with trio.move_on_at(activity.last + self.idle_s):
+                await backlog.wait_room()
+                return True
+            if activity.in_flight:
+                activity.touch()
+            elif trio.current_time() >= activity.last + self.idle_s:
+                return False
 
     def _start(
         self,

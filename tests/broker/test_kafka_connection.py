@@ -237,3 +237,25 @@ async def test_an_idle_connection_is_closed_and_a_busy_one_is_not(autojump_clock
             silent_for = trio.current_time() - answered_at
             assert IDLE_MS / 1000 <= silent_for <= 1.1 * IDLE_MS / 1000, silent_for
             assert connections.statistics()["idle_closed"] == 1
+
+
+async def test_a_peer_that_stops_reading_is_closed_after_the_idle_time(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unsent answers are no activity: a peer that takes none for the idle time loses its
+    connection, whether the reader waits for its next bytes or for room in the backlog."""
+    # lockstep: a send completes only as the peer receives, and this one never does.
+    monkeypatch.setattr("client.protocol.rpc.RESPONSE_BYTES_UNSENT_MAX", 200)
+    for pipelined in (1, 50):
+        connections = KafkaConnections(FakeApis(), connections_max_idle_ms=IDLE_MS, name="test")
+        client, server = trio.testing.lockstep_stream_pair()
+        started = trio.current_time()
+        with trio.fail_after(TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                requests = b"".join(metadata("unread", i) for i in range(1, pipelined))
+                nursery.start_soon(client.send_all, requests)  # blocks once the node stops
+                await connections.serve(server, metadata("unread", 0))
+                nursery.cancel_scope.cancel()
+        closed_after = trio.current_time() - started
+        assert connections.statistics()["idle_closed"] == 1, pipelined
+        assert IDLE_MS / 1000 <= closed_after <= 1.1 * IDLE_MS / 1000, (pipelined, closed_after)
