@@ -27,7 +27,6 @@ from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
 from client.protocol.messages import PartitionMetadata
-from client.protocol.rpc import ConnectionLost
 
 # One admin call, over every broker it tries, in request timeouts (Kafka: 60 s / 30 s).
 API_TIMEOUT_REQUEST_TIMEOUTS = 2
@@ -367,36 +366,29 @@ class Admin:
         )
 
     async def elect_preferred_leaders(self) -> int:
-        """Preferred-leader election for every partition; how many changed leader.
-
-        Over ElectLeaders where the broker serves it, else over the native API."""
-        broker = await self._any_broker()
-        try:
-            version = await self.cluster.version_for(broker, ApiKey.ELECT_LEADERS)
-        except KafkaError as error:
-            if error.code != ErrorCode.UNSUPPORTED_VERSION:
-                raise
-            try:
-                answer = await self.cluster.request_native_any(ApiKey.ELECT_LEADERS, {})
-            except ConnectionLost:
-                # It answered ApiVersions a moment ago: it is not pykraft, or not this one.
-                raise KafkaError(
-                    ErrorCode.UNSUPPORTED_VERSION,
-                    f"{error.message}, nor pykraft's native protocol",
-                ) from None
-            return int(answer["elected"])
+        """Preferred-leader election for every partition; how many changed leader."""
         request = kafka.ElectLeadersRequest(
-            election_type=PREFERRED_ELECTION if version >= 1 else 0,
-            topic_partitions=None,  # every partition
+            election_type=PREFERRED_ELECTION,
+            topic_partitions=None,  # every partition (those needing none are left out)
             timeout_ms=self._timeout_ms,
         )
-        response = await self.cluster.request_broker(broker, request, version=version)
+        response = await self._request(request)
         return sum(
             1
             for topic in response.replica_election_results
             for result in topic.partition_result
             if result.error_code == ErrorCode.NONE
         )
+
+    async def describe_image(self, broker_id: int | None = None) -> dict[str, Any]:
+        """pykraft's own: the metadata image offset and digest a broker serves from (over
+        the native codec: Kafka's protocol has no such API)."""
+        if broker_id is not None and broker_id not in self.cluster.brokers:
+            await self.cluster.refresh([])
+        answer: dict[str, Any] = await self.cluster.request_native(
+            ApiKey.DESCRIBE_IMAGE, {}, broker_id=broker_id
+        )
+        return answer
 
     async def list_offsets(self, topic: str, timestamp: int = -1) -> dict[int, int]:
         """Per partition: -1 latest (high-water mark), -2 earliest, else by timestamp."""

@@ -182,12 +182,18 @@ class ClusterClient:
             f"no broker answered ({', '.join(f'{h}:{p}' for h, p in candidates)}): {last.message}",
         )
 
-    async def request_native_any(self, api_key: ApiKey, body: Any) -> Any:
-        """pykraft's own APIs, which Kafka's protocol has no message for (decision 0016),
-        over the native codec the same listener also serves (decision 0011)."""
-        candidates = list(self.brokers.values())
-        self.rng.shuffle(candidates)
-        candidates += [a for a in self.bootstrap if a not in candidates]
+    async def request_native(
+        self, api_key: ApiKey, body: Any, *, broker_id: int | None = None
+    ) -> Any:
+        """The one native path: pykraft's own APIs, which Kafka's protocol has no message
+        for (DESCRIBE_IMAGE; decision 0016), over the native codec that the same
+        listener serves beside Kafka's (decision 0011). To `broker_id`, or any broker."""
+        if broker_id is not None:
+            candidates = [self._address(broker_id)]
+        else:
+            candidates = list(self.brokers.values())
+            self.rng.shuffle(candidates)
+            candidates += [a for a in self.bootstrap if a not in candidates]
         last: KafkaError | None = None
         for address in candidates:
             client = self._native.get(address)
@@ -196,7 +202,7 @@ class ClusterClient:
                     *address, client_id=self.client_id, rng=self.rng
                 )
             try:
-                body = await client.request(
+                answer = await client.request(
                     api_key, API_VERSION, body, timeout_s=self.request_timeout_s
                 )
             except KafkaError as error:
@@ -205,13 +211,13 @@ class ClusterClient:
                 last = error
                 continue
             # The native codec's whole-request error: a body of nothing else.
-            whole_request_error = isinstance(body, dict) and set(body) <= {
-                "error_code",
-                "error_message",
-            }
-            if whole_request_error and body.get("error_code", 0) != ErrorCode.NONE:
-                raise KafkaError(body["error_code"], body.get("error_message", ""))
-            return body
+            if (
+                isinstance(answer, dict)
+                and set(answer) <= {"error_code", "error_message"}
+                and answer.get("error_code", 0) != ErrorCode.NONE
+            ):
+                raise KafkaError(answer["error_code"], answer.get("error_message", ""))
+            return answer
         assert last is not None
         raise last
 

@@ -1,6 +1,6 @@
 """Producer, Consumer and Admin over Kafka's protocol against one in-process pykraft node:
 every acks setting, the admin calls pykraft serves beyond Tansu's (CreatePartitions,
-DescribeQuorum, ElectLeaders), and the per-partition errors the client must read."""
+DescribeQuorum, ElectLeaders), per-topic errors, and the one native call (DescribeImage)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,9 @@ async def test_admin_calls_beyond_the_common_ones(bootstrap: str) -> None:
                 quorum.leader_id
             ]
             assert await admin.elect_preferred_leaders() == 0  # one replica: nothing to move
+            image = await admin.describe_image()  # pykraft's own API, over the native codec
+            assert image["topics"] == 1 and image["partitions"] == 3 and image["digest"]
+            assert (await admin.describe_image(quorum.leader_id))["node_id"] == quorum.leader_id
             with pytest.raises(KafkaError) as caught:
                 await admin.delete_topics(["missing"])
             assert caught.value.code == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
