@@ -6,17 +6,21 @@ records with acks=all in each compression it offers; the consumer reads them bac
 order per partition; ListOffsets finds the earliest and latest offsets. What Tansu does
 not serve (CreatePartitions, DescribeQuorum, ElectLeaders: it does not advertise them)
 is refused by the client with UNSUPPORTED_VERSION, from the negotiated versions, before
-anything is sent.
+anything is sent. The blocking facade and the `pykraft` CLI run against it too.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections import defaultdict
 
 import pytest
 import trio
 
 from bench.tansu import running_tansu, tansu_binary
+from client import sync
 from client.admin import Admin, NewTopic
 from client.consumer import Consumer
 from client.partitioner import murmur2, to_positive
@@ -115,3 +119,47 @@ async def test_admin_producer_and_consumer_work_against_tansu() -> None:
             (deleted,) = await admin.delete_topics(["orders"])
             assert deleted["error_code"] == ErrorCode.NONE
             assert "orders" not in await admin.list_topics()
+
+
+def pykraft(bootstrap: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", "--bootstrap", bootstrap, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_blocking_facade_and_the_cli_work_against_tansu() -> None:
+    with running_tansu() as bootstrap:
+        with sync.Admin(bootstrap) as admin:
+            admin.create_topics([NewTopic("blocking", partitions=2)])
+        items = [(b"k%d" % (s % KEYS), b"v%d" % s) for s in range(RECORDS)]
+        with sync.Producer(bootstrap, acks="all", compression="zstd") as producer:
+            futures = producer.send_many("blocking", items)
+            producer.flush()
+            assert len({(f.result(30).partition, f.result(30).offset) for f in futures}) == RECORDS
+        with sync.Consumer(bootstrap, auto_offset_reset="earliest") as consumer:
+            consumer.assign([("blocking", p) for p in range(2)])
+            found: list[bytes] = []
+            deadline = time.monotonic() + TIMEOUT_S
+            while len(found) < RECORDS and time.monotonic() < deadline:
+                found += [r.value or b"" for r in consumer.poll(1.0)]
+        assert sorted(found) == sorted(v for _, v in items)
+
+        created = pykraft(bootstrap, "topic", "create", "lines", "--partitions", "1")
+        assert created.returncode == 0, created.stderr
+        lines = [f"line {n}" for n in range(25)]
+        produced = pykraft(bootstrap, "produce", "lines", stdin="\n".join(lines) + "\n")
+        assert produced.returncode == 0, produced.stderr
+        consumed = pykraft(
+            bootstrap, "consume", "lines", "--from-beginning", "--max-messages", "25"
+        )
+        assert consumed.returncode == 0, consumed.stderr
+        assert consumed.stdout.splitlines() == lines
+        described = pykraft(bootstrap, "topic", "describe", "lines")
+        assert "PartitionCount: 1" in described.stdout, described.stderr
+        refused = pykraft(bootstrap, "quorum", "describe")  # Tansu has no DescribeQuorum
+        assert refused.returncode != 0 and "UNSUPPORTED_VERSION" in refused.stderr
+        assert "Traceback" not in refused.stderr
