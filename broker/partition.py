@@ -43,6 +43,7 @@ from storage.producer_state import (
     ProducerStateManager,
     Verdict,
     assigned_headers,
+    delete_snapshots,
     log_reader,
     logged_batches,
 )
@@ -369,9 +370,21 @@ class Partition:
             self._producer_state_after_log_start_move()
 
     def _producer_state_after_log_start_move(self) -> None:
-        self.producer_state.truncate_start(
+        manager = self.producer_state
+        manager.truncate_start(
             self.log.log_start_offset, first_segment_base=self.log.segments[0].base_offset
         )
+        # Each move snapshots the state at the log end; inside the active segment only
+        # the newest is kept (beside the roll's), so repeated DeleteRecords leave at
+        # most two snapshots per segment, not one per call.
+        active_base = self.log.active_segment.base_offset
+        newest = manager.latest_snapshot_offset()
+        if newest is not None:
+            delete_snapshots(
+                manager.fs,
+                manager.directory,
+                lambda offset: offset <= active_base or offset >= newest,
+            )
 
     def _on_roll(self, base_offset: int) -> None:
         # Every batch below the new segment was recorded right after its append.

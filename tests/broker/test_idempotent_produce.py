@@ -242,6 +242,12 @@ def test_snapshots_go_with_the_segments_retention_and_delete_records_remove() ->
     assert reopened.producer_state.state.entry(5) == partition.producer_state.state.entry(5)
     assert refused_with(reopened, producer_batch(5, 0, 3)) == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
     assert reopened.log.log_end_offset == end
+    # DeleteRecords again and again inside the active segment: snapshots stay bounded.
+    for seq in range(40, 80, 2):
+        reopened.append_as_leader(producer_batch(5, 0, seq, count=2))
+        reopened.delete_records_before(reopened.high_watermark)
+    segments = len(reopened.log.segments)
+    assert len(list_snapshot_offsets(fs, "/t-0")) <= 2 * segments + 1
 
 
 def test_idle_producers_expire_and_are_then_taken_at_any_sequence() -> None:
