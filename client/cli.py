@@ -174,9 +174,11 @@ async def cluster_describe(args: argparse.Namespace, out: TextIO) -> None:
         print(f"ClusterId: {cluster.cluster_id}\tController: {cluster.controller_id}", file=out)
         for b in cluster.brokers:
             state = "fenced" if b.fenced else "unfenced"
+            # Kafka's DescribeCluster carries no broker epoch: "-" when the broker did not say.
+            epoch = b.broker_epoch if b.broker_epoch >= 0 else "-"
             print(
                 f"\tBroker: {b.broker_id}\t{b.host}:{b.port}\tRack: {b.rack or '-'}"
-                f"\tEpoch: {b.broker_epoch}\t{state}",
+                f"\tEpoch: {epoch}\t{state}",
                 file=out,
             )
 
