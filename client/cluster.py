@@ -5,6 +5,11 @@ and from then on requests go to the broker that leads each partition. Metadata i
 refreshed when a broker says it no longer leads (NOT_LEADER_OR_FOLLOWER,
 FENCED_LEADER_EPOCH, ...), when a topic is unknown, or when it is older than
 `metadata_max_age_ms`, like Kafka's clients.
+
+Requests travel over Kafka's protocol, one `KafkaConnection` per broker address, each
+at the version that connection negotiated (decision 0016), so the same client works
+against any Kafka-compatible broker. `request_native` is the one exception: pykraft's
+own APIs, which Kafka's protocol has no message for.
 """
 
 from __future__ import annotations
