@@ -26,6 +26,7 @@ from tests.integration.kafka_support import (
     _wait_until,
     create_topic,
 )
+from tests.integration.test_kafka_clients import FAILOVER_SETTINGS
 
 kafka = pytest.importorskip("kafka")
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -465,3 +466,53 @@ def test_admin_clients_create_describe_and_delete_topics(cluster: LocalCluster) 
     missing = confluent.delete_topics(["doomed-c"], operation_timeout=30)["doomed-c"]
     with pytest.raises(confluent_kafka.KafkaException):
         missing.result(timeout=WAIT_S)
+
+
+@pytest.mark.lab
+def test_a_preferred_election_once_the_preferred_replica_is_back(tmp_path: Any) -> None:
+    """SIGKILL of a partition's preferred leader; confluent-kafka's elect_leaders is
+    refused while it is away or out of the ISR, moves leadership back once it has caught
+    up, and is then not needed."""
+    from confluent_kafka import ElectionType
+
+    with LocalCluster(str(tmp_path), combined=3, **FAILOVER_SETTINGS) as failing:
+        failing.start_all()
+        bootstrap = failing.bootstrap_servers()
+        create_topic(bootstrap, "elected", 1)
+        addresses = {b: failing.address(b, "PLAINTEXT") for b in failing.broker_ids}
+        first = partition_state(addresses[failing.broker_ids[0]], "elected")
+        preferred = first.replica_nodes[0]
+        assert first.leader_id == preferred
+        witness = addresses[next(b for b in failing.broker_ids if b != preferred)]
+        failing.kill(preferred)
+        _wait_until(
+            lambda: partition_state(witness, "elected").leader_id not in (-1, preferred),
+            "no new leader",
+        )
+        survivors = ",".join(f"{h}:{p}" for b, (h, p) in addresses.items() if b != preferred)
+        admin = AdminClient({"bootstrap.servers": survivors})
+        asked = [CTopicPartition("elected", 0)]
+
+        def elect() -> int | None:
+            found = admin.elect_leaders(ElectionType.PREFERRED, asked).result(timeout=WAIT_S)
+            (error,) = found.values()
+            return None if error is None else error.code()
+
+        assert elect() == 80  # PREFERRED_LEADER_NOT_AVAILABLE: fenced, out of the ISR
+        failing.start(preferred)
+        _wait_until(
+            lambda: preferred in partition_state(witness, "elected").isr_nodes,
+            "the preferred replica never rejoined the ISR",
+        )
+        assert elect() is None
+        _wait_until(
+            lambda: partition_state(witness, "elected").leader_id == preferred,
+            "leadership did not move back",
+        )
+        assert elect() == 84  # ELECTION_NOT_NEEDED
+
+
+def partition_state(address: tuple[str, int], topic: str) -> Any:
+    Topic = messages.MetadataRequest.MetadataRequestTopic
+    answer = _ask(address, 3, 12, messages.MetadataRequest(topics=(Topic(name=topic),)))
+    return answer.topics[0].partitions[0]
