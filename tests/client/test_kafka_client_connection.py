@@ -244,3 +244,50 @@ async def test_against_a_real_node_every_api_the_client_builds_is_negotiated(
         described = await connection.request(kafka.DescribeClusterRequest(), timeout_s=10)
         assert described.cluster_id == answer.cluster_id
         await connection.aclose()
+
+
+async def test_cluster_client_keeps_what_metadata_says_and_skips_a_dead_bootstrap(
+    nursery,
+) -> None:
+    from client.cluster import ClusterClient
+
+    Response = kafka.MetadataResponse
+
+    async def described(header: Any, request: Any) -> Any:
+        assert request.allow_auto_topic_creation is False
+        assert [t.name for t in request.topics] == ["orders", "unknown"]
+        partition = Response.MetadataResponsePartition
+        return header.request_api_version, Response(
+            brokers=(Response.MetadataResponseBroker(node_id=7, host="127.0.0.1", port=port),),
+            cluster_id="c",
+            controller_id=7,
+            topics=(
+                Response.MetadataResponseTopic(
+                    name="orders",
+                    partitions=(
+                        partition(partition_index=1, leader_id=-1, leader_epoch=4,
+                                  replica_nodes=(7, 8), isr_nodes=(), offline_replicas=(7, 8)),
+                        partition(partition_index=0, leader_id=7, leader_epoch=3,
+                                  replica_nodes=(7, 8), isr_nodes=(7,), offline_replicas=(8,)),
+                    ),
+                ),
+                Response.MetadataResponseTopic(
+                    name="unknown", error_code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                ),
+            ),
+        )  # fmt: skip
+
+    broker = FakeBroker(described)
+    await broker.start(nursery)
+    port = broker.port
+    cluster = ClusterClient(f"127.0.0.1:1,127.0.0.1:{port}", rng=random.Random(3))
+    with trio.fail_after(TIMEOUT_S):
+        await cluster.refresh(["orders", "unknown"])
+    assert cluster.brokers == {7: ("127.0.0.1", port)} and cluster.controller_id == 7
+    assert [p.partition for p in cluster.partitions["orders"].values()] == [0, 1]
+    leader = cluster.leader("orders", 0)
+    assert leader is not None and (leader.leader, leader.leader_epoch, leader.isr) == (7, 3, (7,))
+    assert leader.offline_replicas == (8,)  # type: ignore[attr-defined]
+    assert cluster.leader("orders", 1) is None  # leaderless
+    assert cluster.topic_errors == {"unknown": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
+    await cluster.aclose()
