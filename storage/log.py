@@ -627,7 +627,7 @@ class SegmentedLog:
             # would leave the end below the start: restart the log empty at its start.
             self.truncate_fully_and_start_at(self._log_start_offset)
             return
-        while len(self._segments) > 1 and self._segments[-1].base_offset >= offset:
+        while len(self._segments) > 1 and self._last_segment_goes(offset):
             self._drop_last_segment()
         self._truncations += 1
         self.active_segment.truncate_to(offset)
@@ -635,6 +635,14 @@ class SegmentedLog:
         self.epoch_cache.truncate_from_end(self.log_end_offset)
         self.flush()
         self._write_recovery_point()
+
+    def _last_segment_goes(self, offset: int) -> bool:
+        last, before = self._segments[-1], self._segments[-2]
+        # One starting at `offset` stays (emptied) when the one before ends short of
+        # it (the cleaner removed its last batches): the log end must stay `offset`.
+        return last.base_offset > offset or (
+            last.base_offset == offset and before.next_offset == offset
+        )
 
     def _drop_last_segment(self) -> None:
         segment = self._segments.pop()

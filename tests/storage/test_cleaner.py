@@ -7,7 +7,10 @@ tombstone may have gone only once a clean ran `delete_retention_ms` after it was
 written; null-key records all stay. Crashes (of the in-memory file system, losing what
 was never synced and maybe tearing the last write) happen between steps and in the
 middle of a cleaning, at any of its file-system operations: the reopened log must then
-read as before the cleaning or as after it, one swapped run at a time.
+read as before the cleaning or as after it, one swapped run at a time. A pass may also
+run in steps (`clean_in_steps`, as the broker's cleaner runs it) with appends, rolls
+and truncations above the high-water mark between its steps: it completes, or gives up
+(CleaningAborted) when what it read changed, and the model holds either way.
 
 The check can fail: `test_the_model_catches_a_cleaner_that_drops_the_latest_value`
 plants a cleaner whose keep rule is off by one (it drops the record the offset map
@@ -19,6 +22,7 @@ from __future__ import annotations
 import copy
 import random
 import struct
+from collections.abc import Generator
 
 import attrs
 import pytest
@@ -28,12 +32,20 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
 
 import storage.cleaner as cleaner
-from storage.cleaner import DELETE_HORIZON_BIT, CleanerConfig, clean
+from storage.cleaner import (
+    DELETE_HORIZON_BIT,
+    CleanerConfig,
+    CleaningAborted,
+    CleanResult,
+    clean,
+    clean_in_steps,
+)
 from storage.fs import MemoryFileSystem
 from storage.log import LogConfig, NonContiguousOffsetError, SegmentedLog
 from storage.records import (
@@ -136,13 +148,30 @@ class CleanerMachine(RuleBasedStateMachine):
         self.clock = 1_000
         self.latest_clean_ms: int | None = None
         self.durable_end = 0
+        # A pass in steps, as the broker runs it, and the clock it started at.
+        self.pass_steps: Generator[int, None, CleanResult] | None = None
+        self.pass_clock = 0
+        self.high_watermark = 0
+        # Truncations stay at or above what any clean may have mapped: as in a broker,
+        # where the cleaner stays below the high-water mark and only an unclean
+        # election truncates below it.
+        self.truncation_floor = 0
 
     # -- helpers
 
     def cleaner_config(self, ratio: float) -> CleanerConfig:
         return CleanerConfig(delete_retention_ms=RETENTION_MS, min_cleanable_dirty_ratio=ratio)
 
+    def cleaned_at(self, clock: int) -> None:
+        self.latest_clean_ms = max(clock, self.latest_clean_ms or clock)
+
+    def drop_pass(self) -> None:
+        if self.pass_steps is not None:
+            self.pass_steps.close()  # as a cancelled task's: its .cleaned file goes
+            self.pass_steps = None
+
     def reopen_after_crash(self, tear: bool) -> None:
+        self.drop_pass()
         self.fs.crash(self.rng, tear=tear)
         self.log = SegmentedLog.open(DIRECTORY, CONFIG, fs=self.fs)
         assert self.log.log_end_offset >= self.durable_end, "flushed records lost"
@@ -184,16 +213,22 @@ class CleanerMachine(RuleBasedStateMachine):
 
     @rule(ratio=st.sampled_from([0.0, 0.5, 0.9]), tick=st.integers(0, 12_000))
     def clean(self, ratio: float, tick: int) -> None:
+        self.drop_pass()
         self.clock += tick
+        self.truncation_floor = max(self.truncation_floor, self.log.active_segment.base_offset)
         result = clean(self.log, self.clock, self.cleaner_config(ratio))
         if result.cleaned:
-            self.latest_clean_ms = self.clock
-        assert result.end_offset <= self.log.active_segment.base_offset
+            self.cleaned_at(self.clock)
+        # (A truncation to a segment's base makes the one before active again, and the
+        # checkpoint may then lie inside the active segment.)
+        assert result.end_offset <= self.log.log_end_offset
 
     @rule(ratio=st.sampled_from([0.0, 0.5]), tick=st.integers(0, 12_000), data=st.data())
     def crash_while_cleaning(self, ratio: float, tick: int, data: st.DataObject) -> None:
         """Crash at the n-th operation of a clean: before or after, run by run."""
+        self.drop_pass()
         self.clock += tick
+        self.truncation_floor = max(self.truncation_floor, self.log.active_segment.base_offset)
         self.log.flush()  # what a crash may lose at the tail is checked elsewhere
         self.durable_end = self.log.log_end_offset
         before = read_all(self.log)
@@ -218,7 +253,7 @@ class CleanerMachine(RuleBasedStateMachine):
         ]
         assert got in mixtures, "a crash left neither the old nor the cleaned content"
         if got != before:
-            self.latest_clean_ms = self.clock
+            self.cleaned_at(self.clock)
 
     @rule(tear=st.booleans())
     def crash(self, tear: bool) -> None:
@@ -226,9 +261,56 @@ class CleanerMachine(RuleBasedStateMachine):
 
     @rule()
     def close_and_reopen(self) -> None:
+        self.drop_pass()
         self.log.close()
         self.log = SegmentedLog.open(DIRECTORY, CONFIG, fs=self.fs)
         self.durable_end = self.log.log_end_offset
+
+    # -- a pass in steps, with appends, rolls and truncations between them
+
+    @rule()
+    def advance_high_watermark(self) -> None:
+        self.high_watermark = self.log.log_end_offset
+
+    @precondition(lambda self: self.pass_steps is None)
+    @rule(ratio=st.sampled_from([0.0, 0.5]), tick=st.integers(0, 12_000))
+    def start_pass(self, ratio: float, tick: int) -> None:
+        self.clock += tick
+        self.pass_clock = self.clock
+        self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
+        self.truncation_floor = max(self.truncation_floor, self.high_watermark)
+        self.pass_steps = clean_in_steps(
+            self.log, self.clock, self.cleaner_config(ratio), max_offset=self.high_watermark
+        )
+
+    @precondition(lambda self: self.pass_steps is not None)
+    @rule(steps=st.integers(1, 12))
+    def step_pass(self, steps: int) -> None:
+        assert self.pass_steps is not None
+        before = read_all(self.log)
+        try:
+            for _ in range(steps):
+                next(self.pass_steps)
+        except StopIteration as done:
+            self.pass_steps = None
+            result: CleanResult = done.value
+            assert result.end_offset <= self.log.log_end_offset
+        except CleaningAborted:
+            self.pass_steps = None
+        if read_all(self.log) != before:
+            self.cleaned_at(self.pass_clock)
+
+    @rule(data=st.data())
+    def truncate(self, data: st.DataObject) -> None:
+        low = max(self.truncation_floor, self.high_watermark, self.log.log_start_offset)
+        if low >= self.log.log_end_offset:
+            return
+        target = data.draw(st.integers(low, self.log.log_end_offset), label="truncate to")
+        self.log.truncate_to(target)  # to the start of the batch holding `target`
+        end = self.log.log_end_offset
+        assert low <= end <= target
+        self.model = [(r, t) for r, t in self.model if r.offset < end]
+        self.durable_end = min(self.durable_end, end)
 
     # -- invariants
 
