@@ -18,7 +18,8 @@ then on this module owns the connection:
   reading its answers, holds its connection and its backlog that long at most;
 - answers a peer has not taken are bounded per connection by the native server's
   `_Backlog` (past `RESPONSE_BYTES_UNSENT_MAX` no new request is read), and written by
-  the native server's in-order writer: one `send_all` for every answer that is ready;
+  the native server's in-order writer: one gathering send for every answer that is
+  ready, a Fetch answer's records as their own buffers (never copied into the frame);
 - a peer's bad bytes (`KafkaCodecError`), an API or version not served, or a Produce
   v0-2 (advertised, as Kafka 4 does for librdkafka's sake, but not decodable) close this
   connection only; an ApiVersions of a version not served is answered with
@@ -31,7 +32,7 @@ then on this module owns the connection:
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import trio
 
@@ -49,9 +50,11 @@ from client.protocol.kafka import (
     encode_response,
 )
 from client.protocol.kafka import codec as kafka_codec
+from client.protocol.kafka.codec import encode_response_parts
 from client.protocol.rpc import (
     MAX_IN_FLIGHT_PER_CONNECTION,
     RECEIVE_CHUNK_BYTES,
+    Frame,
     RpcServer,
     _Backlog,
     _Slot,
@@ -60,10 +63,11 @@ from client.protocol.rpc import (
 log = logging.getLogger(__name__)
 
 PRODUCE_KEY = 0
+FETCH_KEY = 1
 CONNECTIONS_MAX_IDLE_MS_DEFAULT = 600_000  # Kafka's connections.max.idle.ms
 
 
-def decode_request_lenient(frame: bytes) -> tuple[Any, Any, int]:
+def decode_request_lenient(frame: bytes | memoryview) -> tuple[Any, Any, int]:
     """(header, request, bytes left after the body), as Kafka's broker reads a request.
 
     Kafka's parser stops at the end of the body and ignores what follows it, and
@@ -108,9 +112,16 @@ class KafkaApiHandler(Protocol):
         """ApiVersions v0 body: UNSUPPORTED_VERSION and the ranges served."""
 
 
-def _frame(header: Any, key: int, version: int, response: Any) -> bytes:
-    # A bytearray: the writer only joins it, so no copy of a large Fetch answer is made.
-    return cast(bytes, encode_response(header, key, version, response))
+def _frame(header: Any, key: int, version: int, response: Any) -> Frame:
+    if key == FETCH_KEY:
+        # The records as the log read them, each its own buffer on the wire: a Fetch
+        # answer's bytes are copied by no one but the kernel.
+        return encode_response_parts(header, key, version, response)
+    return encode_response(header, key, version, response)
+
+
+def _size(frame: Frame) -> int:
+    return sum(map(len, frame)) if type(frame) is list else len(frame)
 
 
 class _Turns:
@@ -255,7 +266,7 @@ class KafkaConnections:
     def _start(
         self,
         nursery: trio.Nursery,
-        frame: bytes,
+        frame: memoryview,
         backlog: _Backlog,
         turns: _Turns,
         activity: _Activity,
@@ -290,7 +301,7 @@ class KafkaConnections:
     ) -> _Slot:
         slot = _Slot(correlation_id)
         slot.frame = _frame(ResponseHeader(correlation_id=correlation_id), key, version, response)
-        backlog.add(len(slot.frame))
+        backlog.add(_size(slot.frame))
         slot.done.set()
         return slot
 
@@ -335,7 +346,7 @@ class KafkaConnections:
                     header, request, ErrorCode.UNKNOWN_SERVER_ERROR, "the answer did not encode"
                 )
                 slot.frame = _frame(reply, key, version, failed)
-            backlog.add(len(slot.frame))
+            backlog.add(_size(slot.frame))
         activity.in_flight -= 1
         activity.touch()
         slot.done.set()  # an empty frame: nothing is sent (acks=0), the line moves on

@@ -4,6 +4,7 @@ The small API the rest of pykraft sees (decision 0010):
 
     decode_request(frame) -> (header, request)          # a broker reading
     encode_response(header, api_key, api_version, response) -> bytearray
+    encode_response_parts(header, api_key, api_version, response) -> [buffer, ...]
     encode_request(header, request) -> bytearray        # a client writing
     decode_response(frame, api_key, api_version) -> (header, response)
     APIS: {api_key: ApiSpec}                            # what the codec can handle
@@ -33,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from client.protocol.kafka import definitions
+from client.protocol.kafka import definitions, wire
 from client.protocol.kafka.compiler import MessageCodec
 from client.protocol.kafka.definitions import MessageSpec, Versions
 from client.protocol.kafka.errors import KafkaCodecError, KafkaEncodeError, UnsupportedApi
@@ -176,6 +177,24 @@ def encode_response(header: Any, api_key: int, api_version: int, response: Any) 
         RESPONSE_HEADER, api.response_header_version(api_version), header,
         api.response, api_version, response,
     )  # fmt: skip
+
+
+def encode_response_parts(
+    header: Any, api_key: int, api_version: int, response: Any
+) -> list[bytes | bytearray | memoryview]:
+    """The frame of `encode_response` as buffers to send back to back, each bytes or
+    records field of `wire.PART_BYTES_MIN` or more one of them, uncopied (a Fetch
+    answer's records as the log read them)."""
+    api = APIS[api_key]
+    assert api_version in api.versions, (api.name, api_version)
+    out = wire.FrameParts(bytes(_SIZE.size))
+    _encode_into(RESPONSE_HEADER, api.response_header_version(api_version), header, out)
+    _encode_into(api.response, api_version, response, out)
+    parts = out.finish()
+    first = parts[0]
+    assert isinstance(first, bytearray) and len(first) >= _SIZE.size
+    _SIZE.pack_into(first, 0, sum(map(len, parts)) - _SIZE.size)
+    return parts
 
 
 # ---------------------------------------------------------------------- client side

@@ -245,13 +245,50 @@ def _blob_value(value: Any, where: str) -> Any:
     return value
 
 
+class FrameParts(bytearray):
+    """An encode buffer that leaves large bytes fields out of itself.
+
+    Writers append to it as to any bytearray; a bytes or records field of at least
+    `PART_BYTES_MIN` is not copied in: what was encoded before it becomes one part,
+    the field's own buffer the next, and encoding goes on in the emptied buffer. The
+    parts, sent back to back, are the bytes a plain bytearray would hold.
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self, data: bytes = b"") -> None:
+        super().__init__(data)
+        self.parts: list[bytes | bytearray | memoryview] = []
+
+    def add_part(self, data: bytes | bytearray | memoryview) -> None:
+        self.parts.append(bytearray(self))
+        self.clear()
+        self.parts.append(data)
+
+    def finish(self) -> list[bytes | bytearray | memoryview]:
+        """Every part, what is left in the buffer last; the buffer is empty after."""
+        parts = self.parts
+        if self or not parts:
+            parts.append(bytearray(self))
+            self.clear()
+        self.parts = []
+        return parts
+
+
+# Smaller bytes fields are copied into a FrameParts too: a part costs more than that.
+PART_BYTES_MIN = 8 * 1024
+
+
 def write_bytes(out: bytearray, value: Any, nullable: bool, where: str) -> None:
     if value is None and nullable:
         out += b"\xff\xff\xff\xff"
         return
     data = _blob_value(value, where)
     out += INT32.pack(len(data))
-    out += data
+    if len(data) >= PART_BYTES_MIN and type(out) is FrameParts:
+        out.add_part(data)
+    else:
+        out += data
 
 
 def write_compact_bytes(out: bytearray, value: Any, nullable: bool, where: str) -> None:
@@ -260,7 +297,10 @@ def write_compact_bytes(out: bytearray, value: Any, nullable: bool, where: str) 
         return
     data = _blob_value(value, where)
     out += uvarint(len(data) + 1)
-    out += data
+    if len(data) >= PART_BYTES_MIN and type(out) is FrameParts:
+        out.add_part(data)
+    else:
+        out += data
 
 
 def write_uuid(out: bytearray, value: Any, where: str) -> None:
