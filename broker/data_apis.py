@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from broker.log_cleaner import refuse_keyless_records
-from broker.partition import Partition
+from broker.partition import INFLATION_RATIO_MAX, Partition
 from broker.replica_manager import ReplicaManager
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
@@ -157,7 +157,12 @@ class DataApis:
                         f"{partition}: ISR {list(partition.isr)} is smaller than "
                         f"min.insync.replicas={needed}",
                     )
-            refuse_keyless_records(topic, self.replicas.topic_settings(topic), item.records)
+            refuse_keyless_records(
+                topic,
+                self.replicas.topic_settings(topic),
+                item.records,
+                inflated_bytes_max=partition.log.config.max_message_bytes * INFLATION_RATIO_MAX,
+            )
             info = partition.append_as_leader(item.records)
         except Exception as error:
             code, message = _error_of(error)

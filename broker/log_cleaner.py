@@ -46,7 +46,7 @@ from storage.cleaner import (
     cleanable_part,
 )
 from storage.log import LogError, SegmentedLog
-from storage.records import iter_batches, iter_records
+from storage.records import check_producer_batches, iter_batches, iter_records
 
 if TYPE_CHECKING:
     from broker.replica_manager import ReplicaManager
@@ -73,13 +73,17 @@ def cleaner_config_for(settings: Mapping[str, str]) -> CleanerConfig:
     )
 
 
-def refuse_keyless_records(topic: str, settings: Mapping[str, str], records: bytes) -> None:
+def refuse_keyless_records(
+    topic: str, settings: Mapping[str, str], records: bytes, *, inflated_bytes_max: int
+) -> None:
     """KafkaError(INVALID_RECORD) if `topic` is compacted and a record has no key.
 
-    A batch that does not decode raises RecordBatchError: the produce path answers
-    it as it answers any malformed batch."""
+    The produce checks run first (a compressed batch inflates at most
+    `inflated_bytes_max`); a batch that does not decode raises RecordBatchError, which
+    the produce path answers as it answers any malformed batch."""
     if COMPACT not in topic_policies(settings):
         return
+    check_producer_batches(records, inflated_bytes_max=inflated_bytes_max)
     for position, header in iter_batches(records, validate=True):
         if header.is_control:
             continue  # refused by the produce checks, with their own message

@@ -24,7 +24,14 @@ from kraft.metadata.image import MetadataImage, PartitionRegistration
 from storage.cleaner import CleanerConfig
 from storage.fs import MemoryFileSystem
 from storage.log import LogConfig, SegmentedLog
-from storage.records import RecordInput, build_batch, iter_batches, iter_records
+from storage.records import (
+    Compression,
+    RecordBatchError,
+    RecordInput,
+    build_batch,
+    iter_batches,
+    iter_records,
+)
 from tests.broker.test_data_plane import first, produce_body, started, topic_ready
 from tests.storage.test_cleaner import CountdownFileSystem, CrashNow
 
@@ -115,12 +122,18 @@ def test_compact_alone_turns_retention_off_and_compact_delete_keeps_it() -> None
 
 def test_a_compacted_topic_refuses_a_record_without_a_key() -> None:
     mixed = keyed([(b"k", b"v"), (None, b"no key")])
+    limit = {"inflated_bytes_max": 1 << 20}
     with pytest.raises(KafkaError) as refused:
-        refuse_keyless_records("c", COMPACTED, mixed)
+        refuse_keyless_records("c", COMPACTED, mixed, **limit)
     assert refused.value.code == ErrorCode.INVALID_RECORD == 87
     assert "key" in refused.value.message
-    refuse_keyless_records("c", COMPACTED, keyed([(b"k", None)]))  # a tombstone has a key
-    refuse_keyless_records("d", {}, mixed)  # delete policy: anything goes
+    refuse_keyless_records("c", COMPACTED, keyed([(b"k", None)]), **limit)  # a tombstone
+    refuse_keyless_records("d", {}, mixed, **limit)  # delete policy: anything goes
+    bomb = build_batch(
+        [RecordInput(timestamp=1, key=b"k", value=bytes(4 << 20))], compression=Compression.GZIP
+    )
+    with pytest.raises(RecordBatchError):  # inflated no further than the produce checks allow
+        refuse_keyless_records("c", COMPACTED, bomb, **limit)
 
 
 # ---------------------------------------------------------------------- a running cluster
