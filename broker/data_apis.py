@@ -204,28 +204,41 @@ class DataApis:
         async def wait_one(
             topic: str, index: int, partition: Partition, last: int, epoch: int
         ) -> None:
-            key = (topic, index)
             try:
                 await partition.wait_committed(last, epoch)
             except KafkaError as error:
-                results[key] = PartitionProduceResult(
+                results[(topic, index)] = PartitionProduceResult(
                     partition=index, error_code=error.code, error_message=error.message
                 )
                 return
+            committed(topic, index, partition)
+
+        def committed(topic: str, index: int, partition: Partition) -> None:
             needed = self.replicas.min_insync_replicas(topic)
             if len(partition.isr) < needed:
                 # Replicated, but by fewer than promised: Kafka says so and the
                 # producer may retry (the write is kept).
-                results[key] = PartitionProduceResult(
+                results[(topic, index)] = PartitionProduceResult(
                     partition=index,
                     error_code=ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
                     error_message=f"ISR shrank to {list(partition.isr)} before replication",
                 )
 
+        # Committed already (an ISR of one commits at the append): no task waits for it.
         pending = {(topic, index) for topic, index, *_ in waits}
+        behind = []
+        for wait in waits:
+            topic, index, partition, _, last, _ = wait
+            if partition.high_watermark > last:
+                committed(topic, index, partition)
+                pending.discard((topic, index))
+            else:
+                behind.append(wait)
+        if not behind:
+            return
         with trio.move_on_after(max(0, timeout_ms) / 1000):
             async with trio.open_nursery() as nursery:
-                for topic, index, partition, _, last, epoch in waits:
+                for topic, index, partition, _, last, epoch in behind:
                     nursery.start_soon(
                         self._track, wait_one, pending, topic, index, partition, last, epoch
                     )
