@@ -214,11 +214,20 @@ class TransactionCoordinator:
             self._fence_and_abort(meta, now_ms, fx)
             return InitProducerIdResponse(error_code=ErrorCode.CONCURRENT_TRANSACTIONS)
         assert meta.is_(*AT_REST), meta
-        timeout = request.transaction_timeout_ms
-        common: dict[str, object] = {"timeout_ms": timeout, "last_update_timestamp_ms": now_ms}
-        if epoch_exhausted(meta.producer_epoch) and (
-            not claimed or request.producer_epoch == meta.producer_epoch
+        known_epochs = (meta.producer_epoch, meta.last_producer_epoch)
+        if (
+            claimed
+            and meta.producer_epoch != NO_PRODUCER_EPOCH
+            and request.producer_epoch not in known_epochs
         ):
+            return InitProducerIdResponse(error_code=ErrorCode.PRODUCER_FENCED)
+        common: dict[str, object] = {
+            "timeout_ms": request.transaction_timeout_ms,
+            "last_update_timestamp_ms": now_ms,
+        }
+        if epoch_exhausted(meta.producer_epoch):
+            # Also for a retried bump that reached the last epochs: a transaction must
+            # start below them, so that its end or its fence can still bump.
             if fresh_producer_id is None:
                 return None
             self._commit(
@@ -231,19 +240,29 @@ class TransactionCoordinator:
                 last_producer_epoch=meta.producer_epoch if claimed else NO_PRODUCER_EPOCH,
                 **common,
             )
-        else:
-            bumped = meta.producer_epoch + 1
-            if not claimed:
-                epoch, last = bumped, NO_PRODUCER_EPOCH
-            elif meta.producer_epoch in (NO_PRODUCER_EPOCH, request.producer_epoch):
-                epoch, last = bumped, meta.producer_epoch
-            elif request.producer_epoch == meta.last_producer_epoch:
-                epoch, last = meta.producer_epoch, meta.last_producer_epoch  # a retried bump
-            else:
-                return InitProducerIdResponse(error_code=ErrorCode.PRODUCER_FENCED)
+        elif not claimed:
             self._commit(
-                meta, _S.EMPTY, fx, producer_epoch=epoch, last_producer_epoch=last, **common
+                meta,
+                _S.EMPTY,
+                fx,
+                producer_epoch=meta.producer_epoch + 1,
+                last_producer_epoch=NO_PRODUCER_EPOCH,
+                **common,
             )
+        elif (
+            request.producer_epoch == meta.producer_epoch
+            or meta.producer_epoch == NO_PRODUCER_EPOCH
+        ):
+            self._commit(
+                meta,
+                _S.EMPTY,
+                fx,
+                producer_epoch=meta.producer_epoch + 1,
+                last_producer_epoch=meta.producer_epoch,
+                **common,
+            )
+        else:  # the producer's last epoch: a retried bump gets the same answer
+            self._commit(meta, _S.EMPTY, fx, **common)
         return InitProducerIdResponse(
             error_code=ErrorCode.NONE,
             producer_id=meta.producer_id,
@@ -310,6 +329,10 @@ class TransactionCoordinator:
         wanted = frozenset(request.partitions)
         if wanted and not (meta.is_(_S.ONGOING) and wanted <= meta.partitions):
             starting = not meta.is_(_S.ONGOING)
+            if starting and meta.producer_epoch == EPOCH_MAX:
+                # A fence took the last epoch: neither this transaction's end nor its
+                # fence could bump it. The producer is fenced; InitProducerId rotates.
+                return _every_partition(request.partitions, ErrorCode.PRODUCER_FENCED)
             self._commit(
                 meta,
                 _S.ONGOING,
@@ -414,7 +437,7 @@ class TransactionCoordinator:
         if meta.is_(*PREPARED) and pid == meta.next_producer_id != NO_PRODUCER_ID:
             return EndTxnResponse(error_code=ErrorCode.CONCURRENT_TRANSACTIONS)
         retry_on_overflow = (
-            pid == meta.previous_producer_id != meta.producer_id
+            pid == meta.previous_producer_id != NO_PRODUCER_ID
             and epoch == EPOCH_MAX - 1
             and meta.producer_epoch == 0
         )
@@ -424,6 +447,9 @@ class TransactionCoordinator:
         retry = retry_on_overflow or (pid == meta.producer_id and meta.producer_epoch == epoch + 1)
         if meta.is_(*PREPARED) and current:
             return EndTxnResponse(error_code=ErrorCode.CONCURRENT_TRANSACTIONS)
+        if meta.is_(*AT_REST) and meta.producer_epoch == EPOCH_MAX:
+            # Only a fence at the last epoch gets here; no transaction can follow it.
+            return EndTxnResponse(error_code=ErrorCode.PRODUCER_FENCED)
         valid = {
             _S.ONGOING: current,
             _S.EMPTY: current,

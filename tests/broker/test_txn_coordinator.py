@@ -9,6 +9,8 @@ from typing import Any
 
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.groups.hashing import partition_for
 from broker.transactions import (
@@ -674,3 +676,80 @@ def test_describe_and_list_transactions() -> None:
         "Ongoing"
     ]
     assert not listing(duration_filter_ms=1, now_ms=h.now).transactions
+
+
+# --------------------------------------------------------------------------- the last epochs
+
+
+def test_a_fence_at_the_last_epoch_leaves_the_producer_only_init() -> None:
+    h = seeded(S.ONGOING, 32766, frozenset({P0}))
+    h.tick(TIMEOUT + 1)  # aborted: the fence takes epoch 32767
+    h.markers_done()
+    assert h.meta().producer_epoch == 32767 and h.meta().state is S.COMPLETE_ABORT
+    # No transaction can start at 32767: its end and its fence could not bump.
+    assert h.add(77, 32767, P1).error_code == ErrorCode.PRODUCER_FENCED
+    assert h.end(77, 32766, False, v2=True).error_code == ErrorCode.PRODUCER_FENCED
+    assert h.end(77, 32767, False, v2=True).error_code == ErrorCode.PRODUCER_FENCED
+    recovered = h.init(producer_id=77, producer_epoch=32766)  # KIP-588, with a new id
+    assert recovered.error_code == ErrorCode.NONE
+    assert recovered.producer_id != 77 and recovered.producer_epoch == 0
+
+
+def test_a_retried_bump_into_the_last_epochs_rotates() -> None:
+    h = seeded(S.EMPTY, 32765)
+    bumped = h.init(producer_id=77, producer_epoch=32765)
+    assert (bumped.producer_id, bumped.producer_epoch) == (77, 32766)
+    retried = h.init(producer_id=77, producer_epoch=32765)  # the answer was lost
+    assert retried.producer_id != 77 and retried.producer_epoch == 0
+
+
+def test_an_unset_producer_id_is_never_the_previous_one() -> None:
+    h, pid, epoch = started()
+    h.end(pid, epoch, True, v2=True)
+    h.markers_done()
+    h.meta().producer_epoch = 0  # as after a rotation, but with no previous id
+    assert h.end(-1, 32766, True, v2=True).error_code == ErrorCode.INVALID_PRODUCER_ID_MAPPING
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["init", "add", "verify", "end", "end2", "offsets", "tick", "done"]),
+            st.sampled_from([TID, "other", ""]),
+            st.integers(-2, 2) | st.integers(-(2**63), 2**63 - 1),
+            st.integers(-2, 3) | st.sampled_from([32766, 32767, 32768, -32768]),
+            st.integers(-1, 2_000_000),
+        ),
+        max_size=30,
+    )
+)
+def test_any_request_gets_an_answer_and_the_log_replays(
+    ops: list[tuple[str, str, int, int, int]],
+) -> None:
+    """Whatever the fields, each request is answered with an error code (no exception),
+    and the records written replay to the same state."""
+    h = Harness()
+    for op, tid, pid, epoch, number in ops:
+        h.now += number % 100_000
+        if op == "init":
+            claim = {"producer_id": pid, "producer_epoch": epoch} if number % 2 else {}
+            reply: Any = h.init(tid=tid, timeout=number, **claim)
+        elif op in ("add", "verify"):
+            reply = h.add(pid, epoch, ("t", number % 3), tid=tid, verify_only=op == "verify")
+        elif op in ("end", "end2"):
+            reply = h.end(pid, epoch, bool(number % 2), v2=op == "end2", tid=tid)
+        elif op == "offsets":
+            request = AddOffsetsToTxnRequest(
+                transactional_id=tid, producer_id=pid, producer_epoch=epoch, group_id=str(number)
+            )
+            reply = h.run("add_offsets_to_txn", request)
+        elif op == "tick":
+            h.tick(number)
+            continue
+        else:
+            if tid in h.coordinator.transactions:
+                h.markers_done(tid)
+            continue
+        assert isinstance(reply.error_code, int)
+        assert h.reloaded().durable_state() == h.coordinator.durable_state()
