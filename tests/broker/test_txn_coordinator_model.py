@@ -76,6 +76,8 @@ class ProducerModel:
 
 
 class TxnCoordinatorMachine(RuleBasedStateMachine):
+    VERSION_2 = True  # EndTxn v5+ (KIP-890 part 2); the subclass below runs version 1
+
     def __init__(self) -> None:
         super().__init__()
         self.coordinator_epoch = 1
@@ -145,7 +147,10 @@ class TxnCoordinatorMachine(RuleBasedStateMachine):
             assert markers.committed == decided[tid], markers
             assert markers.partitions == model.open_partitions, (markers, model.open_partitions)
             previous = self.highest_marker_epoch.get(markers.producer_id, -1)
-            assert markers.producer_epoch > previous, f"marker epoch not raised: {markers}"
+            if self.VERSION_2:
+                assert markers.producer_epoch > previous, f"marker epoch not raised: {markers}"
+            else:  # version 1 ends at the transaction's epoch: only a fence raises it
+                assert markers.producer_epoch >= previous, f"marker epoch went back: {markers}"
             assert markers.coordinator_epoch == self.coordinator_epoch
             self.highest_marker_epoch[markers.producer_id] = markers.producer_epoch
             model.outstanding = markers
@@ -225,7 +230,7 @@ class TxnCoordinatorMachine(RuleBasedStateMachine):
             producer_epoch=model.holder[1],
             partitions=tuple(chosen),
             verify_only=verify,
-            transaction_version_2=True,
+            transaction_version_2=self.VERSION_2,
         )
         was_open = self._state(tid) is TransactionState.ONGOING
         reply, fx = self._call("add_partitions_to_txn", request)
@@ -256,13 +261,14 @@ class TxnCoordinatorMachine(RuleBasedStateMachine):
             producer_id=model.holder[0],
             producer_epoch=model.holder[1],
             committed=committed,
-            transaction_version_2=True,
+            transaction_version_2=self.VERSION_2,
         )
         reply, fx = self._call("end_txn", request)
         self._absorb(fx, {tid: committed})
         if reply.error_code == ErrorCode.NONE:
             model.delivered.append((model.txn_number, request))
-            self._hand_out(tid, (reply.producer_id, reply.producer_epoch))
+            if self.VERSION_2:
+                self._hand_out(tid, (reply.producer_id, reply.producer_epoch))
 
     @precondition(lambda self: any(m.delivered for m in self.models.values()))
     @rule(data=st.data())
@@ -273,7 +279,10 @@ class TxnCoordinatorMachine(RuleBasedStateMachine):
         model = self.models[tid]
         txn_number, request = data.draw(st.sampled_from(model.delivered))
         identity = (request.producer_id, request.producer_epoch)
-        stale = identity in model.zombies or txn_number < model.txn_number
+        # Version 1 cannot tell a late request of an earlier transaction from one of the
+        # current one with the same epoch (the flaw KIP-890 part 2 fixes): only zombies.
+        late = txn_number < model.txn_number and self.VERSION_2
+        stale = identity in model.zombies or late
         method = "end_txn" if isinstance(request, EndTxnRequest) else "add_partitions_to_txn"
         reply, fx = self._call(method, request)
         if not stale:
@@ -380,6 +389,14 @@ STATEFUL_SETTINGS = settings(
 )
 TxnCoordinatorMachine.TestCase.settings = STATEFUL_SETTINGS
 TestTxnCoordinatorAgainstModel = TxnCoordinatorMachine.TestCase
+
+
+class TxnCoordinatorVersion1Machine(TxnCoordinatorMachine):
+    VERSION_2 = False
+
+
+TxnCoordinatorVersion1Machine.TestCase.settings = settings(STATEFUL_SETTINGS, max_examples=60)
+TestTxnCoordinatorVersion1AgainstModel = TxnCoordinatorVersion1Machine.TestCase
 
 
 # --------------------------------------------------------------------------- planted bugs
