@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import math
 import random
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
+import cbor2
 import trio
 
 from client.protocol import environment
@@ -51,6 +53,9 @@ SENDMSG_BUFFERS_MAX = 1024
 # Below this, buffers sent to a stream without sendmsg are joined (one send each costs
 # more than copying them); above it each goes alone, uncopied.
 JOIN_BYTES_MAX = 64 * 1024
+
+# The native frame's size prefix (client.protocol.framing's).
+_FRAME_SIZE = struct.Struct(">I")
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 # One answer on the wire: one buffer, or several sent back to back.
@@ -221,8 +226,11 @@ class RpcServer:
             response = error_body(
                 ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(error).__name__}: {error}"
             )
-        slot.frame = encode_frame([slot.correlation_id, response])
-        backlog.add(len(slot.frame))
+        body = cbor2.dumps([slot.correlation_id, response])
+        # The size prefix and the body as two buffers: a follower's Fetch answer (MBs
+        # of records) is not copied once more to put 4 bytes in front of it.
+        slot.frame = [_FRAME_SIZE.pack(len(body)), body]
+        backlog.add(_FRAME_SIZE.size + len(body))
         slot.done.set()
 
     @staticmethod
