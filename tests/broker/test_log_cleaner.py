@@ -21,7 +21,7 @@ from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from kraft.controller.configs_schema import check_config, described
 from kraft.metadata.image import MetadataImage, PartitionRegistration
-from storage.cleaner import CleanerConfig
+from storage.cleaner import CleanerConfig, first_dirty_offset
 from storage.fs import MemoryFileSystem
 from storage.log import LogConfig, SegmentedLog
 from storage.records import (
@@ -427,3 +427,23 @@ async def test_the_coordinator_reloads_from_a_compacted_offsets_topic_and_offset
         ]
         assert driver.coordinator("expiring").fetch_offsets("expiring", None).partitions == ()
         assert "expiring" not in driver.coordinator("live").groups
+
+
+async def test_the_background_task_cleans_when_due_and_waits_its_backoff_between(
+    autojump_clock: Any,
+) -> None:
+    partition = lone_partition(MemoryFileSystem())
+    fill(partition, 6)
+    cleaner = LogCleaner(replicas_holding(partition), backoff_ms=15_000, wall_ms=lambda: 10_000)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cleaner.run)
+        await trio.sleep(1)
+        assert cleaner.passes >= 1
+        passes, cleaned_up_to = cleaner.passes, first_dirty_offset(partition.log)
+        fill(partition, 6)  # dirty again
+        await trio.sleep(5)
+        assert first_dirty_offset(partition.log) == cleaned_up_to  # still in its backoff
+        await trio.sleep(15)
+        assert first_dirty_offset(partition.log) > cleaned_up_to
+        assert cleaner.passes > passes
+        nursery.cancel_scope.cancel()

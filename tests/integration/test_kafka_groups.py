@@ -597,3 +597,78 @@ def test_group_resumes_after_sigkill_of_its_coordinator_on_a_cleaned_offsets_top
         assert sorted(later.values) == sorted(b"%d" % i for i in range(100, 130))
     finally:
         cluster.start(coordinator)
+
+
+@pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
+def test_kafka_clients_read_a_compacted_topic_across_its_gaps(
+    compacting_cluster: LocalCluster,
+) -> None:
+    """A compacted topic made and described with kafka-python's admin; keyless records
+    refused (INVALID_RECORD); repeated keys over small segments, cleaned by the brokers'
+    own cleaner: a consumer from the beginning reads each key's last value once."""
+    from kafka import TopicPartition
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import InvalidRecordError
+
+    bootstrap = compacting_cluster.bootstrap_servers()
+    topic = "compacted-values"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    try:
+        configs = {"cleanup.policy": "compact", "segment.bytes": "4096"}
+        answer = admin.create_topics([NewTopic(topic, 1, 3, topic_configs=configs)])
+        assert all(t["error_code"] == 0 for t in answer["topics"]), answer
+        entries: dict[str, Any] = {}
+
+        def described() -> bool:
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+            answer = admin.describe_configs([resource], config_filter="all")
+            entries.update(*next(iter(answer.values())).values())
+            return "cleanup.policy" in entries  # once the broker asked knows the topic
+
+        wait_until(described, "DescribeConfigs never showed the topic", [])
+        assert entries["cleanup.policy"]["value"] == "compact"
+        assert entries["min.cleanable.dirty.ratio"]["value"] == "0.5"  # defaults
+        assert entries["delete.retention.ms"]["value"] == "86400000"
+    finally:
+        admin.close()
+    # Batches well below segment.bytes (a larger one is refused as too large).
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, batch_size=1024
+    )
+    try:
+        producer.send(topic, key=b"k0", value=b"first").get(timeout=WAIT_S)
+        with pytest.raises(InvalidRecordError):
+            producer.send(topic, value=b"no key").get(timeout=WAIT_S)
+        keys = [b"k%d" % k for k in range(5)]
+        for round_ in range(40):
+            for key in keys:
+                producer.send(topic, key=key, value=b"%s-%d" % (key, round_))
+        for key in keys:
+            producer.send(topic, key=key, value=b"%s-final" % key)
+        for filler in range(400):  # the finals leave the active segment
+            producer.send(topic, key=b"filler", value=b"%d" % filler)
+        producer.flush(timeout=WAIT_S)
+    finally:
+        producer.close()
+
+    def read_from_the_start() -> list[tuple[bytes, bytes]]:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        try:
+            partition = TopicPartition(topic, 0)
+            consumer.assign([partition])
+            consumer.seek_to_beginning(partition)
+            end = consumer.end_offsets([partition])[partition]
+            read: list[tuple[bytes, bytes]] = []
+            deadline = time.monotonic() + 30
+            while consumer.position(partition) < end and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=200).values():
+                    read.extend((r.key, r.value) for r in records)
+            return read
+        finally:
+            consumer.close()
+
+    def compacted() -> bool:
+        read = [(key, value) for key, value in read_from_the_start() if key != b"filler"]
+        return read == [(key, b"%s-final" % key) for key in keys]
+
+    wait_until(compacted, "the topic was not compacted to each key's last value", [])
