@@ -1,8 +1,29 @@
-"""The trio consumer: assign partitions, seek, poll.
+"""The trio consumer: assign partitions and seek, or subscribe in a group; poll; commit.
 
     consumer = Consumer("127.0.0.1:9092", auto_offset_reset="earliest")
     consumer.assign([("orders", 0), ("orders", 1)])
     records = await consumer.poll(timeout_s=1.0)
+
+In a group (Kafka's classic protocol: `client/consumer_coordinator.py`,
+`client/group_member.py`), the group's members share the partitions of the topics they
+subscribe to, and a rebalance completes inside `poll`:
+
+    consumer = Consumer(bootstrap, group_id="billing", auto_offset_reset="earliest")
+    consumer.subscribe(["orders"], listener=MyListener())  # on_assigned / on_revoked / on_lost
+    while True:
+        for record in await consumer.poll(1.0):
+            handle(record)
+
+Delivery recipes:
+
+- at-least-once (the default, `enable_auto_commit=True`): each poll first commits what
+  the previous poll returned (once `auto_commit_interval_ms` has passed), and revoke
+  and close commit what was consumed; a crash after handling records and before the
+  next commit hands them to the partition's next owner again. Explicitly: handle the
+  records, then `await consumer.commit()` (or `commit_async()`).
+- at-most-once (`enable_auto_commit=False`): commit right after poll, before handling
+  (`records = await consumer.poll(); await consumer.commit(); handle(records)`); a crash
+  while handling loses the rest of that poll's records, never repeats one.
 
 Each `poll` fetches from every assigned partition's leader at once (one Fetch per
 leader, long-polling up to `fetch_max_wait_ms`) and returns the records after each
@@ -16,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,6 +45,7 @@ import attrs
 import trio
 
 from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
+from client.consumer_coordinator import CommitCallback, ConsumerCoordinator
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
@@ -92,6 +115,15 @@ class Consumer:
         max_partition_fetch_bytes: int = 1024 * 1024,
         request_timeout_ms: int = 30_000,
         client_id: str = "pykraft-consumer",
+        metadata_max_age_ms: int = 300_000,
+        group_id: str | None = None,
+        group_instance_id: str | None = None,
+        session_timeout_ms: int = 45_000,
+        heartbeat_interval_ms: int = 3_000,
+        max_poll_interval_ms: int = 300_000,
+        partition_assignment_strategy: Sequence[str] = ("range", "cooperative-sticky"),
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5_000,
     ) -> None:
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be earliest, latest or none")
@@ -101,11 +133,27 @@ class Consumer:
         self.fetch_max_bytes = fetch_max_bytes
         self.max_partition_fetch_bytes = max_partition_fetch_bytes
         self.cluster = ClusterClient(
-            bootstrap, client_id=client_id, request_timeout_ms=request_timeout_ms
+            bootstrap,
+            client_id=client_id,
+            request_timeout_ms=request_timeout_ms,
+            metadata_max_age_ms=metadata_max_age_ms,
         )
         self._positions: dict[TopicPartition, int | None] = {}  # None: to be reset
         self._reset_to: dict[TopicPartition, int] = {}  # a pending seek to a timestamp
         self._corrupt: CorruptRecord | None = None  # raised by the next poll
+        self._group: ConsumerCoordinator | None = None
+        if group_id is not None:
+            self._group = ConsumerCoordinator(
+                self,
+                group_id=group_id,
+                group_instance_id=group_instance_id,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                max_poll_interval_ms=max_poll_interval_ms,
+                partition_assignment_strategy=partition_assignment_strategy,
+                enable_auto_commit=enable_auto_commit,
+                auto_commit_interval_ms=auto_commit_interval_ms,
+            )
 
     async def __aenter__(self) -> Consumer:
         return self
@@ -114,11 +162,68 @@ class Consumer:
         await self.close()
 
     async def close(self) -> None:
-        await self.cluster.aclose()
+        """With a group: a last auto-commit, `on_revoked`, LeaveGroup; then disconnect."""
+        try:
+            if self._group is not None:
+                await self._group.close()
+        finally:
+            await self.cluster.aclose()
+
+    # ------------------------------------------------------------------ groups
+
+    def _require_group(self) -> ConsumerCoordinator:
+        if self._group is None:
+            raise ValueError("this consumer has no group_id")
+        return self._group
+
+    def subscribe(self, topics: Iterable[str] | re.Pattern[str], listener: Any = None) -> None:
+        """Join the group for these topics (or every topic matching the pattern, checked
+        again every `metadata_max_age_ms`); the next poll joins."""
+        self._require_group().subscribe(topics, listener)
+        self._positions = {}
+
+    async def unsubscribe(self) -> None:
+        await self._require_group().unsubscribe()
+        self._positions = {}
+
+    def subscription(self) -> list[str]:
+        group = self._group
+        return list(group.topics or group._joined_topics) if group and group.subscribed else []
+
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit now (each the next offset to read); the positions if none are given."""
+        await self._require_group().commit(offsets)
+
+    def commit_async(
+        self,
+        offsets: dict[TopicPartition, int] | None = None,
+        callback: CommitCallback | None = None,
+    ) -> None:
+        """Commit in the background, in order; `callback(offsets, error_or_None)` after."""
+        self._require_group().commit_async(offsets, callback)
+
+    async def committed(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        return await self._require_group().committed(partitions)
+
+    def consumed_positions(
+        self, partitions: Iterable[TopicPartition] | None = None
+    ) -> dict[TopicPartition, int]:
+        """The known position of each (assigned) partition: what a commit would say."""
+        wanted = self._positions if partitions is None else partitions
+        return {tp: position for tp in wanted if (position := self._positions.get(tp)) is not None}
+
+    def assign_owned(self, partitions: Iterable[TopicPartition]) -> None:
+        """The group's assignment (kept positions stay, new partitions are to be set)."""
+        wanted = list(partitions)
+        self._positions = {tp: self._positions.get(tp) for tp in wanted}
 
     # ------------------------------------------------------------------ positions
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        if self._group is not None and self._group.subscribed:
+            raise ValueError("subscribed: the group assigns the partitions")
         wanted = [(str(t), int(p)) for t, p in partitions]
         self._positions = {tp: self._positions.get(tp) for tp in wanted}
 
@@ -250,8 +355,14 @@ class Consumer:
     async def poll(self, timeout_s: float = 1.0) -> list[ConsumerRecord]:
         """Records after each assigned partition's position (possibly none by the timeout)."""
         records: list[ConsumerRecord] = []
+        group = self._group
+        if group is not None:
+            # Not bounded by the timeout: a join waits for the group (its rebalance timeout).
+            await group.maintain()
         with trio.move_on_after(timeout_s):
             while not records:
+                if group is not None and group.needs_rejoin:
+                    break  # the next poll rejoins; these partitions may be another's
                 try:
                     await self._reset_positions()
                     by_leader = await self._group_by_leader(self._positions)

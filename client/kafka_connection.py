@@ -51,12 +51,22 @@ CLIENT_VERSIONS: dict[int, tuple[int, int]] = {
     1: (4, 12),  # Fetch: by topic name (v13+ take topic ids)
     2: (1, 7),  # ListOffsets
     3: (4, 12),  # Metadata: by topic name, null asks for all; v4+ can refuse auto-creation
+    8: (2, 8),  # OffsetCommit: generation and member from v1; group_instance_id from v7
+    9: (1, 7),  # OffsetFetch: one group (v8 batches groups); null topics for all from v2
+    10: (0, 4),  # FindCoordinator: one key up to v3, batched keys from v4
+    11: (1, 7),  # JoinGroup: rebalance timeout from v1; MEMBER_ID_REQUIRED from v4 (KIP-394)
+    12: (0, 4),  # Heartbeat
+    13: (0, 4),  # LeaveGroup: one member up to v2, batched members from v3
+    14: (0, 5),  # SyncGroup: protocol type and name from v5
+    15: (0, 5),  # DescribeGroups
+    16: (0, 4),  # ListGroups: states filter from v4
     18: (0, 3),  # ApiVersions
     19: (2, 7),  # CreateTopics
     20: (1, 6),  # DeleteTopics
     32: (1, 4),  # DescribeConfigs
     37: (0, 3),  # CreatePartitions
     43: (0, 2),  # ElectLeaders
+    42: (0, 2),  # DeleteGroups
     44: (0, 1),  # IncrementalAlterConfigs
     55: (0, 1),  # DescribeQuorum
     60: (0, 1),  # DescribeCluster
@@ -216,7 +226,13 @@ class KafkaConnection:
         code = getattr(response, "error_code", ErrorCode.NONE)
         if code != ErrorCode.NONE:
             message = getattr(response, "error_message", None) or ""
-            raise KafkaError(code, f"{APIS[api_key].name} to {self.address}: {message}".rstrip())
+            refused = KafkaError(
+                code, f"{APIS[api_key].name} to {self.address}: {message}".rstrip()
+            )
+            # Some answers carry what the caller needs beside the error (JoinGroup's
+            # MEMBER_ID_REQUIRED names the member id to join with, KIP-394).
+            refused.response = response  # type: ignore[attr-defined]
+            raise refused
         return response
 
     # ------------------------------------------------------------------ connecting
