@@ -223,6 +223,7 @@ class TransactionCoordinator:
             return InitProducerIdResponse(error_code=ErrorCode.PRODUCER_FENCED)
         common: dict[str, object] = {
             "timeout_ms": request.transaction_timeout_ms,
+            "start_timestamp_ms": -1,  # no transaction since this init
             "last_update_timestamp_ms": now_ms,
         }
         if epoch_exhausted(meta.producer_epoch):

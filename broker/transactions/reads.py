@@ -45,7 +45,7 @@ def list_transactions(
     now_ms: int = 0,
 ) -> ListTransactionsResponse:
     """ListTransactions v0-1: every filter given must match (an empty one matches all);
-    the duration filter (v1, KIP-994) keeps transactions started at least that long ago.
+    the duration filter (v1, KIP-994) keeps transactions started longer ago than that.
     State names Kafka does not know are returned as unknown, not refused."""
     known = {state.value for state in TransactionState}
     states = set(state_filters)
@@ -57,7 +57,7 @@ def list_transactions(
         if producer_ids and meta.producer_id not in producer_ids:
             continue
         if duration_filter_ms >= 0 and (
-            meta.start_timestamp_ms < 0 or now_ms - meta.start_timestamp_ms < duration_filter_ms
+            meta.start_timestamp_ms < 0 or now_ms - meta.start_timestamp_ms <= duration_filter_ms
         ):
             continue
         listed.append(

@@ -223,7 +223,7 @@ def test_init_again_bumps_the_epoch_of_the_same_producer_id() -> None:
     second = h.init(timeout=30_000)
     assert second.producer_id == first.producer_id
     assert second.producer_epoch == first.producer_epoch + 1
-    assert h.meta().timeout_ms == 30_000
+    assert h.meta().timeout_ms == 30_000 and h.meta().start_timestamp_ms == -1
     assert h.log[-1].value is not None and h.log[-1].value.producer_epoch == second.producer_epoch
 
 
@@ -672,10 +672,9 @@ def test_describe_and_list_transactions() -> None:
     assert ongoing.unknown_state_filters == ("Sleeping",)
     by_pid = listing(producer_id_filters=[h.meta("idle").producer_id])
     assert [t.transactional_id for t in by_pid.transactions] == ["idle"]
-    assert [t.state for t in listing(duration_filter_ms=0, now_ms=h.now).transactions] == [
-        "Ongoing"
-    ]
-    assert not listing(duration_filter_ms=1, now_ms=h.now).transactions
+    started_long_ago = listing(duration_filter_ms=9, now_ms=h.now + 10).transactions
+    assert [t.state for t in started_long_ago] == ["Ongoing"]  # "idle" never started one
+    assert not listing(duration_filter_ms=10, now_ms=h.now + 10).transactions
 
 
 # --------------------------------------------------------------------------- the last epochs
