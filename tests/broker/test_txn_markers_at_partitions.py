@@ -56,9 +56,7 @@ class MiniPartition:
         return outcome.verdict
 
 
-def deliver(
-    h: Harness, partitions: dict[tuple[str, int], MiniPartition], markers: TxnMarkers
-) -> None:
+def deliver(partitions: dict[tuple[str, int], MiniPartition], markers: TxnMarkers) -> None:
     for tp in sorted(markers.partitions):
         assert partitions[tp].write_marker(markers) is Verdict.NEW, (tp, markers)
 
