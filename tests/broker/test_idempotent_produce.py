@@ -238,6 +238,25 @@ def test_a_follower_restarting_behind_the_leaders_log_start_forgets_every_produc
     assert partition.log.log_end_offset == 1_000
 
 
+def test_a_follower_that_becomes_leader_answers_retries_of_its_old_leaders_batches() -> None:
+    old_leader = open_partition(MemoryFileSystem())
+    answers = [old_leader.append_as_leader(producer_batch(9, 0, seq, 2)) for seq in range(0, 12, 2)]
+    follower_log = SegmentedLog.open("/f-0", LogConfig(), fs=MemoryFileSystem())
+    follower = Partition(topic="t", topic_id="id", index=0, log=follower_log, broker_id=2)
+    follower.append_as_follower(old_leader.log.read(0, 1 << 20), old_leader.high_watermark)
+    follower.apply(
+        PartitionRegistration(replicas=(2,), isr=(2,), leader=2, leader_epoch=1, partition_epoch=1),
+        now_ms=0,
+    )
+    for seq, answer in zip(range(2, 12, 2), answers[1:], strict=True):
+        retry = follower.append_as_leader(producer_batch(9, 0, seq, 2))
+        assert (retry.first_offset, retry.batch_count) == (answer.first_offset, 0)
+    assert (
+        refused_with(follower, producer_batch(9, 0, 0, 2)) == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
+    )
+    assert follower.append_as_leader(producer_batch(9, 0, 12, 2)).first_offset == 12
+
+
 def test_snapshots_go_with_the_segments_retention_and_delete_records_remove() -> None:
     fs = MemoryFileSystem()
     partition = open_partition(fs, segment_bytes=400)
