@@ -752,3 +752,19 @@ def test_any_request_gets_an_answer_and_the_log_replays(
             continue
         assert isinstance(reply.error_code, int)
         assert h.reloaded().durable_state() == h.coordinator.durable_state()
+
+
+def test_a_claim_on_a_new_transactional_id_starts_it() -> None:
+    """A producer moving to transactions names its idempotent id: a new id is given."""
+    h = Harness()
+    reply = h.init(producer_id=5, producer_epoch=3)
+    assert reply.error_code == ErrorCode.NONE and reply.producer_epoch == 0
+    assert reply.producer_id != 5
+
+
+def test_resume_completes_a_prepared_abort_with_nothing_to_mark() -> None:
+    h = seeded(S.PREPARE_ABORT, 8)
+    fx = h.coordinator.resume(h.now)
+    assert not fx.markers
+    assert [r.value.state for r in fx.records if r.value] == ["CompleteAbort"]
+    assert h.meta().state is S.COMPLETE_ABORT
