@@ -1,5 +1,6 @@
 """The server's gathering send: every byte of a list of buffers, in order, whatever
-the kernel takes per call (partial sends, more buffers than one sendmsg carries)."""
+the kernel takes per call (partial sends, more buffers than one sendmsg carries); and
+native answers encoded as parts are the bytes `encode_frame` makes."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import random
 
 import trio
 import trio.testing
+from hypothesis import given, settings
 
-from client.protocol.rpc import SENDMSG_BUFFERS_MAX, send_buffers
+from client.protocol.framing import encode_frame
+from client.protocol.rpc import (
+    JOIN_BYTES_MAX,
+    SENDMSG_BUFFERS_MAX,
+    encode_frame_parts,
+    send_buffers,
+)
+from tests.client.test_rpc import cbor_values
 
 
 def _buffers(rng: random.Random) -> list[bytes | bytearray | memoryview]:
@@ -67,3 +76,21 @@ async def test_every_byte_arrives_in_order_over_a_stream_without_sendmsg() -> No
         nursery.start_soon(read)
         await send_buffers(sender, list(buffers))
     assert got == [expected]
+
+
+@settings(max_examples=200, deadline=None)
+@given(item=cbor_values)
+def test_native_answers_as_parts_are_the_frame(item: object) -> None:
+    parts, size = encode_frame_parts([7, item])
+    assert b"".join(parts) == encode_frame([7, item])
+    assert size == sum(map(len, parts))
+
+
+def test_large_bytes_of_a_native_answer_are_parts_of_their_own() -> None:
+    rng = random.Random(5)
+    records = [rng.randbytes(JOIN_BYTES_MAX + n) for n in (0, 1000)]
+    answer = {"topics": [{"partition": i, "records": r} for i, r in enumerate(records)]}
+    parts, _ = encode_frame_parts([3, answer])
+    assert b"".join(parts) == encode_frame([3, answer])
+    assert [bytes(p) for p in parts if len(p) >= JOIN_BYTES_MAX] == records
+    assert len(parts) <= 2 * len(records) + 1  # the small writes between them gathered
