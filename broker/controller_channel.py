@@ -110,7 +110,9 @@ class ControllerChannel:
             while True:
                 target = self._target()
                 view = self.node.leader()
-                attempt_s = min(self.attempt_timeout_s, deadline - trio.current_time())
+                # The deadline may pass between checkpoints (a busy loop): the cancel
+                # scope fires at the next one, and a negative timeout must not come first.
+                attempt_s = max(0.0, min(self.attempt_timeout_s, deadline - trio.current_time()))
                 answer = await self._attempt(target, api_key, body, attempt_s)
                 if answer is ABANDONED:
                     last_problem = f"controller {target} was replaced while asked"
