@@ -20,8 +20,10 @@ from typing import Any
 import attrs
 import trio
 
-from client.cluster import DEFAULT_BOOTSTRAP, ClusterClient
+from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
 from client.consumer import Consumer
+from client.consumer_protocol import ConsumerProtocolError, TopicPartition, decode_assignment
+from client.group_coordinator_client import COORDINATOR_MOVED, GroupCoordinatorClient
 from client.protocol import environment
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
@@ -38,6 +40,7 @@ ZERO_UUID = uuid.UUID(int=0)
 TOPIC_RESOURCE = 2  # Kafka's ConfigResource.Type TOPIC
 OP_SET, OP_DELETE = 0, 1  # IncrementalAlterConfigs' config_operation
 PREFERRED_ELECTION = 0  # ElectLeaders' election_type (1: unclean)
+DESCRIBE_GROUPS, DELETE_GROUPS = 15, 42
 METADATA_TOPIC = "__cluster_metadata"  # KRaft's metadata log, as DescribeQuorum names it
 
 
@@ -89,6 +92,31 @@ class ClusterDescription:
     cluster_id: str
     controller_id: int
     brokers: tuple[BrokerDescription, ...]
+
+
+@attrs.frozen
+class GroupListing:
+    group_id: str
+    protocol_type: str
+    state: str  # "" where the broker's ListGroups is older than v4
+
+
+@attrs.frozen
+class GroupMemberDescription:
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    host: str
+    assignment: tuple[TopicPartition, ...]  # decoded for consumer groups
+
+
+@attrs.frozen
+class GroupDescription:
+    group_id: str
+    state: str
+    protocol_type: str
+    protocol: str  # the assignor chosen
+    members: tuple[GroupMemberDescription, ...]
 
 
 def _raise_first(outcomes: list[dict[str, Any]], what: str) -> None:
@@ -399,3 +427,122 @@ class Admin:
         finally:
             await consumer.close()
         return {tp[1]: offset for tp, offset in sorted(found.items())}
+
+    # ------------------------------------------------------------------ groups
+
+    async def list_groups(self) -> list[GroupListing]:
+        """Every group of every broker (each lists the groups it coordinates)."""
+        await self.cluster.refresh([])
+        found: dict[str, GroupListing] = {}
+        for broker in sorted(self.cluster.brokers):
+            response = await self._on_broker_while_loading(broker, kafka.ListGroupsRequest())
+            for group in response.groups:
+                found[group.group_id] = GroupListing(
+                    group.group_id, group.protocol_type, group.group_state or ""
+                )
+        return [found[g] for g in sorted(found)]
+
+    async def _on_broker_while_loading(self, broker: int, request: Any) -> Any:
+        deadline = trio.current_time() + self.cluster.request_timeout_s
+        while True:
+            try:
+                return await self.cluster.request_broker(broker, request)
+            except KafkaError as error:
+                if error.code != ErrorCode.COORDINATOR_LOAD_IN_PROGRESS:
+                    raise
+                if trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(RETRY_BACKOFF_MS / 1000)
+
+    async def _per_group(self, group_id: str, build: Any, api_key: int, code_of: Any) -> Any:
+        """A request answered per group (its code inside): retried while the group's
+        coordinator moves or loads, as the whole-request errors are."""
+        coordinator = GroupCoordinatorClient(self.cluster, group_id)
+        deadline = trio.current_time() + self.cluster.request_timeout_s
+        try:
+            while True:
+                response = await coordinator.call(build, api_key)
+                code = code_of(response)
+                if code not in COORDINATOR_MOVED or trio.current_time() >= deadline:
+                    return response
+                await coordinator.forget()
+                await trio.sleep(RETRY_BACKOFF_MS / 1000)
+        finally:
+            await coordinator.forget()
+
+    async def describe_groups(self, group_ids: Sequence[str]) -> list[GroupDescription]:
+        described = []
+        for group_id in group_ids:
+            response = await self._per_group(
+                group_id,
+                lambda version, g=group_id: kafka.DescribeGroupsRequest(groups=(g,)),
+                DESCRIBE_GROUPS,
+                lambda r: r.groups[0].error_code,
+            )
+            (group,) = response.groups
+            if group.error_code != ErrorCode.NONE:
+                raise KafkaError(group.error_code, f"group {group_id}")
+            members = []
+            for m in group.members:
+                assignment: tuple[TopicPartition, ...] = ()
+                if group.protocol_type == "consumer":
+                    try:
+                        assignment = decode_assignment(m.member_assignment).partitions
+                    except ConsumerProtocolError:
+                        assignment = ()
+                members.append(
+                    GroupMemberDescription(
+                        member_id=m.member_id,
+                        group_instance_id=m.group_instance_id,
+                        client_id=m.client_id,
+                        host=m.client_host,
+                        assignment=assignment,
+                    )
+                )
+            described.append(
+                GroupDescription(
+                    group_id=group.group_id,
+                    state=group.group_state,
+                    protocol_type=group.protocol_type,
+                    protocol=group.protocol_data,
+                    members=tuple(members),
+                )
+            )
+        return described
+
+    async def list_group_offsets(self, group_id: str) -> dict[TopicPartition, int]:
+        """The group's committed offsets, every partition it has one for."""
+        coordinator = GroupCoordinatorClient(self.cluster, group_id)
+        try:
+            found = await coordinator.fetch_offsets(None)
+        finally:
+            await coordinator.forget()
+        return {tp: offset for tp, offset in sorted(found.items()) if offset is not None}
+
+    async def delete_groups(
+        self, group_ids: Sequence[str], *, raise_errors: bool = True
+    ) -> dict[str, int]:
+        """Delete groups without members (and their offsets); the error code per group."""
+        codes = {}
+        for group_id in group_ids:
+            response = await self._per_group(
+                group_id,
+                lambda version, g=group_id: kafka.DeleteGroupsRequest(groups_names=(g,)),
+                DELETE_GROUPS,
+                lambda r: r.results[0].error_code,
+            )
+            codes[group_id] = response.results[0].error_code
+        if raise_errors:
+            for group_id, code in codes.items():
+                if code != ErrorCode.NONE:
+                    raise KafkaError(code, f"group {group_id}")
+        return codes
+
+    async def alter_group_offsets(self, group_id: str, offsets: dict[TopicPartition, int]) -> None:
+        """Set a group's committed offsets (generation -1: the group must have no
+        members; the coordinator refuses otherwise), as kafka-consumer-groups does."""
+        coordinator = GroupCoordinatorClient(self.cluster, group_id)
+        try:
+            await coordinator.commit_offsets(offsets)
+        finally:
+            await coordinator.forget()

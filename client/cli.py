@@ -4,6 +4,8 @@
     printf 'k1:hello\\nk2:world\\n' | pykraft produce orders --key-separator :
     pykraft consume orders --from-beginning --max-messages 2 --format '{partition} {offset} {key} {value}'
     pykraft quorum describe --replication
+    pykraft group describe billing
+    pykraft group reset-offsets billing --topic orders --to-earliest --execute
     pykraft metadata-shell
 
 Every command takes `--bootstrap host:port,...` (default: the embedded server,
@@ -13,6 +15,7 @@ Every command takes `--bootstrap host:port,...` (default: the embedded server,
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shlex
 import sys
@@ -163,6 +166,102 @@ async def offsets(args: argparse.Namespace, out: TextIO) -> None:
                 f"{args.topic}\t{partition}\tearliest={earliest[partition]}\tlatest={latest[partition]}",
                 file=out,
             )
+
+
+# ---------------------------------------------------------------------- groups
+
+
+async def group_list(args: argparse.Namespace, out: TextIO) -> None:
+    async with Admin(args.bootstrap) as admin:
+        groups = await admin.list_groups()
+    print(f"{'GROUP':<30} {'STATE':<20} PROTOCOL-TYPE", file=out)
+    for group in groups:
+        print(f"{group.group_id:<30} {group.state or '-':<20} {group.protocol_type}", file=out)
+
+
+async def group_describe(args: argparse.Namespace, out: TextIO) -> None:
+    async with Admin(args.bootstrap) as admin:
+        (group,) = await admin.describe_groups([args.group])
+        committed = await admin.list_group_offsets(args.group)
+        owner = {tp: m for m in group.members for tp in m.assignment}
+        partitions = sorted(set(committed) | set(owner))
+        log_end: dict[tuple[str, int], int] = {}
+        for topic in sorted({t for t, _ in partitions}):
+            for partition, offset in (await admin.list_offsets(topic, -1)).items():
+                log_end[(topic, partition)] = offset
+    print(
+        f"group {group.group_id}: state {group.state}, protocol {group.protocol or '-'}, "
+        f"{len(group.members)} member(s)",
+        file=out,
+    )
+    if group.members:
+        print(f"\n{'MEMBER-ID':<50} {'CLIENT-ID':<20} {'HOST':<16} ASSIGNMENT", file=out)
+        for m in sorted(group.members, key=lambda m: m.member_id):
+            assigned = ",".join(f"{t}-{p}" for t, p in m.assignment) or "-"
+            print(f"{m.member_id:<50} {m.client_id:<20} {m.host:<16} {assigned}", file=out)
+    print(
+        f"\n{'TOPIC':<20} {'PARTITION':>9} {'CURRENT-OFFSET':>14} {'LOG-END-OFFSET':>14} "
+        f"{'LAG':>6}  CONSUMER-ID",
+        file=out,
+    )
+    for tp in partitions:
+        current = committed.get(tp)
+        end = log_end.get(tp)
+        lag = "-" if current is None or end is None else str(max(0, end - current))
+        member = owner.get(tp)
+        print(
+            f"{tp[0]:<20} {tp[1]:>9} {'-' if current is None else current:>14} "
+            f"{'-' if end is None else end:>14} {lag:>6}  {member.member_id if member else '-'}",
+            file=out,
+        )
+
+
+def _timestamp_ms(text: str) -> int:
+    """An ISO 8601 date-time (no zone: UTC) in Unix milliseconds."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--to-datetime {text!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+async def group_reset_offsets(args: argparse.Namespace, out: TextIO) -> None:
+    async with Admin(args.bootstrap) as admin:
+        (group,) = await admin.describe_groups([args.group])
+        if group.members or group.state not in ("Empty", "Dead"):
+            raise ValueError(
+                f"offsets of group {args.group!r} can be reset only while it has no members; "
+                f"it is {group.state} with {len(group.members)}"
+            )
+        earliest = await admin.list_offsets(args.topic, -2)
+        latest = await admin.list_offsets(args.topic, -1)
+        if args.to_earliest:
+            plan = earliest
+        elif args.to_latest:
+            plan = latest
+        elif args.to_offset is not None:
+            # Kafka's tool keeps a wanted offset inside the log.
+            plan = {p: min(max(args.to_offset, earliest[p]), latest[p]) for p in latest}
+        else:
+            by_time = await admin.list_offsets(args.topic, _timestamp_ms(args.to_datetime))
+            plan = {p: (o if o >= 0 else latest[p]) for p, o in by_time.items()}
+        if args.execute:
+            await admin.alter_group_offsets(
+                args.group, {(args.topic, p): o for p, o in plan.items()}
+            )
+    print(f"{'GROUP':<30} {'TOPIC':<20} {'PARTITION':>9} {'NEW-OFFSET':>10}", file=out)
+    for partition, offset in sorted(plan.items()):
+        print(f"{args.group:<30} {args.topic:<20} {partition:>9} {offset:>10}", file=out)
+    if not args.execute:
+        print("(dry run: nothing was changed; --execute applies it)", file=out)
+
+
+async def group_delete(args: argparse.Namespace, out: TextIO) -> None:
+    async with Admin(args.bootstrap) as admin:
+        await admin.delete_groups([args.group])
+    print(f"deleted group {args.group}", file=out)
 
 
 # ---------------------------------------------------------------------- cluster
@@ -359,6 +458,26 @@ def _parser() -> argparse.ArgumentParser:
     offs = commands.add_parser("offsets", help="earliest and latest offset per partition")
     offs.add_argument("topic")
     offs.set_defaults(run=offsets)
+
+    group = commands.add_parser("group", help="consumer groups: list, describe, reset, delete")
+    groups = group.add_subparsers(dest="action", required=True)
+    groups.add_parser("list").set_defaults(run=group_list)
+    group_describe_parser = groups.add_parser("describe")
+    group_describe_parser.add_argument("group")
+    group_describe_parser.set_defaults(run=group_describe)
+    reset = groups.add_parser("reset-offsets", help="a dry run unless --execute")
+    reset.add_argument("group")
+    reset.add_argument("--topic", required=True)
+    to = reset.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true")
+    to.add_argument("--to-latest", action="store_true")
+    to.add_argument("--to-offset", type=int)
+    to.add_argument("--to-datetime", help="ISO 8601, e.g. 2026-12-01T18:00:00 (UTC if no zone)")
+    reset.add_argument("--execute", action="store_true")
+    reset.set_defaults(run=group_reset_offsets)
+    group_delete_parser = groups.add_parser("delete")
+    group_delete_parser.add_argument("group")
+    group_delete_parser.set_defaults(run=group_delete)
 
     quorum = commands.add_parser("quorum", help="the metadata quorum")
     quorum_actions = quorum.add_subparsers(dest="action", required=True)

@@ -77,7 +77,7 @@ class ConsumerCoordinator:
         self._joined_topics: tuple[str, ...] = ()
         self._topics_checked_at = -1e9
         self._committed: dict[TopicPartition, int] = {}
-        self._next_auto_commit = trio.current_time() + self.auto_commit_interval_s
+        self._next_auto_commit: float | None = None  # the first poll sets it
         self._commit_lock = trio.Lock()
 
     # ------------------------------------------------------------------ subscribing
@@ -207,7 +207,11 @@ class ConsumerCoordinator:
     # ------------------------------------------------------------------ commits
 
     async def _maybe_auto_commit(self) -> None:
-        if not self.enable_auto_commit or trio.current_time() < self._next_auto_commit:
+        if not self.enable_auto_commit:
+            return
+        if self._next_auto_commit is None:
+            self._next_auto_commit = trio.current_time() + self.auto_commit_interval_s
+        if trio.current_time() < self._next_auto_commit:
             return
         self._next_auto_commit = trio.current_time() + self.auto_commit_interval_s
         if self.subscribed and self.member.state is not MemberState.STABLE:

@@ -88,7 +88,7 @@ class GroupMember:
         self.rejoin_needed = True
         self.lost = False  # what it owned may be another's now; the consumer drops it
         self.fatal: KafkaError | None = None
-        self.last_poll = trio.current_time()
+        self.last_poll = 0.0  # trio's clock; set by every poll and join
         self.rebalances = 0
         self._heartbeats: trio.CancelScope | None = None
 

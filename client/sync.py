@@ -10,6 +10,7 @@ block until the answer is there. Usable from a plain script or a REPL:
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -47,6 +48,11 @@ class _Loop:
 
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    @property
+    def in_loop(self) -> bool:
+        """Whether the caller is the loop's own thread (a rebalance listener's callback)."""
+        return threading.current_thread() is self._thread
 
     def enter(self, manager: Any) -> Callable[[], None]:
         """`async with manager` in a task of the loop; returns the function that exits it.
@@ -140,7 +146,11 @@ class Producer:
 
 
 class _Facade:
-    """Every async method of the wrapped client becomes a blocking one."""
+    """Every method of the wrapped client runs in its loop; an async one blocks until done.
+
+    Called from the loop's own thread (a consumer's rebalance listener, which runs
+    there), a plain method runs at once and an async one cannot be waited for.
+    """
 
     _target: Any
 
@@ -154,14 +164,21 @@ class _Facade:
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            result = attribute(*args, **kwargs)
-            if hasattr(result, "__await__"):
+            if self._loop.in_loop:
+                result = attribute(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result.close()  # type: ignore[attr-defined]
+                    raise RuntimeError(f"{name} blocks: not from a listener's callback")
+                return result
 
-                async def wait() -> Any:
+            async def run() -> Any:
+                # In the loop: the consumer's background tasks start from its thread.
+                result = attribute(*args, **kwargs)
+                if inspect.isawaitable(result):
                     return await result
+                return result
 
-                return self._loop.run(wait)
-            return result
+            return self._loop.run(run)
 
         return call
 
@@ -179,8 +196,23 @@ class _Facade:
 
 
 class Consumer(_Facade):
+    """The trio Consumer's methods, blocking: assign/seek/poll, and in a group
+    subscribe/unsubscribe/commit/commit_async/committed (close leaves the group).
+    The consumer is built in the loop: its group's heartbeats run there."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(async_consumer.Consumer(*args, **kwargs))
+        loop = _Loop()
+
+        async def build() -> async_consumer.Consumer:
+            return async_consumer.Consumer(*args, **kwargs)
+
+        try:
+            target = loop.run(build)
+        except BaseException:
+            loop.close()
+            raise
+        self._loop = loop
+        self._target = target
 
 
 class Admin(_Facade):
