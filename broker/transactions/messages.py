@@ -16,12 +16,13 @@ AddOffsetsToTxn < v2) learn PRODUCER_FENCED as INVALID_PRODUCER_EPOCH:
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
+from typing import Any
 
 import attrs
 
 from broker.transactions.state import NO_PRODUCER_EPOCH, NO_PRODUCER_ID
-from client.protocol.errors import ErrorCode
+from client.protocol.errors import ErrorCode, KafkaError
 
 Token = Hashable  # names one request, so its response finds its way back
 
@@ -148,6 +149,48 @@ class TxnMarkers:
     transaction_version: int
 
 
+def markers_body(markers: TxnMarkers, partitions: Iterable[TopicPartition]) -> dict[str, Any]:
+    """WriteTxnMarkers' native body (api key 27, broker to broker on the REPLICATION
+    listener): the fields of `TxnMarkers` for the partitions one leader is sent, the
+    partitions as a sorted list of `[topic, partition]` (CBOR has no set of pairs)."""
+    restricted = attrs.evolve(markers, partitions=frozenset(partitions))
+    body: dict[str, Any] = attrs.asdict(restricted, recurse=False)
+    body["partitions"] = [[topic, number] for topic, number in sorted(restricted.partitions)]
+    return body
+
+
+def markers_from_body(body: Any) -> TxnMarkers:
+    """The `TxnMarkers` a WriteTxnMarkers body names; INVALID_REQUEST if it is malformed."""
+    if not isinstance(body, dict):
+        raise KafkaError(ErrorCode.INVALID_REQUEST, "WriteTxnMarkers: the body is not a map")
+    fields = {
+        "transactional_id": str,
+        "producer_id": int,
+        "producer_epoch": int,
+        "committed": bool,
+        "coordinator_epoch": int,
+        "transaction_version": int,
+    }
+    values: dict[str, Any] = {}
+    for name, kind in fields.items():
+        value = body.get(name)
+        if type(value) is not kind:
+            raise KafkaError(ErrorCode.INVALID_REQUEST, f"WriteTxnMarkers.{name}: not a {kind}")
+        values[name] = value
+    pairs = body.get("partitions")
+    if not isinstance(pairs, list) or not all(
+        isinstance(pair, list | tuple)
+        and len(pair) == 2
+        and type(pair[0]) is str
+        and type(pair[1]) is int
+        for pair in pairs
+    ):
+        raise KafkaError(
+            ErrorCode.INVALID_REQUEST, "WriteTxnMarkers.partitions: not a list of [topic, index]"
+        )
+    return TxnMarkers(partitions=frozenset((t, p) for t, p in pairs), **values)
+
+
 # ---------------------------------------------------------------------- reads
 
 
@@ -205,4 +248,6 @@ __all__ = [
     "TxnErrorCode",
     "TxnMarkers",
     "for_client_version",
+    "markers_body",
+    "markers_from_body",
 ]

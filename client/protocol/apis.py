@@ -14,6 +14,10 @@ class ApiKey(enum.IntEnum):
     DELETE_RECORDS = 21
     DELETE_TOPICS = 20
     CREATE_PARTITIONS = 37
+    # WriteTxnMarkers, broker to broker on the REPLICATION listener: the body is
+    # broker.transactions.messages.markers_body (decode with markers_from_body); the
+    # answer {"partitions": [{"topic", "partition", "error_code"}, ...]}.
+    WRITE_TXN_MARKERS = 27
     ELECT_LEADERS = 43
     INCREMENTAL_ALTER_CONFIGS = 44
     DESCRIBE_QUORUM = 55
