@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import attrs
 
 from client.protocol.errors import ErrorCode
-from kraft.controller.configs_schema import BROKER, TOPIC, check_config
+from kraft.controller.configs_schema import BROKER, TOPIC, check_config, described
 from kraft.controller.result import ControllerResult
 from kraft.metadata.image import MetadataImage
 from kraft.metadata.records import ConfigRecord, MetadataRecord
@@ -53,6 +53,7 @@ def incremental_alter_configs(
     records: list[MetadataRecord] = []
     outcomes = []
     for resource in resources:
+        resource = _list_ops_as_sets(image, resource)
         problem = _check_resource(image, resource)
         if problem is not None:
             outcomes.append(
@@ -84,6 +85,28 @@ def incremental_alter_configs(
     return ControllerResult(records=tuple(records), response=tuple(outcomes))
 
 
+def _list_ops_as_sets(image: MetadataImage, resource: AlterConfigsResource) -> AlterConfigsResource:
+    """APPEND and SUBTRACT of a list-typed config (Kafka's: `cleanup.policy`) as the SET
+    of the list they make from the current value (or the default); left as they are
+    on any other config, for `_check_resource` to refuse."""
+    current = image.configs.get((resource.resource_type, resource.resource_name), {})
+    ops = []
+    for op in resource.ops:
+        kind = described(resource.resource_type, dict(current), (op.name,))
+        if op.op in (OP_APPEND, OP_SUBTRACT) and op.value is not None and kind:
+            (_, value, _, type_name) = kind[0]
+            if type_name == "list":
+                items = [item.strip() for item in value.split(",") if item.strip()]
+                given = [item.strip() for item in op.value.split(",") if item.strip()]
+                if op.op == OP_APPEND:
+                    items += [item for item in given if item not in items]
+                else:
+                    items = [item for item in items if item not in given]
+                op = AlterConfigOp(name=op.name, op=OP_SET, value=",".join(items))
+        ops.append(op)
+    return attrs.evolve(resource, ops=tuple(ops))
+
+
 def replacing(image: MetadataImage, resource: AlterConfigsResource) -> AlterConfigsResource:
     """Kafka's legacy AlterConfigs on `resource`: the configs it names become the
     resource's whole dynamic set, so every other one set now is deleted."""
@@ -112,7 +135,7 @@ def _check_resource(image: MetadataImage, resource: AlterConfigsResource) -> tup
             return ErrorCode.INVALID_REQUEST, f"config {op.name} is altered twice"
         seen.add(op.name)
         if op.op not in (OP_SET, OP_DELETE):
-            # Both list operations need list-typed configs, and none of ours is one.
+            # What is left of the list operations names a config that is not a list.
             return ErrorCode.INVALID_CONFIG, f"{op.name} is not a list config (op {op.op})"
         if op.op == OP_SET and op.value is None:
             return ErrorCode.INVALID_CONFIG, f"SET of {op.name} needs a value"

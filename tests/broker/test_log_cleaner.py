@@ -106,6 +106,31 @@ def test_compaction_configs_have_kafkas_defaults_types_and_checks() -> None:
     assert cleaner_config_for({}) == CleanerConfig()
 
 
+def test_cleanup_policy_takes_append_and_subtract_as_a_list() -> None:
+    from kraft.controller.configs import OP_APPEND, OP_SUBTRACT, AlterConfigOp
+    from kraft.controller.configs import incremental_alter_configs as alter
+    from tests.kraft.test_configs_and_producer_ids import apply, topic_resource, with_topic
+
+    def policy_after(image: Any, op: int, value: str) -> tuple[int, Any]:
+        change = AlterConfigOp(name="cleanup.policy", op=op, value=value)
+        result = alter(image, [topic_resource(change)])
+        image = apply(image, result)
+        return result.response[0].error_code, image
+
+    image = with_topic()
+    code, image = policy_after(image, OP_APPEND, "compact")  # to the default, delete
+    assert code == ErrorCode.NONE
+    assert image.topic_config("t", "cleanup.policy") == "delete,compact"
+    code, image = policy_after(image, OP_SUBTRACT, "delete")
+    assert (code, image.topic_config("t", "cleanup.policy")) == (ErrorCode.NONE, "compact")
+    assert policy_after(image, OP_SUBTRACT, "compact")[0] == ErrorCode.INVALID_CONFIG  # empty
+    assert policy_after(image, OP_APPEND, "forever")[0] == ErrorCode.INVALID_CONFIG
+    retention = AlterConfigOp(name="retention.ms", op=OP_APPEND, value="5")
+    assert alter(image, [topic_resource(retention)]).response[0].error_code == (
+        ErrorCode.INVALID_CONFIG  # not a list
+    )
+
+
 def test_compact_alone_turns_retention_off_and_compact_delete_keeps_it() -> None:
     settings = {"retention.ms": "1000", "retention.bytes": "5000"}
     compact = log_config_for({**settings, "cleanup.policy": "compact"})
