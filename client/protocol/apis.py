@@ -14,10 +14,6 @@ class ApiKey(enum.IntEnum):
     DELETE_RECORDS = 21
     DELETE_TOPICS = 20
     CREATE_PARTITIONS = 37
-    # WriteTxnMarkers, broker to broker on the REPLICATION listener: the body is
-    # broker.transactions.messages.markers_body (decode with markers_from_body); the
-    # answer {"partitions": [{"topic", "partition", "error_code"}, ...]}.
-    WRITE_TXN_MARKERS = 27
     ELECT_LEADERS = 43
     INCREMENTAL_ALTER_CONFIGS = 44
     DESCRIBE_QUORUM = 55
@@ -26,6 +22,11 @@ class ApiKey(enum.IntEnum):
     BROKER_REGISTRATION = 62
     BROKER_HEARTBEAT = 63
     ALLOCATE_PRODUCER_IDS = 67
+    # Broker to broker only, on the partition leader's REPLICATION listener: body
+    # `to_body(broker.transactions.messages.TxnMarkers)`, answered by
+    # `client.protocol.messages.WriteTxnMarkersResponse` (served by
+    # `broker.txn_markers.TxnMarkerWriter`, called from `ReplicationApis`).
+    WRITE_TXN_MARKERS = 27
     # pykraft's own: a node's metadata image offset and digest (tests, jepsen_like).
     DESCRIBE_IMAGE = 1000
 
