@@ -1,0 +1,1 @@
+"""Runnable examples built on pykraft (each a package: `python -m examples.<name>`)."""

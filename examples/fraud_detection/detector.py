@@ -1,0 +1,289 @@
+"""One detector process of the `fraud-detectors` consumer group.
+
+Per-card state lives in memory (`rules.CardStates`). After a rebalance, a partition the
+process did not just own, or whose committed offset is not where it stopped, gets its
+state rebuilt from the partition's recent history: it seeks back `rebuild_window_s`
+(`offsets_for_times`) from the committed offset's side and replays those payments into
+state without alerting, then goes on from the committed offset. Every rule looks back
+seconds, so a bounded window rebuilds it whole; a changelog topic would be the choice
+for state that looks back further (documented in the README's paragraph).
+
+Delivery, per batch of consumed payments:
+- at-least-once: produce the batch's alerts, wait for their acks, commit the offsets
+  (a crash between the two repeats those alerts);
+- exactly-once: begin a transaction, produce the alerts, `send_offsets_to_transaction`
+  with the group's metadata, commit; an abortable error aborts and rewinds to the
+  committed offsets (KIP-447: the group generation fences a zombie).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+from examples.fraud_detection.events import Alert, card_key, decode_payment, encode_alert
+from examples.fraud_detection.rules import CardStates
+
+BATCH_MAX = 5_000
+POLL_TIMEOUT_S = 0.05
+STATS_EVERY_S = 5.0
+TRANSACTIONS_UNSERVED = (
+    "exactly-once unavailable: this broker does not serve transactions "
+    "(init_transactions failed: {reason})"
+)
+
+
+def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "session.timeout.ms": 6_000,
+        "heartbeat.interval.ms": 1_000,
+        "fetch.wait.max.ms": 20,
+        "enable.partition.eof": False,
+    }
+
+
+def probe_transactions(bootstrap: str, timeout_s: float = 5.0) -> str | None:
+    """None when the cluster serves transactions; otherwise why not, in one line."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "transactional.id": f"fraud-probe-{time.time_ns()}"}
+    )
+    try:
+        producer.init_transactions(timeout_s)
+    except KafkaException as error:
+        return TRANSACTIONS_UNSERVED.format(reason=error.args[0].str())
+    return None
+
+
+class Detector:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        group: str,
+        payments_topic: str,
+        alerts_topic: str,
+        semantics: str,
+        instance: str,
+        rebuild_window_s: float,
+    ) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        self.payments_topic = payments_topic
+        self.alerts_topic = alerts_topic
+        self.exactly_once = semantics == "exactly-once"
+        self.rebuild_window_ms = int(rebuild_window_s * 1000)
+        self.states = CardStates()
+        self.replay_until: dict[int, int] = {}  # below it, a payment rebuilds state only
+        self.stopped_at: dict[int, int] = {}  # the next offset this process would read
+        self.consumer = Consumer(consumer_config(bootstrap, group))
+        producer_config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 1,
+        }
+        if self.exactly_once:
+            producer_config["transactional.id"] = f"fraud-detector-{group}-{instance}"
+        else:
+            producer_config["enable.idempotence"] = True
+        self.producer = Producer(producer_config)
+        self.processed = 0
+        self.alerted = 0
+        self.rebuilt = 0
+        self.rebalances = 0
+        self.running = True
+
+    # ------------------------------------------------------------------ rebalances
+
+    def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.rebalances += 1
+        kept = {tp.partition for tp in partitions}
+        for p in list(self.states.by_partition):
+            if p not in kept:
+                self.states.drop(p)
+        self.stopped_at = {p: o for p, o in self.stopped_at.items() if p in kept}
+        consumer.assign(self.plan_starts(consumer, partitions))
+        self.say({"assigned": sorted(kept)})
+
+    def plan_starts(self, consumer: Any, partitions: list[Any]) -> list[Any]:
+        """Where to read each partition from, and up to where only to rebuild state."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        committed = consumer.committed(partitions, timeout=30)
+        since = int(time.time() * 1000) - self.rebuild_window_ms
+        lookups = [TopicPartition(tp.topic, tp.partition, since) for tp in committed]
+        history = consumer.offsets_for_times(lookups, timeout=30)
+        starts = []
+        for tp, back in zip(committed, history, strict=True):
+            p = tp.partition
+            if tp.offset < 0:  # nothing committed: from the beginning, nothing to rebuild
+                self.states.drop(p)
+                self.replay_until[p] = 0
+                starts.append(TopicPartition(tp.topic, p, OFFSET_BEGINNING))
+            elif self.stopped_at.get(p) == tp.offset:  # owned it and stopped right there
+                self.replay_until[p] = 0
+                starts.append(tp)
+            else:
+                self.states.drop(p)
+                self.replay_until[p] = tp.offset
+                start = tp.offset if back.offset < 0 else min(back.offset, tp.offset)
+                self.rebuilt += tp.offset - start
+                starts.append(TopicPartition(tp.topic, p, start))
+        return starts
+
+    def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # State stays until the next assignment says which partitions are still ours.
+        self.say({"revoked": sorted(tp.partition for tp in partitions)})
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        if self.exactly_once:
+            from confluent_kafka import KafkaException
+
+            try:
+                self.producer.init_transactions(10)
+            except KafkaException as error:
+                print(TRANSACTIONS_UNSERVED.format(reason=error.args[0].str()), file=sys.stderr)
+                raise SystemExit(2) from None
+        self.consumer.subscribe(
+            [self.payments_topic], on_assign=self.on_assign, on_revoke=self.on_revoke
+        )
+        next_stats = time.monotonic() + STATS_EVERY_S
+        try:
+            while self.running:
+                messages = self.consumer.consume(num_messages=BATCH_MAX, timeout=POLL_TIMEOUT_S)
+                if messages:
+                    self.handle(messages)
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + STATS_EVERY_S
+                    self.say(self.figures())
+        finally:
+            self.consumer.close()
+
+    def handle(self, messages: list[Any]) -> None:
+        alerts: list[Alert] = []
+        positions: dict[int, int] = {}
+        states = self.states
+        replay_until = self.replay_until
+        for message in messages:
+            if message.error() is not None:
+                continue
+            partition = message.partition()
+            offset = message.offset()
+            payment = decode_payment(message.value())
+            found = states.observe(partition, payment)
+            positions[partition] = offset + 1
+            if found and offset >= replay_until.get(partition, 0):
+                now = int(time.time() * 1000)
+                for pattern in found:
+                    alerts.append(
+                        Alert(
+                            payment.card,
+                            pattern,
+                            payment.seq,
+                            payment.ts_ms,
+                            partition,
+                            offset,
+                            now,
+                        )
+                    )
+        self.processed += len(messages)
+        if not positions:
+            return
+        if self.exactly_once:
+            self.deliver_exactly_once(alerts, positions)
+        else:
+            self.deliver_at_least_once(alerts, positions)
+
+    def _produce(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            while True:
+                try:
+                    self.producer.produce(
+                        self.alerts_topic, encode_alert(alert), card_key(alert.card)
+                    )
+                    break
+                except BufferError:
+                    self.producer.poll(0.01)
+        self.alerted += len(alerts)
+
+    def _offsets(self, positions: dict[int, int]) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(self.payments_topic, p, o) for p, o in positions.items()]
+
+    def deliver_at_least_once(self, alerts: list[Alert], positions: dict[int, int]) -> None:
+        from confluent_kafka import KafkaException
+
+        if alerts:
+            self._produce(alerts)
+            if self.producer.flush(30) > 0:
+                raise RuntimeError("alerts not acknowledged within 30 s")
+        try:
+            self.consumer.commit(offsets=self._offsets(positions), asynchronous=False)
+        except KafkaException as error:
+            # A rebalance took the partitions: their next owner repeats from the last
+            # commit (at least once), and this process forgets where it stopped.
+            self.say({"commit_failed": error.args[0].str()})
+            self.stopped_at.clear()
+            return
+        self.stopped_at.update(positions)
+
+    def deliver_exactly_once(self, alerts: list[Alert], positions: dict[int, int]) -> None:
+        from confluent_kafka import KafkaException
+
+        try:
+            self.producer.begin_transaction()
+            self._produce(alerts)
+            self.producer.send_offsets_to_transaction(
+                self._offsets(positions), self.consumer.consumer_group_metadata(), 30
+            )
+            self.producer.commit_transaction(30)
+        except KafkaException as raised:
+            error = raised.args[0]
+            if not error.txn_requires_abort():
+                raise  # fenced or fatal: another instance owns the work now
+            self.say({"transaction_aborted": error.str()})
+            self.producer.abort_transaction(30)
+            self.rewind()
+            return
+        self.stopped_at.update(positions)
+
+    def rewind(self) -> None:
+        """After an abort: back to the committed offsets, state rebuilt (as on assign)."""
+        self.stopped_at.clear()
+        for start in self.plan_starts(self.consumer, self.consumer.assignment()):
+            self.consumer.seek(start)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "processed": self.processed,
+            "alerts": self.alerted,
+            "cards": self.states.cards(),
+            "rebuilt": self.rebuilt,
+            "rebalances": self.rebalances,
+        }
+
+    def say(self, line: dict[str, Any]) -> None:
+        print(json.dumps(line), flush=True)
+
+
+def run(**settings: Any) -> None:
+    detector = Detector(**settings)
+
+    def stop(signum: int, frame: object) -> None:
+        detector.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    detector.run()
