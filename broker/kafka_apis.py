@@ -15,8 +15,9 @@ ApiVersions, answered at v0). Produce is advertised from v0, as Kafka 4 does
 cannot read v0-2 (Kafka 4 refuses them too). The group APIs (FindCoordinator,
 JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups,
 ListGroups, DeleteGroups) are `KafkaGroupApis`' over the broker's `GroupDriver`.
-InitProducerId is `KafkaProducerApis`' (idempotent producers); no transaction API is
-built, so transactional producers are not served yet. Clients cannot create topics
+InitProducerId is `KafkaProducerApis`' (idempotent producers; a transactional id goes
+to the transaction coordinator); AddPartitionsToTxn, AddOffsetsToTxn, EndTxn,
+DescribeTransactions and ListTransactions are `KafkaTxnApis`' over the `TxnDriver`. Clients cannot create topics
 named `__...` (the broker's).
 
 Errors are Kafka's codes (`ErrorCode` has Kafka's numbers). An error concerning the
@@ -52,6 +53,7 @@ from broker.kafka_producer_apis import (
     KafkaProducerApis,
     init_producer_id_error,
 )
+from broker.kafka_txn_apis import KafkaTxnApis
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import API_VERSIONS_KEY, APIS
@@ -98,6 +100,7 @@ class KafkaApis:
         data: DataApis,
         groups: GroupDriver | None = None,
         producers: KafkaProducerApis | None = None,
+        transactions: KafkaTxnApis | None = None,
     ) -> None:
         self.broker = broker
         self.data = data
@@ -171,13 +174,19 @@ class KafkaApis:
             ),
         }
         if groups is not None:  # the group APIs (issue 16)
-            for key, (low, high, handle, error) in KafkaGroupApis(groups).served().items():
+            group_apis = KafkaGroupApis(
+                groups, transactions=transactions.driver if transactions is not None else None
+            )
+            for key, (low, high, handle, error) in group_apis.served().items():
                 self.served[key] = Served(low=low, high=high, handle=handle, error=error)
         if producers is not None:  # idempotent producers' ids (issue 17)
             low, high = INIT_PRODUCER_ID_VERSIONS
             self.served[INIT_PRODUCER_ID] = Served(
                 low=low, high=high, handle=producers.init_producer_id, error=init_producer_id_error
             )
+        if transactions is not None:  # the transaction coordinator's APIs (issue 17)
+            for key, (low, high, handle, error) in transactions.served().items():
+                self.served[key] = Served(low=low, high=high, handle=handle, error=error)
         for key, served in self.served.items():
             codec = APIS[key].versions
             # What is served the codec can read, except Produce v0-2 (advertised only).
@@ -291,6 +300,7 @@ class KafkaApis:
         native = ProduceRequest(
             acks=request.acks,
             timeout_ms=request.timeout_ms,
+            transactional_id=request.transactional_id if version >= 3 else None,
             topics=tuple(
                 TopicProduce(
                     name=topic.name,
@@ -351,6 +361,7 @@ class KafkaApis:
             max_wait_ms=request.max_wait_ms,
             min_bytes=request.min_bytes,
             max_bytes=request.max_bytes,
+            isolation_level=request.isolation_level,
         )
         response = await self.data.fetch_request(native, replication=False)
         Response = kafka.FetchResponse
@@ -363,9 +374,16 @@ class KafkaApis:
                             partition_index=p.partition,
                             error_code=p.error_code,
                             high_watermark=p.high_watermark,
-                            # No transactions yet: everything below it is stable.
-                            last_stable_offset=p.high_watermark,
+                            last_stable_offset=p.last_stable_offset,
                             log_start_offset=p.log_start_offset if version >= 5 else -1,
+                            aborted_transactions=None
+                            if p.aborted_transactions is None
+                            else tuple(
+                                Response.AbortedTransaction(
+                                    producer_id=a.producer_id, first_offset=a.first_offset
+                                )
+                                for a in p.aborted_transactions
+                            ),
                             records=p.records,  # as stored, never re-encoded
                         )
                         for p in topic.partitions
@@ -397,7 +415,9 @@ class KafkaApis:
             )
             for topic in request.topics
         )
-        native = self.data.list_offsets_request(ListOffsetsRequest(topics=wanted))
+        native = self.data.list_offsets_request(
+            ListOffsetsRequest(topics=wanted, isolation_level=request.isolation_level)
+        )
         Response = kafka.ListOffsetsResponse
 
         def answers(topic: Any, found: tuple[PartitionOffset, ...]) -> tuple[Any, ...]:

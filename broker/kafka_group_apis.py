@@ -17,11 +17,13 @@ from broker import kafka_errors
 from broker.group_driver import OFFSETS_TOPIC, GroupDriver
 from broker.groups import messages as g
 from broker.listeners import BROKER_LISTENER
+from broker.txn_driver import TxnDriver
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
 from kraft.metadata.image import MetadataImage
 
 GROUP_KEY_TYPE = 0
+TXN_KEY_TYPE = 1
 # Kafka's API keys of the group APIs (the native protocol has none of them).
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, JOIN_GROUP, HEARTBEAT = 8, 9, 10, 11, 12
 LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS, DELETE_GROUPS = 13, 14, 15, 16, 42
@@ -32,8 +34,9 @@ ErrorBuilder = Callable[[Any, int, int, str], Any]
 
 
 class KafkaGroupApis:
-    def __init__(self, driver: GroupDriver) -> None:
+    def __init__(self, driver: GroupDriver, transactions: TxnDriver | None = None) -> None:
         self.driver = driver
+        self.transactions = transactions  # FindCoordinator key_type 1
 
     def served(self) -> dict[int, tuple[int, int, Handle, ErrorBuilder]]:
         e = kafka_errors
@@ -56,6 +59,8 @@ class KafkaGroupApis:
     async def _coordinator_of(self, key: str, key_type: int) -> tuple[int, str, int, int, str]:
         """(node id, host, port, error code, message) for one key."""
         none = (-1, "", -1)
+        if key_type == TXN_KEY_TYPE and self.transactions is not None:
+            return await self.transactions.find_coordinator(key)
         if key_type != GROUP_KEY_TYPE:
             return (*none, ErrorCode.INVALID_REQUEST, "only group coordinators are built")
         if not key:

@@ -9,18 +9,16 @@ id and the next epoch, from which partitions take its batches at sequence 0 agai
 that was never allocated, or an epoch that would pass the int16 range, gets a fresh
 id.
 
-A transactional id needs the transaction coordinator, which is not built yet: such a
-request is answered TRANSACTIONAL_ID_AUTHORIZATION_FAILED. That answer is final in
-every client (COORDINATOR_NOT_AVAILABLE would have them retry forever; the response
-has no field for a message, so INVALID_REQUEST would reach the user as an
-"unexpected error"); it says, as Kafka says it to a principal without access, that
-this cluster will not serve that transactional id.
+A transactional id goes to the transaction coordinator (`kafka_txn_apis`, over the
+broker's `TxnDriver`). A broker built without one answers
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED, final in every client, as Kafka says it to a
+principal without access; an empty transactional id is INVALID_REQUEST.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker.producer_ids import ProducerIdManager
@@ -43,12 +41,20 @@ def init_producer_id_error(request: Any, version: int, code: int, message: str) 
 
 
 class KafkaProducerApis:
-    def __init__(self, producer_ids: ProducerIdManager, image: Callable[[], MetadataImage]):
+    def __init__(
+        self,
+        producer_ids: ProducerIdManager,
+        image: Callable[[], MetadataImage],
+        transactional: Callable[[Any, Any], Awaitable[Any]] | None = None,
+    ):
         self.producer_ids = producer_ids
         self.image = image
+        self.transactional = transactional  # InitProducerId with a transactional id
 
     async def init_producer_id(self, header: Any, request: Any) -> Any:
         version = header.request_api_version
+        if request.transactional_id and self.transactional is not None:
+            return await self.transactional(header, request)
         if request.transactional_id is not None:
             log.warning(
                 "InitProducerId for transactional id %r refused: transactions are not served",

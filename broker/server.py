@@ -18,7 +18,7 @@ import random
 
 import trio
 
-from broker import clean_shutdown
+from broker import clean_shutdown, txn_driver
 from broker.broker_apis import BrokerApis, ReplicationApis
 from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, REPLICATION_LISTENER, NodeConfig
 from broker.controller_channel import ControllerChannel
@@ -28,9 +28,12 @@ from broker.groups import GroupConfig
 from broker.kafka_apis import KafkaApis
 from broker.kafka_connection import KafkaConnections
 from broker.kafka_producer_apis import KafkaProducerApis
+from broker.kafka_txn_apis import KafkaTxnApis
 from broker.lifecycle import BrokerLifecycle
 from broker.producer_ids import ProducerIdManager
 from broker.replica_manager import ReplicaManager
+from broker.transactions import TxnConfig
+from broker.txn_driver import TxnDriver
 from client.protocol.rpc import RpcServer
 from kraft.controller.quorum_controller import QuorumController
 from kraft.metadata.loader import MetadataLoader
@@ -65,6 +68,7 @@ class Server:
         self.channel: ControllerChannel | None = None
         self.replicas: ReplicaManager | None = None
         self.groups: GroupDriver | None = None
+        self.transactions: TxnDriver | None = None
         self._nursery: trio.Nursery | None = None
         self._stopping_cleanly = False
         self.stopped = trio.Event()
@@ -181,11 +185,28 @@ class Server:
             ),
         )
         await nursery.start(producer_ids.run)
-        producers = KafkaProducerApis(producer_ids, lambda: loader.image)
+        transactions = self.transactions = TxnDriver(
+            replicas,
+            producer_ids,
+            forward=lambda key, body: channel.request(
+                key, body, timeout_s=config.request_timeout_ms * 5 / 1000
+            ),
+            config=TxnConfig(
+                transaction_state_partitions=txn_driver.TRANSACTION_STATE_NUM_PARTITIONS,
+                offsets_topic_partitions=config.offsets_topic_num_partitions,
+                transactional_id_expiration_ms=config.transactional_id_expiration_ms,
+            ),
+            rng=random.Random(self.rng.random()),
+        )
+        await nursery.start(transactions.run)
+        txn_apis = KafkaTxnApis(transactions)
+        producers = KafkaProducerApis(
+            producer_ids, lambda: loader.image, transactional=txn_apis.init_producer_id
+        )
         host, port = config.listeners[BROKER_LISTENER]
         # Both codecs on the client listener, chosen per connection (decision 0011).
         kafka = KafkaConnections(
-            KafkaApis(apis, data, groups, producers),
+            KafkaApis(apis, data, groups, producers, txn_apis),
             frame_bytes_max=config.socket_request_max_bytes,
             connections_max_idle_ms=config.connections_max_idle_ms,
             name=f"kafka-{config.node_id}",

@@ -178,7 +178,7 @@ def markers_from_body(body: Any) -> TxnMarkers:
             raise KafkaError(ErrorCode.INVALID_REQUEST, f"WriteTxnMarkers.{name}: not a {kind}")
         values[name] = value
     pairs = body.get("partitions")
-    if not isinstance(pairs, list) or not all(
+    if not isinstance(pairs, list | tuple) or not all(
         isinstance(pair, list | tuple)
         and len(pair) == 2
         and type(pair[0]) is str
