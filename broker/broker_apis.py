@@ -16,6 +16,7 @@ import attrs
 from broker.controller_channel import ControllerChannel
 from broker.data_apis import DataApis
 from broker.listeners import BROKER_LISTENER
+from broker.txn_markers import TxnMarkerWriter
 from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
@@ -160,15 +161,19 @@ def _as_client_request(body: Any) -> Any:
 
 
 class ReplicationApis:
-    """The REPLICATION listener: other brokers' replica fetches, and nothing else."""
+    """The REPLICATION listener: other brokers' replica fetches and the transaction
+    coordinators' markers (WriteTxnMarkers), and nothing else."""
 
-    def __init__(self, data: DataApis) -> None:
+    def __init__(self, data: DataApis, markers: TxnMarkerWriter | None = None) -> None:
         self.data = data
+        self.markers = markers if markers is not None else TxnMarkerWriter(data.replicas)
 
     async def handle(self, api_key: int, version: int, body: Any) -> Any:
-        if api_key != ApiKey.FETCH:
-            raise KafkaError(
-                ErrorCode.INVALID_REQUEST,
-                f"api {api_key} is not served on the REPLICATION listener",
-            )
-        return await self.data.replica_fetch(body)
+        if api_key == ApiKey.FETCH:
+            return await self.data.replica_fetch(body)
+        if api_key == ApiKey.WRITE_TXN_MARKERS:
+            return await self.markers.write_txn_markers(body)
+        raise KafkaError(
+            ErrorCode.INVALID_REQUEST,
+            f"api {api_key} is not served on the REPLICATION listener",
+        )

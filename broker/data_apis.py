@@ -8,7 +8,7 @@ record is decoded on a server path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -21,6 +21,8 @@ from client.protocol.messages import (
     CONSUMER_REPLICA_ID,
     EARLIEST_TIMESTAMP,
     LATEST_TIMESTAMP,
+    READ_COMMITTED,
+    AbortedTransaction,
     DeleteRecordsRequest,
     DeleteRecordsResponse,
     EpochEndOffset,
@@ -93,11 +95,23 @@ def _error_of(error: Exception) -> tuple[int, str]:
     raise error
 
 
+# KIP-890 part 1: (transactional id, producer id, epoch, topic, partition) -> the
+# coordinator's error code for "is this partition part of that open transaction?".
+VerifyTransaction = Callable[[str, int, int, str, int], Awaitable[int]]
+
+
 class DataApis:
-    def __init__(self, replicas: ReplicaManager, *, is_registered: Callable[[int, int], bool]):
+    def __init__(
+        self,
+        replicas: ReplicaManager,
+        *,
+        is_registered: Callable[[int, int], bool],
+        verify_transaction: VerifyTransaction | None = None,
+    ):
         self.replicas = replicas
         # (replica id, broker epoch) -> is that the broker's current incarnation?
         self.is_registered = is_registered
+        self.verify_transaction = verify_transaction
 
     # ------------------------------------------------------------------ produce
 
@@ -113,7 +127,12 @@ class DataApis:
         waits: list[tuple[str, int, Partition, int, int, int]] = []
         for topic in request.topics:
             for item in topic.partitions:
-                outcome = self._append(topic.name, item, request.acks)
+                if self.verify_transaction is None:
+                    outcome = self._append(topic.name, item, request.acks, None)
+                else:
+                    outcome = await self._append_verified(
+                        topic.name, item, request.acks, request.transactional_id
+                    )
                 if isinstance(outcome, PartitionProduceResult):
                     results[(topic.name, item.partition)] = outcome
                 else:
@@ -143,8 +162,47 @@ class DataApis:
             return None  # the RPC layer still answers; a Kafka client ignores it
         return _produce_response(request, results)
 
+    async def _append_verified(
+        self, topic: str, item: PartitionProduce, acks: int, transactional_id: str | None
+    ) -> PartitionProduceResult | tuple[Partition, int, int]:
+        """KIP-890 part 1: a transactional batch that would open a transaction here is
+        first checked with its coordinator; the append re-validates with no await
+        between its checks, the append and the producer state's record."""
+        try:
+            partition = self.replicas.partition(topic, item.partition)
+            partition.require_leader(item.current_leader_epoch)
+            pending = partition.unverified_transactions(item.records)
+        except Exception:
+            return self._append(topic, item, acks, {})  # which reports the error
+        guards: dict[int, object] = {}
+        if pending and transactional_id is None:
+            return PartitionProduceResult(
+                partition=item.partition,
+                error_code=ErrorCode.INVALID_RECORD,
+                error_message="transactional batches need the request's transactional_id",
+            )
+        assert self.verify_transaction is not None
+        for producer_id, epoch in pending:
+            assert transactional_id is not None
+            guards[producer_id] = partition.begin_verification(producer_id)
+            code = await self.verify_transaction(
+                transactional_id, producer_id, epoch, topic, item.partition
+            )
+            if code != ErrorCode.NONE:
+                return PartitionProduceResult(
+                    partition=item.partition,
+                    error_code=code,
+                    error_message=f"producer {producer_id}: the coordinator did not verify "
+                    f"{topic}-{item.partition} in transaction {transactional_id!r}",
+                )
+        return self._append(topic, item, acks, guards)
+
     def _append(
-        self, topic: str, item: PartitionProduce, acks: int
+        self,
+        topic: str,
+        item: PartitionProduce,
+        acks: int,
+        verified: dict[int, object] | None,
     ) -> PartitionProduceResult | tuple[Partition, int, int]:
         try:
             partition = self.replicas.partition(topic, item.partition)
@@ -163,7 +221,7 @@ class DataApis:
                 item.records,
                 inflated_bytes_max=partition.log.config.max_message_bytes * INFLATION_RATIO_MAX,
             )
-            info = partition.append_as_leader(item.records)
+            info = partition.append_as_leader(item.records, verified=verified)
         except Exception as error:
             code, message = _error_of(error)
             return PartitionProduceResult(
@@ -315,6 +373,7 @@ class DataApis:
                     record_fetch,
                     budget,
                     now_ms,
+                    request.isolation_level == READ_COMMITTED,
                 )
                 size = len(result.records)
                 budget -= size
@@ -332,8 +391,11 @@ class DataApis:
         record_fetch: bool,
         budget: int,
         now_ms: int,
+        read_committed: bool = False,
     ) -> PartitionFetchResult:
         from_follower = replica_id != CONSUMER_REPLICA_ID
+        # Followers copy the whole log, whatever level they name.
+        read_committed = read_committed and not from_follower
         partition: Partition | None = None
         try:
             partition = self.replicas.partition(topic, item.partition)
@@ -355,15 +417,30 @@ class DataApis:
                             epoch=diverging.epoch, end_offset=diverging.end_offset
                         ),
                     )
-            limit = log_.log_end_offset if from_follower else partition.high_watermark
+            last_stable = -1 if from_follower else partition.last_stable_offset
+            if from_follower:
+                limit = log_.log_end_offset
+            else:
+                limit = last_stable if read_committed else partition.high_watermark
             if not log_.log_start_offset <= item.fetch_offset <= log_.log_end_offset:
                 raise OffsetOutOfRangeError(
                     item.fetch_offset, log_.log_start_offset, log_.log_end_offset
                 )
             data = b""
+            aborted: tuple[AbortedTransaction, ...] | None = None
             if item.fetch_offset < limit and budget > 0:
                 max_bytes = min(item.partition_max_bytes, budget)
-                data = bytes(log_.read(item.fetch_offset, max_bytes, max_offset=limit))
+                if read_committed:
+                    sliced, upper = log_.read_slice(item.fetch_offset, max_bytes, limit)
+                    data = bytes(sliced)
+                    aborted = tuple(
+                        AbortedTransaction(producer_id=pid, first_offset=first)
+                        for pid, first in partition.aborted_transactions(item.fetch_offset, upper)
+                    )
+                else:
+                    data = bytes(log_.read(item.fetch_offset, max_bytes, max_offset=limit))
+            if read_committed and aborted is None:
+                aborted = ()
             return PartitionFetchResult(
                 partition=item.partition,
                 error_code=ErrorCode.NONE,
@@ -371,6 +448,8 @@ class DataApis:
                 log_start_offset=log_.log_start_offset,
                 log_end_offset=log_.log_end_offset,
                 records=data,
+                last_stable_offset=last_stable,
+                aborted_transactions=aborted,
             )
         except Exception as error:
             code, message = _error_of(error)
@@ -419,7 +498,12 @@ class DataApis:
     def list_offsets_request(self, request: ListOffsetsRequest) -> ListOffsetsResponse:
         answers = self._each_partition(
             request.topics,
-            lambda partition, item: _offset_of(partition, item.partition, item.timestamp),
+            lambda partition, item: _offset_of(
+                partition,
+                item.partition,
+                item.timestamp,
+                read_committed=request.isolation_level == READ_COMMITTED,
+            ),
             lambda item, code: PartitionOffset(partition=item.partition, error_code=code),
             current_epoch=lambda item: item.current_leader_epoch,
         )
@@ -451,8 +535,12 @@ def _delete_before(partition: Partition, item: Any) -> PartitionLowWatermark:
 MAX_TIMESTAMP = -3
 
 
-def _offset_of(partition: Partition, index: int, timestamp: int) -> PartitionOffset:
+def _offset_of(
+    partition: Partition, index: int, timestamp: int, *, read_committed: bool = False
+) -> PartitionOffset:
     log_ = partition.log
+    # read_committed sees up to the last stable offset, no further (KIP-98).
+    visible_end = partition.last_stable_offset if read_committed else partition.high_watermark
     if timestamp == EARLIEST_TIMESTAMP:
         return PartitionOffset(
             partition=index, error_code=ErrorCode.NONE, offset=log_.log_start_offset
@@ -461,14 +549,14 @@ def _offset_of(partition: Partition, index: int, timestamp: int) -> PartitionOff
         return PartitionOffset(
             partition=index,
             error_code=ErrorCode.NONE,
-            offset=partition.high_watermark,
+            offset=visible_end,
             leader_epoch=partition.leader_epoch,
         )
     if timestamp == MAX_TIMESTAMP:
         found = log_.max_timestamp_record()
     else:
         found = log_.offset_for_timestamp(timestamp)
-    if found is None or found.offset >= partition.high_watermark:
+    if found is None or found.offset >= visible_end:
         return PartitionOffset(partition=index, error_code=ErrorCode.NONE)  # -1: none yet
     return PartitionOffset(
         partition=index, error_code=ErrorCode.NONE, offset=found.offset, timestamp=found.timestamp

@@ -21,7 +21,7 @@ when the log restarts empty, and expired on the replica manager's timer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -39,15 +39,19 @@ from storage.divergence import EpochEnd, diverging_epoch, truncation_offset
 from storage.log import AppendInfo, SegmentedLog
 from storage.producer_state import (
     NEW,
+    EndTxnMarker,
     ProducerStateConfig,
     ProducerStateManager,
     Verdict,
+    aborted_transactions_between,
     assigned_headers,
+    build_marker_batch,
     delete_snapshots,
     log_reader,
     logged_batches,
 )
-from storage.records import check_producer_batches, iter_batches
+from storage.records import BatchHeader, ControlRecordType, check_producer_batches, iter_batches
+from storage.txn_index import AbortedTxn, FetchAbortedTxn, LogTxnIndexes
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ class Partition:
         self._changed = trio.Event()
         # The replica manager's wake-up for fetches long-polling many partitions.
         self.on_change: Callable[[], None] | None = None
-        self.producer_state, _ = ProducerStateManager.load(
+        self.producer_state, replayed = ProducerStateManager.load(
             log.fs,
             log.directory,
             log_start_offset=log.log_start_offset,
@@ -104,6 +108,20 @@ class Partition:
         )
         if now_wall_ms is not None:
             self.producer_state.expire(now_wall_ms)
+        self.txn_indexes = LogTxnIndexes.open(
+            log.fs,
+            log.directory,
+            segment_bases=self._segment_bases(),
+            log_end_offset=log.log_end_offset,
+            recover=self._recover_aborted,
+        )
+        # Entries past the last snapshot may not have been synced before a crash: the
+        # replay that rebuilt the producer state found every marker there.
+        self.txn_indexes.reconcile(self.producer_state.replayed_from, replayed)
+        # KIP-890 part 1: producer id -> the verification under way for it (a marker
+        # voids it, so a verification that straddles one cannot open a transaction).
+        self._verification_guards: dict[int, object] = {}
+        self._verification_off_logged = False
         log.on_roll = self._on_roll
 
     def __repr__(self) -> str:
@@ -112,6 +130,35 @@ class Partition:
     @property
     def is_leader(self) -> bool:
         return self.leader_id == self.broker_id and not self.offline
+
+    @property
+    def last_stable_offset(self) -> int:
+        """Where a read_committed consumer stops: the first offset of the oldest
+        undecided transaction (or decided by a marker not yet replicated), capped by
+        the high-water mark."""
+        return self.producer_state.state.last_stable_offset(self.high_watermark)
+
+    def aborted_transactions(self, start_offset: int, end_offset: int) -> list[FetchAbortedTxn]:
+        """Fetch's aborted transactions (read_committed) overlapping [start, end)."""
+        return self.txn_indexes.aborted_transactions(start_offset, end_offset)
+
+    def _segment_bases(self) -> list[int]:
+        return [segment.base_offset for segment in self.log.segments]
+
+    def _recover_aborted(self, start_offset: int, end_offset: int) -> list[AbortedTxn]:
+        return aborted_transactions_between(
+            self.log.fs,
+            self.log.directory,
+            log_start_offset=self.log.log_start_offset,
+            start_offset=max(start_offset, self.log.log_start_offset),
+            end_offset=end_offset,
+            read_batches=log_reader(self.log),
+            config=self.producer_state.state.config,
+        )
+
+    def _index_aborted(self, aborted: AbortedTxn | None) -> None:
+        if aborted is not None:
+            self.txn_indexes.append(aborted)
 
     # ------------------------------------------------------------------ metadata
 
@@ -186,27 +233,64 @@ class Partition:
     def maximal_isr(self) -> set[int]:
         return set(self.isr) | set(self.pending_isr or ())
 
-    def append_as_leader(self, records: bytes) -> AppendInfo:
+    def unverified_transactions(self, records: bytes) -> list[tuple[int, int]]:
+        """(producer id, epoch) of each transactional batch that would open a
+        transaction here: KIP-890 part 1 asks the coordinator about those first."""
+        state = self.producer_state.state
+        found = []
+        for _, header in iter_batches(records, validate=False):
+            if not header.is_transactional or header.producer_id < 0:
+                continue
+            entry = state.entry(header.producer_id)
+            if entry is None or not entry.has_open_transaction:
+                key = (header.producer_id, header.producer_epoch)
+                if key not in found:
+                    found.append(key)
+        return found
+
+    def begin_verification(self, producer_id: int) -> object:
+        """A token for a verification of `producer_id`'s transaction starting now."""
+        guard = self._verification_guards[producer_id] = object()
+        return guard
+
+    def _check_verified(self, headers: list[BatchHeader], guards: Mapping[int, object]) -> None:
+        state = self.producer_state.state
+        for header in headers:
+            if not header.is_transactional or header.producer_id < 0:
+                continue
+            entry = state.entry(header.producer_id)
+            if entry is not None and entry.has_open_transaction:
+                continue
+            guard = self._verification_guards.get(header.producer_id)
+            if guard is None or guards.get(header.producer_id) is not guard:
+                raise KafkaError(
+                    ErrorCode.INVALID_TXN_STATE,
+                    f"{self}: producer {header.producer_id}: the transaction was not "
+                    "verified with its coordinator (or ended meanwhile)",
+                )
+
+    def append_as_leader(
+        self, records: bytes, *, verified: Mapping[int, object] | None = None
+    ) -> AppendInfo:
         """A producer's batches: checked as Kafka's LogValidator does, then appended.
 
         A retry of one of its producer's last batches is answered with the offsets it
         was written at (batch_count 0: nothing is written); a batch out of sequence,
         of a fenced epoch or otherwise refused by the producer state raises KafkaError
-        with Kafka's code.
+        with Kafka's code. `verified` (KIP-890 part 1 on): producer id -> the guard of
+        its verification (`begin_verification`); a transactional batch that would
+        open a transaction needs a guard no marker has voided since.
         """
         check_producer_batches(
             records,
             inflated_bytes_max=self.log.config.max_message_bytes * INFLATION_RATIO_MAX,
         )
         headers = [header for _, header in iter_batches(records, validate=False)]
-        for header in headers:
-            if header.is_transactional and header.producer_id >= 0:
-                # No transaction coordinator yet (issue 17, item 2): a transaction
-                # opened here could never be decided and would hold the LSO back.
-                raise KafkaError(
-                    ErrorCode.INVALID_TXN_STATE,
-                    f"{self}: producer {header.producer_id}: transactions are not served",
-                )
+        if verified is not None:
+            self._check_verified(headers, verified)
+        elif not self._verification_off_logged and any(h.is_transactional for h in headers):
+            self._verification_off_logged = True
+            log.info("%s: transactional batches taken without their coordinator's check", self)
         state = self.producer_state.state
         outcome = state.validate(headers)
         if outcome is not NEW and not outcome.is_new:  # `is NEW`: the usual case, quickly
@@ -221,9 +305,55 @@ class Partition:
         info = self.log.append(records, self.leader_epoch)
         for header in assigned_headers(headers, info.first_offset, self.leader_epoch):
             state.record(header)
+            if header.is_transactional:
+                self._verification_guards.pop(header.producer_id, None)  # open now
         self._maybe_advance_high_watermark()  # a lone ISR commits at once
         self._notify()
         return info
+
+    def write_txn_marker(
+        self,
+        *,
+        producer_id: int,
+        producer_epoch: int,
+        committed: bool,
+        coordinator_epoch: int,
+        transaction_version: int,
+        now_wall_ms: int,
+    ) -> int:
+        """WriteTxnMarkers as leader: the COMMIT or ABORT control batch; its offset.
+
+        KafkaError INVALID_PRODUCER_EPOCH for a marker older than the producer's
+        epoch, TRANSACTION_COORDINATOR_FENCED for a coordinator epoch older than the
+        last marker's.
+        """
+        kind = ControlRecordType.COMMIT if committed else ControlRecordType.ABORT
+        marker = EndTxnMarker(control_type=kind, coordinator_epoch=coordinator_epoch)
+        state = self.producer_state.state
+        outcome = state.validate_marker(
+            producer_id, producer_epoch, marker, epoch_bumped=transaction_version >= 2
+        )
+        if not outcome.is_new:
+            raise KafkaError(outcome.verdict.error_code, f"{self}: {outcome.message}")
+        batch = build_marker_batch(
+            marker,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            timestamp=now_wall_ms,
+            partition_leader_epoch=self.leader_epoch,
+        )
+        # No await from validate to record, as for data.
+        info = self.log.append(batch, self.leader_epoch)
+        (header,) = assigned_headers(
+            [header for _, header in iter_batches(batch, validate=False)],
+            info.first_offset,
+            self.leader_epoch,
+        )
+        self._index_aborted(state.record(header, marker))
+        self._verification_guards.pop(producer_id, None)
+        self._maybe_advance_high_watermark()
+        self._notify()
+        return info.first_offset
 
     def on_follower_fetch(
         self,
@@ -321,7 +451,7 @@ class Partition:
             # What the leader wrote is recorded as written: nothing is refused here.
             state = self.producer_state
             for header, marker in logged_batches(records):
-                state.record(header, marker)
+                self._index_aborted(state.record(header, marker))
         self.update_follower_high_watermark(leader_high_watermark)
         self._notify()
 
@@ -353,13 +483,18 @@ class Partition:
     def _producer_state_after_truncation(self) -> None:
         # Also when the log restarted empty at its start (a batch straddled it): the
         # state is then what a snapshot at the start holds, as a reopen would load.
-        self.producer_state.truncate_to(self.log.log_end_offset, log_reader(self.log))
+        end = self.log.log_end_offset
+        self.producer_state.truncate_to(end, log_reader(self.log))
+        self.txn_indexes.truncate_to(end, segment_bases=self._segment_bases())
+        if self.log.segments[0].base_offset not in self.txn_indexes.bases:
+            self.txn_indexes.restart_at(self.log.segments[0].base_offset)
 
     def restart_at(self, offset: int) -> None:
         """Behind the leader's log start (retention took what we lack): start over there."""
         log.info("%s: behind the leader's log start, restarting empty at %d", self, offset)
         self.log.truncate_fully_and_start_at(offset)
         self.producer_state.truncate_fully_and_start_at(offset)
+        self.txn_indexes.restart_at(offset)
         self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
 
     def follow_log_start(self, leader_log_start: int) -> None:
@@ -370,6 +505,8 @@ class Partition:
             self._producer_state_after_log_start_move()
 
     def _producer_state_after_log_start_move(self) -> None:
+        self.txn_indexes.drop_below(self.log.segments[0].base_offset)
+        self.txn_indexes.flush()  # the snapshot below counts on what it holds
         manager = self.producer_state
         manager.truncate_start(
             self.log.log_start_offset, first_segment_base=self.log.segments[0].base_offset
@@ -392,6 +529,7 @@ class Partition:
         assert state.map_end_offset == base_offset, (
             f"{self}: producer state at {state.map_end_offset}, new segment at {base_offset}"
         )
+        self.txn_indexes.on_roll(base_offset)
         self.producer_state.take_snapshot()
 
     def expire_producers(self, now_wall_ms: int) -> list[int]:
@@ -425,6 +563,7 @@ class Partition:
         self.offline = True
         self._notify()
         self.log.close()
+        self.txn_indexes.close()
         # A clean stop restarts from here without replaying the active segment.
         self.producer_state.take_snapshot()
 

@@ -939,6 +939,9 @@ class ProducerStateManager:
         self.fs = fs
         self.directory = directory
         self.state = state
+        # Where the last load or truncation started replaying the log: the aborted
+        # transactions it returned are every one whose marker lies at or after it.
+        self.replayed_from = state.map_end_offset
 
     @classmethod
     def load(
@@ -980,6 +983,7 @@ class ProducerStateManager:
             )
         self.state = loaded
         start = loaded.map_end_offset
+        self.replayed_from = start
         aborted = loaded.replay(read_batches(start, log_end)) if start < log_end else []
         if loaded.map_end_offset < log_end:
             # A compacted log may end with a gap the cleaner left; the state covers it.

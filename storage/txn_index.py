@@ -24,12 +24,16 @@ does. An empty index has no file (Kafka creates it on the first entry too).
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import logging
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from storage.fs import File, FileSystem
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".txnindex"
 ENTRY_VERSION = 0
@@ -205,6 +209,162 @@ def aborted_transactions(
     return found
 
 
+class LogTxnIndexes:
+    """The transaction indexes of one log, keyed by base offset, oldest first.
+
+    The partition drives it through the log's events (open, roll, truncation, log
+    start moves, restart). An index holds the markers in [its base, the next index's
+    base): its base is the segment's that was active when the marker was written, so
+    a cleaning that merges segments leaves the older indexes in place and correct;
+    they go when the log start passes the next one's base.
+    """
+
+    def __init__(self, fs: FileSystem, directory: str) -> None:
+        self.fs = fs
+        self.directory = directory
+        self._indexes: dict[int, TransactionIndex] = {}
+        self._bases: list[int] = []  # sorted keys of _indexes
+
+    @classmethod
+    def open(
+        cls,
+        fs: FileSystem,
+        directory: str,
+        *,
+        segment_bases: Sequence[int],
+        log_end_offset: int,
+        recover: Callable[[int, int], list[AbortedTxn]],
+    ) -> LogTxnIndexes:
+        """Load every index of the directory; one that fails its checks is rebuilt
+        from `recover(start, end)` (the aborted transactions whose markers lie there).
+
+        Files of no segment below the first segment's base, or at/after the log end,
+        are deleted (their markers are gone).
+        """
+        self = cls(fs, directory)
+        first_base = segment_bases[0] if segment_bases else log_end_offset
+        on_disk = set()
+        for name in fs.listdir(directory):
+            stem = name[: -len(SUFFIX)]
+            if name.endswith(SUFFIX) and stem.isdigit():
+                on_disk.add(int(stem))
+        bases = sorted(on_disk | set(segment_bases))
+        for position, base in enumerate(bases):
+            next_base = bases[position + 1] if position + 1 < len(bases) else log_end_offset
+            beyond_end = base >= log_end_offset and base not in segment_bases
+            if base < first_base or beyond_end:
+                TransactionIndex(fs, directory, base).delete()
+                continue
+            try:
+                index = TransactionIndex.load(fs, directory, base, next_offset=next_base)
+            except TxnIndexCorruptError as error:
+                log.warning("%s; rebuilding it from the log", error)
+                index = TransactionIndex(fs, directory, base)
+                index.rebuild(recover(base, next_base))
+            self._add_index(index)
+        return self
+
+    def _add_index(self, index: TransactionIndex) -> None:
+        assert index.base_offset not in self._indexes, index.base_offset
+        self._indexes[index.base_offset] = index
+        bisect.insort(self._bases, index.base_offset)
+
+    @property
+    def bases(self) -> tuple[int, ...]:
+        return tuple(self._bases)
+
+    def entries(self) -> list[AbortedTxn]:
+        """Every aborted transaction held, in marker order."""
+        return [entry for base in self._bases for entry in self._indexes[base].entries]
+
+    # ------------------------------------------------------------------ the log's events
+
+    def on_roll(self, base_offset: int) -> None:
+        """A new segment starts at `base_offset`: what the older ones hold is synced
+        (the producer state snapshot taken now counts on it)."""
+        self.flush()
+        if base_offset not in self._indexes:
+            assert not self._bases or base_offset > self._bases[-1], (base_offset, self._bases)
+            self._add_index(TransactionIndex(self.fs, self.directory, base_offset))
+
+    def append(self, entry: AbortedTxn) -> None:
+        """An ABORT marker was just appended (its offset is past every other marker)."""
+        position = bisect.bisect_right(self._bases, entry.last_offset) - 1
+        # Every segment has an index from its start (open, roll, restart).
+        assert position >= 0, (entry, self._bases)
+        self._indexes[self._bases[position]].append(entry)
+
+    def truncate_to(self, offset: int, *, segment_bases: Sequence[int]) -> None:
+        """The log was cut at `offset`: markers at or after it go, and so do the
+        indexes of segments that went with them."""
+        for base in list(self._bases):
+            index = self._indexes[base]
+            if base >= offset and base not in segment_bases:
+                self._remove(base)
+            else:
+                index.truncate_to(offset)
+
+    def drop_below(self, first_segment_base: int) -> None:
+        """Segments below `first_segment_base` were deleted: their indexes go too."""
+        while len(self._bases) > 1 and self._bases[1] <= first_segment_base:
+            self._remove(self._bases[0])
+
+    def restart_at(self, offset: int) -> None:
+        """The log restarted empty at `offset`."""
+        for base in list(self._bases):
+            self._remove(base)
+        self._add_index(TransactionIndex(self.fs, self.directory, offset))
+
+    def reconcile(self, from_offset: int, replayed: Sequence[AbortedTxn]) -> bool:
+        """Make the markers at or after `from_offset` exactly `replayed` (what a replay
+        of the log found there): entries a crash kept from the disk are dropped or
+        added. True if anything changed."""
+        wanted: dict[int, list[AbortedTxn]] = {}
+        for entry in replayed:
+            assert entry.last_offset >= from_offset, (entry, from_offset)
+            position = bisect.bisect_right(self._bases, entry.last_offset) - 1
+            assert position >= 0, (entry, self._bases)
+            wanted.setdefault(self._bases[position], []).append(entry)
+        changed = False
+        for base in self._bases:
+            index = self._indexes[base]
+            kept = [entry for entry in index.entries if entry.last_offset < from_offset]
+            fresh = kept + wanted.get(base, [])
+            if fresh != list(index.entries):
+                log.warning(
+                    "%s: %d entries on disk, %d in the log after offset %d: rebuilt",
+                    index.path,
+                    len(index.entries),
+                    len(fresh),
+                    from_offset,
+                )
+                index.rebuild(fresh)
+                changed = True
+        return changed
+
+    def flush(self) -> None:
+        for base in self._bases:
+            self._indexes[base].flush()
+
+    def close(self) -> None:
+        for base in self._bases:
+            index = self._indexes[base]
+            index.flush()
+            index.close()
+
+    def _remove(self, base: int) -> None:
+        self._indexes.pop(base).delete()
+        self._bases.remove(base)
+
+    # ------------------------------------------------------------------ reading
+
+    def aborted_transactions(self, start_offset: int, end_offset: int) -> list[FetchAbortedTxn]:
+        """Fetch's list for [start_offset, end_offset)."""
+        position = max(0, bisect.bisect_right(self._bases, start_offset) - 1)
+        indexes = [self._indexes[base] for base in self._bases[position:]]
+        return aborted_transactions(indexes, start_offset, end_offset)
+
+
 def remove_orphans(fs: FileSystem, directory: str, segment_bases: Iterable[int]) -> list[int]:
     """Delete `.txnindex` files whose segment is gone; their base offsets."""
     bases = set(segment_bases)
@@ -262,6 +422,7 @@ __all__ = [
     "SUFFIX",
     "AbortedTxn",
     "FetchAbortedTxn",
+    "LogTxnIndexes",
     "TransactionIndex",
     "TxnIndexCorruptError",
     "aborted_transactions",

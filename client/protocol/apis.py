@@ -23,7 +23,7 @@ class ApiKey(enum.IntEnum):
     BROKER_HEARTBEAT = 63
     ALLOCATE_PRODUCER_IDS = 67
     # Broker to broker only, on the partition leader's REPLICATION listener: body
-    # `to_body(broker.transactions.messages.TxnMarkers)`, answered by
+    # `broker.transactions.messages.markers_body(...)`, answered by
     # `client.protocol.messages.WriteTxnMarkersResponse` (served by
     # `broker.txn_markers.TxnMarkerWriter`, called from `ReplicationApis`).
     WRITE_TXN_MARKERS = 27

@@ -78,7 +78,9 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_TOPIC_ID = 100
     DUPLICATE_BROKER_REGISTRATION = 101
     INCONSISTENT_CLUSTER_ID = 104
+    TRANSACTIONAL_ID_NOT_FOUND = 105
     INELIGIBLE_REPLICA = 107
+    TRANSACTION_ABORTABLE = 120
 
 
 # As Kafka marks them: a client may retry these after refreshing what it knows.

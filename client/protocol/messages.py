@@ -67,6 +67,7 @@ class ProduceRequest:
     acks: int  # 0, 1 or -1 (all)
     timeout_ms: int
     topics: tuple[TopicProduce, ...]
+    transactional_id: str | None = None  # of transactional batches (KIP-890 part 1 checks)
 
 
 @attrs.frozen(kw_only=True)
@@ -92,6 +93,7 @@ class ProduceResponse:
 # ---------------------------------------------------------------------- fetch
 
 CONSUMER_REPLICA_ID = -1
+READ_UNCOMMITTED, READ_COMMITTED = 0, 1  # Kafka's isolation levels (KIP-98)
 
 
 @attrs.frozen(kw_only=True)
@@ -117,12 +119,21 @@ class FetchRequest:
     max_wait_ms: int = 500  # Kafka's fetch.max.wait.ms
     min_bytes: int = 1
     max_bytes: int = 50 * 1024 * 1024  # Kafka's fetch.max.bytes
+    isolation_level: int = READ_UNCOMMITTED  # READ_COMMITTED: up to the LSO
 
 
 @attrs.frozen(kw_only=True)
 class EpochEndOffset:
     epoch: int
     end_offset: int
+
+
+@attrs.frozen(kw_only=True)
+class AbortedTransaction:
+    """Its records from `first_offset` on are dropped until its ABORT marker."""
+
+    producer_id: int
+    first_offset: int
 
 
 @attrs.frozen(kw_only=True)
@@ -135,6 +146,9 @@ class PartitionFetchResult:
     records: bytes = b""
     diverging_epoch: EpochEndOffset | None = None
     error_message: str = ""
+    last_stable_offset: int = -1
+    # read_committed: the aborted transactions overlapping the records (None otherwise).
+    aborted_transactions: tuple[AbortedTransaction, ...] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -170,6 +184,7 @@ class TopicListOffsets:
 @attrs.frozen(kw_only=True)
 class ListOffsetsRequest:
     topics: tuple[TopicListOffsets, ...]
+    isolation_level: int = READ_UNCOMMITTED  # READ_COMMITTED: latest is the LSO
 
 
 @attrs.frozen(kw_only=True)
@@ -226,3 +241,20 @@ class TopicLowWatermarks:
 @attrs.frozen(kw_only=True)
 class DeleteRecordsResponse:
     topics: tuple[TopicLowWatermarks, ...]
+
+
+# ---------------------------------------------------------------------- transaction markers
+
+
+@attrs.frozen(kw_only=True)
+class WriteTxnMarkersPartitionResult:
+    topic: str
+    partition: int
+    error_code: int
+
+
+@attrs.frozen(kw_only=True)
+class WriteTxnMarkersResponse:
+    """A partition leader's answer to WriteTxnMarkers (ApiKey.WRITE_TXN_MARKERS)."""
+
+    partitions: tuple[WriteTxnMarkersPartitionResult, ...]

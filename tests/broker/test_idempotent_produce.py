@@ -133,8 +133,9 @@ def test_out_of_order_and_stale_epoch_batches_are_refused_with_kafkas_codes() ->
     assert (
         refused_with(partition, producer_batch(7, 2, 2)) == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
     )
+    # Transactional batches are served now (issue 17 item 3): sequences still rule.
     assert refused_with(partition, producer_batch(7, 1, 0, transactional=True)) == (
-        ErrorCode.INVALID_TXN_STATE
+        ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER
     )
     assert partition.log.log_end_offset == end
     partition.append_as_leader(producer_batch(7, 2, 0))  # the bumped epoch, from 0
