@@ -163,7 +163,9 @@ class LogCleaner:
         return other[0] if other else None
 
     async def clean_once(self) -> CleanedLog | None:
-        """One round now: clean the log most due, if any; what that pass did."""
+        """One round now: a pass over the log most due; what it did (None: no log was
+        due, or the pass gave up). The task goes on at once after a pass, so the logs
+        a restart left unknown are all looked at without a backoff between each."""
         now_ms = self.wall_ms()
         picked = self._pick(now_ms)
         if picked is None:
@@ -210,5 +212,4 @@ class LogCleaner:
                 result.bytes_before,
                 result.bytes_after,
             )
-            return CleanedLog(partition=repr(partition), result=result)
-        return None
+        return CleanedLog(partition=repr(partition), result=result)

@@ -21,7 +21,7 @@ from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from kraft.controller.configs_schema import check_config, described
 from kraft.metadata.image import MetadataImage, PartitionRegistration
-from storage.cleaner import CleanerConfig, first_dirty_offset
+from storage.cleaner import CleanerConfig, clean, first_dirty_offset
 from storage.fs import MemoryFileSystem
 from storage.log import LogConfig, SegmentedLog
 from storage.records import (
@@ -250,13 +250,15 @@ async def consume_all(cluster: Any, node: int, topic: str) -> list[tuple[int, An
 # ---------------------------------------------------------------------- one partition, no cluster
 
 
-def lone_partition(fs: MemoryFileSystem, config: LogConfig | None = None) -> Partition:
+def lone_partition(
+    fs: MemoryFileSystem, config: LogConfig | None = None, index: int = 0
+) -> Partition:
     config = config or LogConfig(segment_bytes=300, allow_offset_gaps=True)
     partition = Partition(
         topic="c",
         topic_id="id-c",
-        index=0,
-        log=SegmentedLog.open("/data/c-0", config, fs=fs),
+        index=index,
+        log=SegmentedLog.open(f"/data/c-{index}", config, fs=fs),
         broker_id=1,
         blocking_io=False,
     )
@@ -471,4 +473,26 @@ async def test_the_background_task_cleans_when_due_and_waits_its_backoff_between
         await trio.sleep(15)
         assert first_dirty_offset(partition.log) > cleaned_up_to
         assert cleaner.passes > passes
+        nursery.cancel_scope.cancel()
+
+
+async def test_after_a_restart_every_log_is_looked_at_without_a_backoff_between(
+    autojump_clock: Any,
+) -> None:
+    """Logs under their ratio that the cleaner has not seen since it started (their
+    tombstone horizons are unknown to it) get one pass each, one after the other."""
+    fs = MemoryFileSystem()
+    partitions = [lone_partition(fs, index=index) for index in range(3)]
+    for partition in partitions:
+        fill(partition, 6)
+        assert clean(partition.log, 10_000, CleanerConfig()).cleaned  # before the "restart"
+    replicas = SimpleNamespace(
+        image=SimpleNamespace(configs={("topic", "c"): COMPACTED}),
+        partitions={("c", p.index): p for p in partitions},
+    )
+    cleaner = LogCleaner(replicas, backoff_ms=15_000, wall_ms=lambda: 10_000)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cleaner.run)
+        await trio.sleep(1)
+        assert cleaner.passes == 3
         nursery.cancel_scope.cancel()
