@@ -537,3 +537,75 @@ def test_against_tansu_a_group_splits_reads_once_commits_and_resumes() -> None:
 
     with running_tansu() as bootstrap:
         trio.run(scenario, bootstrap)
+
+
+async def test_a_pattern_subscription_follows_new_matching_topics(cluster: LocalCluster) -> None:
+    import re
+
+    bootstrap = cluster.bootstrap_servers()
+    group = "pk-pattern-readers"
+    await create_topic(bootstrap, "pk-pattern-a", partitions=2)
+    await create_topic(bootstrap, "pk-other", partitions=1)
+    async with trio.open_nursery() as nursery:
+        member = Member(bootstrap, group, "unused", metadata_max_age_ms=500)
+        member.consumer.subscribe(re.compile(r"pk-pattern-.*"), member.listener)
+        nursery.start_soon(member.run)
+        await wait_until(
+            lambda: member.assigned == {("pk-pattern-a", 0), ("pk-pattern-a", 1)}, "no match"
+        )
+        await create_topic(bootstrap, "pk-pattern-b", partitions=1)
+        await wait_until(lambda: ("pk-pattern-b", 0) in member.assigned, "a new topic not seen")
+        assert not any(t == "pk-other" for t, _ in member.assigned)
+        await member.halt()
+        await member.consumer.close()
+
+
+async def test_a_member_that_stops_polling_leaves_and_rejoins_losing_its_partitions(
+    cluster: LocalCluster,
+) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "pk-slow", "pk-slow-readers"
+    await create_topic(bootstrap, topic, partitions=2)
+    async with trio.open_nursery() as nursery:
+        busy = Member(bootstrap, group, topic)
+        slow = Member(bootstrap, group, topic, max_poll_interval_ms=2_000)
+        for member in (busy, slow):
+            nursery.start_soon(member.run)
+        await wait_until(lambda: split([busy, slow], 2), "no split")
+        await slow.halt()  # no poll for longer than its max_poll_interval_ms
+        await wait_until(lambda: len(busy.assigned) == 2, "the slow member did not leave")
+        slow.stop, slow.stopped = trio.Event(), trio.Event()
+        nursery.start_soon(slow.run)
+        await wait_until(lambda: split([busy, slow], 2), "the slow member did not rejoin")
+        # It left on its own: what it had was lost, not revoked (nothing to commit).
+        assert [kind for kind, _ in slow.listener.calls] == ["assigned", "lost", "assigned"]
+        for member in (busy, slow):
+            await member.halt()
+            await member.consumer.close()
+
+
+async def test_a_static_member_keeps_its_partitions_across_a_restart(
+    cluster: LocalCluster,
+) -> None:
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "pk-static", "pk-static-readers"
+    await create_topic(bootstrap, topic, partitions=2)
+    async with trio.open_nursery() as nursery:
+        members = [
+            Member(bootstrap, group, topic, group_instance_id=f"reader-{i}") for i in range(2)
+        ]
+        for member in members:
+            nursery.start_soon(member.run)
+        await wait_until(lambda: split(members, 2), "no split")
+        before = members[1].assigned
+        others_rebalances = members[0].consumer._group.member.rebalances
+        await members[1].halt()
+        await members[1].consumer.close()  # a static member does not leave (KIP-345)
+        again = Member(bootstrap, group, topic, group_instance_id="reader-1")
+        nursery.start_soon(again.run)
+        await wait_until(lambda: again.assigned == before, "the instance did not get its own")
+        await trio.sleep(1)
+        assert members[0].consumer._group.member.rebalances == others_rebalances
+        for member in (members[0], again):
+            await member.halt()
+            await member.consumer.close()
