@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from broker.log_cleaner import refuse_keyless_records
+from broker.log_cleaner import refuse_delete_records, refuse_keyless_records
 from broker.partition import INFLATION_RATIO_MAX, Partition
 from broker.replica_manager import ReplicaManager
 from client.protocol.errors import ErrorCode, KafkaError
@@ -516,14 +516,19 @@ class DataApis:
     def delete_records_request(self, request: DeleteRecordsRequest) -> DeleteRecordsResponse:
         answers = self._each_partition(
             request.topics,
-            _delete_before,
+            lambda partition, item: _delete_before(
+                partition, item, self.replicas.topic_settings(partition.topic)
+            ),
             lambda item, code: PartitionLowWatermark(partition=item.partition, error_code=code),
         )
         topics = tuple(TopicLowWatermarks(name=name, partitions=parts) for name, parts in answers)
         return DeleteRecordsResponse(topics=topics)
 
 
-def _delete_before(partition: Partition, item: Any) -> PartitionLowWatermark:
+def _delete_before(
+    partition: Partition, item: Any, settings: dict[str, str]
+) -> PartitionLowWatermark:
+    refuse_delete_records(partition.topic, settings)
     return PartitionLowWatermark(
         partition=item.partition,
         error_code=ErrorCode.NONE,

@@ -19,7 +19,8 @@ over from the checkpoint). Every mutation of the log stays on the trio thread, s
 nothing here needs a lock.
 
 Produce to a compacted topic refuses records without a key (INVALID_RECORD, as
-Kafka's LogValidator does): `refuse_keyless_records`, called by the produce path.
+Kafka's LogValidator does): `refuse_keyless_records`, called by the produce path; and
+DeleteRecords needs the delete policy (`refuse_delete_records`).
 """
 
 from __future__ import annotations
@@ -95,6 +96,17 @@ def refuse_keyless_records(
                     f"{settings.get('cleanup.policy')}): every record needs a key, "
                     f"the one at offset delta {record.offset - header.base_offset} has none",
                 )
+
+
+def refuse_delete_records(topic: str, settings: Mapping[str, str]) -> None:
+    """DeleteRecords needs the delete policy (Kafka: POLICY_VIOLATION otherwise): moving
+    the log start of a compact-only topic would drop keys' latest values."""
+    if "delete" not in topic_policies(settings):
+        raise KafkaError(
+            ErrorCode.POLICY_VIOLATION,
+            f"{topic}: records cannot be deleted under cleanup.policy="
+            f"{settings.get('cleanup.policy')}",
+        )
 
 
 @attrs.frozen(kw_only=True)

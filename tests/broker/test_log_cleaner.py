@@ -195,6 +195,10 @@ async def test_a_compacted_topic_keeps_the_latest_value_per_key_on_leader_and_fo
             leader, ApiKey.PRODUCE, produce_body("c", keyed([(None, b"x")]))
         )
         assert first(keyless)["error_code"] == ErrorCode.INVALID_RECORD
+        # DeleteRecords needs the delete policy (compact alone would lose latest values).
+        delete = {"topics": [{"name": "c", "partitions": [{"partition": 0, "offset": 5}]}]}
+        refused = first(await cluster.call(leader, ApiKey.DELETE_RECORDS, delete))
+        assert refused["error_code"] == ErrorCode.POLICY_VIOLATION
         partitions = {node: s.replicas.partitions[("c", 0)] for node, s in cluster.servers.items()}
         while any(p.high_watermark < 40 for p in partitions.values()):
             await trio.sleep(0.01)  # followers learn the high-water mark on their next fetch
