@@ -28,7 +28,7 @@ from broker.groups import GroupConfig
 from broker.kafka_apis import KafkaApis
 from broker.kafka_connection import KafkaConnections
 from broker.kafka_producer_apis import KafkaProducerApis
-from broker.kafka_txn_apis import KafkaTxnApis
+from broker.kafka_txn_apis import KafkaTxnApis, TransactionVerifier
 from broker.lifecycle import BrokerLifecycle
 from broker.producer_ids import ProducerIdManager
 from broker.replica_manager import ReplicaManager
@@ -199,6 +199,11 @@ class Server:
             rng=random.Random(self.rng.random()),
         )
         await nursery.start(transactions.run)
+        # KIP-890 part 1: a partition leader asks the coordinator before a transaction's
+        # first batch there.
+        verifier = TransactionVerifier(transactions)
+        transactions.closers.append(verifier.aclose)
+        data.verify_transaction = verifier
         txn_apis = KafkaTxnApis(transactions)
         producers = KafkaProducerApis(
             producer_ids, lambda: loader.image, transactional=txn_apis.init_producer_id

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -123,6 +123,8 @@ class TxnDriver:
         self._creating = False
         self._marker_clients: dict[int, RpcClient] = {}
         self.marker_rounds = 0  # WriteTxnMarkers requests sent (tests read it)
+        # Run when the driver stops (the verifier's connections to other coordinators).
+        self.closers: list[Callable[[], Awaitable[None]]] = []
 
     def now_ms(self) -> int:
         return self._wall_ms()
@@ -145,6 +147,8 @@ class TxnDriver:
             with trio.CancelScope(shield=True):
                 for client in self._marker_clients.values():
                     await client.aclose()
+                for close in self.closers:
+                    await close()
 
     # ------------------------------------------------------------------ leadership
 

@@ -12,6 +12,7 @@ import trio
 
 from broker import txn_driver
 from broker.cluster_plan import plan_cluster
+from broker.kafka_txn_apis import TransactionVerifier
 from broker.txn_driver import TRANSACTION_STATE_TOPIC
 from client.kafka_connection import KafkaConnection
 from client.protocol.errors import ErrorCode, KafkaError
@@ -259,3 +260,37 @@ async def test_the_new_coordinator_resumes_after_a_kill(nursery, tmp_path) -> No
         assert ended.error_code == ErrorCode.NONE
         await wait_state(connection, tid, "CompleteCommit")
         await connection.aclose()
+
+
+@pytest.mark.slow
+async def test_partition_leaders_verify_with_the_coordinator_local_and_remote(
+    nursery, tmp_path
+) -> None:
+    """KIP-890 part 1: NONE only for a partition in the producer's open transaction."""
+    with trio.fail_after(90):
+        cluster = await started(nursery, tmp_path)
+        await topic_ready(cluster, "out", 3)
+        tid = "verified"
+        node = await find_coordinator(cluster, tid)
+        connection = connect(cluster, node)
+        first = await retrying(lambda: connection.request(init(tid), version=4, timeout_s=10))
+        pid = first.producer_id
+        await connection.request(add(tid, pid, 0, "out", (0,)), version=3, timeout_s=10)
+        await connection.aclose()
+        other = next(n for n in cluster.servers if n != node)
+        for asking in (node, other):  # the coordinator itself, then over Kafka's protocol
+            driver = cluster.servers[asking].transactions
+            assert driver is not None
+            verifier = TransactionVerifier(driver)
+            try:
+                assert await verifier(tid, pid, 0, "out", 0) == ErrorCode.NONE
+                assert await verifier(tid, pid, 0, "out", 1) == ErrorCode.INVALID_TXN_STATE
+                assert await verifier(tid, pid, 1, "out", 0) == ErrorCode.INVALID_PRODUCER_EPOCH
+                assert await verifier(tid, pid + 1, 0, "out", 0) == (
+                    ErrorCode.INVALID_PRODUCER_ID_MAPPING
+                )
+                assert await verifier("unknown-id", pid, 0, "out", 0) == (
+                    ErrorCode.INVALID_PRODUCER_ID_MAPPING
+                )
+            finally:
+                await verifier.aclose()
