@@ -30,14 +30,16 @@ partition leader epoch, producer id, epoch and base sequence, the same compressi
 (none or gzip) and timestamp type; one that lost every record is dropped, which leaves
 a gap between batches (readers and followers take gaps: `LogConfig.allow_offset_gaps`).
 Kept whole and left out of the map: control batches and transactional batches
-(transactions come later: no marker is ever removed, no aborted record is told apart)
-and batches whose records cannot be decoded (snappy, lz4, zstd, a malformed record).
+(not yet as Kafka does: no marker is ever removed, no aborted record is told apart, so
+a compacted topic written in transactions keeps all of them) and batches whose records
+cannot be decoded (snappy, lz4, zstd, a malformed record).
 Records with a null key (a compacted topic refuses new ones, old ones may exist) are
 kept; Kafka's cleaner drops them as invalid, we keep what we cannot reason about.
 
 `max_compaction_lag_ms` makes a pass run whatever the ratio once the first dirty
-batch is that old. Not yet: producer state (Kafka keeps the last batch of each
-producer even when it empties, to keep its sequence numbers), throttling.
+batch is that old. Not yet: Kafka keeps the last batch of each producer even when it
+empties (an empty batch, to keep its sequence numbers for a producer state rebuilt
+from the log); throttling.
 
 `clean` runs a pass at once; `clean_in_steps` is the same pass as a generator that
 yields after each batch it reads, for the broker's cleaner (broker/log_cleaner.py),
