@@ -9,6 +9,8 @@ import sys
 import tempfile
 import time
 
+import attrs
+
 from examples.fraud_detection import pipeline
 
 
@@ -118,9 +120,9 @@ def run_pipeline(args: argparse.Namespace, *, quiet: bool, on_second=None, say=N
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="fraud-detection-")
     speak = say or (lambda line: print(line, file=sys.stderr, flush=True))
-    with pipeline.cluster_or_given(
-        args.bootstrap, args.nodes, os.path.join(workdir, "cluster")
-    ) as bootstrap:
+    os.makedirs(workdir, exist_ok=True)
+    cluster_root = tempfile.mkdtemp(prefix="cluster-", dir=workdir)  # never a previous run's
+    with pipeline.cluster_or_given(args.bootstrap, args.nodes, cluster_root) as bootstrap:
         replication = args.replication or (3 if args.bootstrap else min(3, args.nodes))
         run = PipelineRun(
             bootstrap=bootstrap,
@@ -140,7 +142,12 @@ def run_pipeline(args: argparse.Namespace, *, quiet: bool, on_second=None, say=N
         )
         result = run.execute(on_second)
         result["workdir"] = workdir
-        result["samples"] = None if quiet else [s.__dict__ for s in run.samples]
+        with open(os.path.join(workdir, "samples.json"), "w", encoding="utf-8") as file:
+            json.dump([attrs.asdict(s) for s in run.samples], file)
+        assert run.watcher is not None
+        with open(os.path.join(workdir, "latencies.json"), "w", encoding="utf-8") as file:
+            json.dump(run.watcher.per_second, file)
+        result["samples"] = None if quiet else [attrs.asdict(s) for s in run.samples]
         if quiet:
             del result["samples"]
         return result

@@ -50,12 +50,28 @@ def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
     }
 
 
+def take_ready(consumer: Any, most: int, timeout_s: float) -> list[Any]:
+    """What is ready now, up to `most`, waiting up to `timeout_s` only for the first.
+
+    `consume(n, timeout)` alone waits for n messages or the whole timeout: at low rates
+    every batch would wait the full timeout, which is latency added to every alert.
+    """
+    first = consumer.consume(num_messages=1, timeout=timeout_s)
+    if not first:
+        return first
+    return first + consumer.consume(num_messages=most - 1, timeout=0)
+
+
 def probe_transactions(bootstrap: str, timeout_s: float = 5.0) -> str | None:
     """None when the cluster serves transactions; otherwise why not, in one line."""
     from confluent_kafka import KafkaException, Producer
 
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "transactional.id": f"fraud-probe-{time.time_ns()}"}
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"fraud-probe-{time.time_ns()}",
+            "log_level": 0,  # its failure is reported in one line, below
+        }
     )
     try:
         producer.init_transactions(timeout_s)
@@ -161,7 +177,7 @@ class Detector:
         next_stats = time.monotonic() + STATS_EVERY_S
         try:
             while self.running:
-                messages = self.consumer.consume(num_messages=BATCH_MAX, timeout=POLL_TIMEOUT_S)
+                messages = take_ready(self.consumer, BATCH_MAX, POLL_TIMEOUT_S)
                 if messages:
                     self.handle(messages)
                 if time.monotonic() >= next_stats:

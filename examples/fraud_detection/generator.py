@@ -34,6 +34,7 @@ TRAVEL_GAP_MS = 2_000
 TRAVEL_KM_FAR = 3_000.0
 SPIKE_WARMUPS = 4
 SPIKE_SPACING_MS = 1_500
+INCIDENT_SPAN_MS = SPIKE_WARMUPS * SPIKE_SPACING_MS + 1  # the longest incident
 MERCHANTS = 100_000
 
 
@@ -107,6 +108,9 @@ class PaymentStream:
         start = self.start_ms
         planned = self._planned
         seq = 0
+        # No incident starts that would outlast the normal payments: the run's rate holds
+        # to its end.
+        last_start = start + (self.normal_count * 1000) // rate - INCIDENT_SPAN_MS
         for i in range(self.normal_count):
             ts = start + (i * 1000) // rate
             while planned and planned[0].ts_ms <= ts:
@@ -116,7 +120,7 @@ class PaymentStream:
             amount = int(base_amount_cents(card) * (0.5 + rng.random()))
             yield Payment(seq, card, rng.randrange(MERCHANTS), amount, ts, home_country(card))
             seq += 1
-            if rng.random() < self.incident_chance:
+            if rng.random() < self.incident_chance and ts < last_start:
                 self._plan_incident(ts)
         while planned:
             yield self._emit(heapq.heappop(planned), seq)

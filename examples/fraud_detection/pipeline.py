@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import IO, Any
 
+from examples.fraud_detection.detector import take_ready
 from examples.fraud_detection.events import decode_alert
 from examples.fraud_detection.latency import Latencies
 
@@ -183,12 +184,13 @@ class AlertWatcher:
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
         )
         self.latencies = Latencies()
+        self.to_detector = Latencies()  # payment timestamp to the detector seeing it
         self.per_second: list[tuple[float, float]] = []  # (arrival s, latency ms)
         self.seen: Counter[tuple[int, str]] = Counter()
         self.count = 0
 
     def poll(self, timeout_s: float) -> int:
-        messages = self.consumer.consume(num_messages=10_000, timeout=timeout_s)
+        messages = take_ready(self.consumer, 10_000, timeout_s)
         now_ms = time.time() * 1000
         taken = 0
         for message in messages:
@@ -197,6 +199,7 @@ class AlertWatcher:
             alert = decode_alert(message.value())
             latency = now_ms - alert.event_ts_ms
             self.latencies.record(latency)
+            self.to_detector.record(alert.detected_ms - alert.event_ts_ms)
             self.per_second.append((now_ms / 1000, latency))
             self.seen[(alert.card, alert.pattern)] += 1
             taken += 1

@@ -64,6 +64,8 @@ class PipelineRun:
     notes: list[str] = attrs.Factory(list)
     generator_figures: dict[str, Any] = attrs.Factory(dict)
     killed_at_s: float | None = None
+    detector_children: list[pipeline.Child] = attrs.Factory(list)
+    watcher: pipeline.AlertWatcher | None = None
 
     @property
     def payments_topic(self) -> str:
@@ -192,6 +194,7 @@ class PipelineRun:
         self.say(line)
 
     def result(self) -> dict[str, Any]:
+        assert self.watcher is not None
         incidents = read_incidents(self.truth_path)
         latencies = self.watcher.latencies.summary()
         events = self.generator_figures.get("events", 0)
@@ -207,6 +210,8 @@ class PipelineRun:
             "detection_p50_ms": _round(latencies["p50_ms"]),
             "detection_p99_ms": _round(latencies["p99_ms"]),
             "detection_max_ms": _round(latencies["max_ms"]),
+            "seen_by_detector_p50_ms": _round(self.watcher.to_detector.percentile(0.5)),
+            "seen_by_detector_p99_ms": _round(self.watcher.to_detector.percentile(0.99)),
             "lag_end": self.samples[-1].lag if self.samples else None,
             **pipeline.score(incidents, self.watcher.seen),
             "alerts": self.watcher.count,

@@ -4,6 +4,7 @@ while the live group runs, and a PNG summary at the end (matplotlib)."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -107,7 +108,7 @@ class LiveView:
                     run.truth_path,
                     "--out",
                     os.path.join(run.workdir, "replay.json"),
-                ],  # fmt: skip
+                ],
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -130,7 +131,7 @@ def save_png(samples: list[dict[str, Any]], path: str, title: str) -> None:
     t = [s["t_s"] for s in samples]
     rates = [0.0] + [
         (b["ends"] - a["ends"]) / max(b["t_s"] - a["t_s"], 1e-3)
-        for a, b in zip(samples, samples[1:], strict=False)
+        for a, b in itertools.pairwise(samples)
     ]
     figure, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     axes[0].plot(t, rates)

@@ -113,7 +113,7 @@ def test_normal_payments_alone_give_no_alert() -> None:
 def test_score_counts_recall_false_and_duplicate_alerts() -> None:
     from collections import Counter
 
-    generated = stream(2, seconds=5)
+    generated = stream(2, seconds=10)
     list(generated)
     planted = generated.incidents
     seen = Counter({(i.card, i.pattern): 1 for i in planted[1:]})
