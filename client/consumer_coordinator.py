@@ -153,7 +153,15 @@ class ConsumerCoordinator:
                 await self._drop_lost()
             if not member.rejoin_needed:
                 break
-            await self._rebalance()
+            try:
+                await self._rebalance()
+            except KafkaError as error:
+                if not error.retriable:
+                    raise
+                # The coordinator stayed away for a whole request timeout: this poll
+                # returns nothing, and the next one tries again (as Java's keeps on).
+                log.warning("group %s: rebalance: %s", member.group_id, error)
+                return
 
     async def _rebalance(self) -> None:
         member = self.member
