@@ -304,7 +304,7 @@ class KafkaConnection:
         if self._stream is stream:
             self._disconnect(reason)
 
-    def _answer(self, frame: bytes) -> None:
+    def _answer(self, frame: bytes | memoryview) -> None:
         if len(frame) < _CORRELATION_ID.size:
             raise KafkaCodecError(f"a response of {len(frame)} bytes has no header")
         (correlation_id,) = _CORRELATION_ID.unpack_from(frame, 0)
