@@ -187,6 +187,10 @@ class MetadataDelta:
         self._next_producer_id = image.next_producer_id
         self._features = dict(image.features)
         self._offset = image.offset
+        # The partitions of the topics this delta touched, writable: a topic's
+        # TopicImage is rebuilt once, in apply(), not once per partition record
+        # (which made loading a topic of n partitions cost n^2).
+        self._partitions: dict[str, dict[int, PartitionRegistration]] = {}
         self.changed_topics: set[str] = set()  # topic ids created, changed or removed
         self.changed_brokers: set[int] = set()
         self.changed_configs: set[tuple[str, str]] = set()  # (resource type, name)
@@ -200,10 +204,14 @@ class MetadataDelta:
         self._offset = offset
 
     def apply(self) -> MetadataImage:
+        topics = dict(self._topics)
+        for topic_id, partitions in self._partitions.items():
+            # A copy: this delta may replay more records after it is applied.
+            topics[topic_id] = attrs.evolve(topics[topic_id], partitions=dict(partitions))
         return MetadataImage(
             offset=self._offset,
             brokers=dict(self._brokers),
-            topics=dict(self._topics),
+            topics=topics,
             topic_ids=dict(self._topic_ids),
             configs={key: dict(value) for key, value in self._configs.items() if value},
             next_producer_id=self._next_producer_id,
@@ -255,6 +263,7 @@ class MetadataDelta:
         self._topics[record.topic_id] = TopicImage(
             name=record.name, topic_id=record.topic_id, partitions={}
         )
+        self._partitions[record.topic_id] = {}
         self._topic_ids[record.name] = record.topic_id
         self.changed_topics.add(record.topic_id)
 
@@ -263,6 +272,10 @@ class MetadataDelta:
         if topic is None:
             raise MetadataReplayError(f"no topic with id {topic_id}")
         return topic
+
+    def _partitions_of(self, topic: TopicImage) -> Mapping[int, PartitionRegistration]:
+        """The topic's partitions as this delta has them so far."""
+        return self._partitions.get(topic.topic_id, topic.partitions)
 
     def _set_partition(self, topic: TopicImage, index: int, part: PartitionRegistration) -> None:
         if part.leader != NO_LEADER and part.leader not in part.isr:
@@ -278,14 +291,15 @@ class MetadataDelta:
                 f"{topic.name}-{index}: ELR {part.elr} not within {part.replicas} "
                 f"outside ISR {part.isr}"
             )
-        partitions = dict(topic.partitions)
+        partitions = self._partitions.get(topic.topic_id)
+        if partitions is None:
+            partitions = self._partitions[topic.topic_id] = dict(topic.partitions)
         partitions[index] = part
-        self._topics[topic.topic_id] = attrs.evolve(topic, partitions=partitions)
         self.changed_topics.add(topic.topic_id)
 
     def _partition(self, record: PartitionRecord) -> None:
         topic = self._topic_of(record.topic_id)
-        if record.partition in topic.partitions:
+        if record.partition in self._partitions_of(topic):
             raise MetadataReplayError(f"{topic.name}-{record.partition} already exists")
         self._set_partition(
             topic,
@@ -302,7 +316,7 @@ class MetadataDelta:
 
     def _partition_change(self, record: PartitionChangeRecord) -> None:
         topic = self._topic_of(record.topic_id)
-        part = topic.partitions.get(record.partition)
+        part = self._partitions_of(topic).get(record.partition)
         if part is None:
             raise MetadataReplayError(f"{topic.name}-{record.partition} does not exist")
         leader_changes = record.leader is not None and record.leader != part.leader
@@ -322,6 +336,7 @@ class MetadataDelta:
     def _remove_topic(self, record: RemoveTopicRecord) -> None:
         topic = self._topic_of(record.topic_id)
         del self._topics[record.topic_id]
+        self._partitions.pop(record.topic_id, None)
         del self._topic_ids[topic.name]
         self._configs.pop(("topic", topic.name), None)
         self.changed_topics.add(record.topic_id)
