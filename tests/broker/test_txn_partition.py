@@ -13,13 +13,18 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import hypothesis.strategies as st
 import trio
 import trio.testing
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from broker.broker_apis import ReplicationApis
 from broker.data_apis import DataApis
 from broker.partition import Partition
 from broker.transactions.messages import TxnMarkers, markers_body
 from broker.txn_markers import TxnMarkerWriter, markers_from_body
+from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
     LATEST_TIMESTAMP,
@@ -41,6 +46,7 @@ from client.read_committed import committed_batches
 from kraft.metadata.image import PartitionRegistration
 from storage.fs import MemoryFileSystem
 from storage.log import LogConfig, SegmentedLog
+from storage.producer_state import ProducerState, log_reader
 from storage.records import RecordInput, build_batch, iter_records
 from storage.txn_index import AbortedTxn, FetchAbortedTxn, txn_index_path
 
@@ -499,3 +505,98 @@ def test_retention_and_restart_take_indexes_with_their_segments() -> None:
     partition.restart_at(10_000)
     assert partition.txn_indexes.entries() == []
     assert partition.txn_indexes.bases == (10_000,)
+
+
+# ---------------------------------------------------------------------- against the log replayed
+
+
+class TransactionsThroughFaults(RuleBasedStateMachine):
+    """Transactional and plain writes, markers, truncations and restarts (clean or
+    crashed) of one partition: its producer state, LSO and transaction indexes are
+    always what a replay of its log from the start gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fs = MemoryFileSystem()
+        self.partition = self._open()
+
+    def _open(self) -> Partition:
+        partition = open_partition(self.fs, segment_bytes=500)
+        partition.unclean_election = True
+        return partition
+
+    @rule(pid=st.sampled_from([7, 8, 9]), count=st.integers(1, 3))
+    def write(self, pid: int, count: int) -> None:
+        entry = self.partition.producer_state.state.entry(pid)
+        sequence = entry.last_sequence + 1 if entry is not None and entry.batches else 0
+        self.partition.append_as_leader(txn_batch(pid, 0, sequence, count))
+
+    @rule()
+    def write_plain(self) -> None:
+        self.partition.append_as_leader(plain_batch(b"p"))
+
+    @rule(pid=st.sampled_from([7, 8, 9]), committed=st.booleans())
+    def end(self, pid: int, committed: bool) -> None:
+        marker(self.partition, pid, 0, committed=committed)
+
+    @rule(data=st.data())
+    def truncate(self, data: st.DataObject) -> None:
+        log = self.partition.log
+        target = data.draw(st.integers(log.log_start_offset, log.log_end_offset))
+        self.partition.truncate_as_follower(target)
+
+    @rule(crash=st.booleans())
+    def restart(self, crash: bool) -> None:
+        if crash:
+            self.partition.log.flush()
+            self.fs.crash()
+        else:
+            self.partition.close()
+        self.partition = self._open()
+
+    @invariant()
+    def as_the_log_replayed(self) -> None:
+        partition = self.partition
+        replayed = ProducerState()
+        aborted = replayed.replay(log_reader(partition.log)(0, partition.log.log_end_offset))
+        assert partition.producer_state.state.view().producers == replayed.view().producers
+        assert partition.txn_indexes.entries() == aborted
+        assert partition.last_stable_offset == replayed.last_stable_offset(partition.high_watermark)
+
+
+TransactionsThroughFaults.TestCase.settings = settings(
+    max_examples=100, stateful_step_count=30, deadline=None
+)
+test_transactions_through_faults = TransactionsThroughFaults.TestCase
+
+
+def test_the_replication_listener_routes_markers_and_refuses_client_apis() -> None:
+    partition = open_partition(MemoryFileSystem())
+    partition.append_as_leader(txn_batch(7, 0, 0))
+    data = DataApis(Replicas(partition), is_registered=lambda *_: True)  # type: ignore[arg-type]
+    apis = ReplicationApis(data)
+    markers = TxnMarkers(
+        transactional_id="tx",
+        producer_id=7,
+        producer_epoch=0,
+        committed=False,
+        coordinator_epoch=0,
+        partitions=frozenset({("t", 0)}),
+        transaction_version=1,
+    )
+
+    async def main() -> None:
+        body = await apis.handle(
+            ApiKey.WRITE_TXN_MARKERS, 0, markers_body(markers, markers.partitions)
+        )
+        (result,) = from_body(WriteTxnMarkersResponse, body).partitions
+        assert result.error_code == ErrorCode.NONE
+        try:
+            await apis.handle(ApiKey.PRODUCE, 0, {})
+        except KafkaError as error:
+            assert error.code == ErrorCode.INVALID_REQUEST
+        else:
+            raise AssertionError("Produce was served on the REPLICATION listener")
+
+    trio.run(main)
+    assert partition.txn_indexes.entries() == [AbortedTxn(7, 0, 1, 2)]
