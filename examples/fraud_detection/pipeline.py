@@ -103,10 +103,10 @@ class Child:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for raw in self.process.stdout:
-            try:
+            self.log.write(raw)
+            self.log.flush()
+            with contextlib.suppress(ValueError):
                 self.lines.append(json.loads(raw))
-            except ValueError:
-                self.log.write(raw)
 
     def last(self, key: str) -> Any:
         for line in reversed(self.lines):
