@@ -21,6 +21,7 @@ when the log restarts empty, and expired on the replica manager's timer.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Mapping
 
 import trio
@@ -50,7 +51,13 @@ from storage.producer_state import (
     log_reader,
     logged_batches,
 )
-from storage.records import BatchHeader, ControlRecordType, check_producer_batches, iter_batches
+from storage.records import (
+    TRANSACTIONAL_BIT,
+    BatchHeader,
+    ControlRecordType,
+    check_producer_batches,
+    iter_batches,
+)
 from storage.txn_index import AbortedTxn, FetchAbortedTxn, LogTxnIndexes
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,18 @@ log = logging.getLogger(__name__)
 # A gzip batch may inflate to this many times max.message.bytes, no more (a 255 KB
 # "gzip bomb" would otherwise cost 250 MB of memory to read).
 INFLATION_RATIO_MAX = 32
+
+
+_BATCH_LENGTH = struct.Struct(">i")  # after the base offset: the rest of the batch's size
+_ATTRIBUTES_LOW_BYTE = 22  # attributes are the i16 at 21: the transactional bit is in its low byte
+
+
+def _one_plain_batch(records: bytes) -> bool:
+    """Is `records` a single batch without the transactional bit (read in place)?"""
+    if len(records) < _ATTRIBUTES_LOW_BYTE + 1:
+        return False
+    (length,) = _BATCH_LENGTH.unpack_from(records, 8)
+    return length + 12 == len(records) and not records[_ATTRIBUTES_LOW_BYTE] & TRANSACTIONAL_BIT
 
 
 class Partition:
@@ -236,6 +255,8 @@ class Partition:
     def unverified_transactions(self, records: bytes) -> list[tuple[int, int]]:
         """(producer id, epoch) of each transactional batch that would open a
         transaction here: KIP-890 part 1 asks the coordinator about those first."""
+        if _one_plain_batch(records):
+            return []  # the usual produce: no header walk
         state = self.producer_state.state
         found = []
         for _, header in iter_batches(records, validate=False):

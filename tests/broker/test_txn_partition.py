@@ -367,6 +367,10 @@ def test_the_first_batch_of_a_transaction_is_verified_with_the_coordinator() -> 
         )
         assert (await produce(plain, transactional_id=None)).error_code == ErrorCode.NONE
         assert len(asked) == 3
+        # A transactional batch behind a plain one is still found (no shortcut there).
+        both = plain_batch(b"q") + txn_batch(12, 0, 0)
+        assert (await produce(both)).error_code == ErrorCode.NONE
+        assert asked[-1] == ("tx", 12, 0, "t", 0)
 
     trio.run(main)
 
