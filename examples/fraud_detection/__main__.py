@@ -150,6 +150,9 @@ def run_pipeline(args: argparse.Namespace, *, quiet: bool, on_second=None, say=N
         result["samples"] = None if quiet else [attrs.asdict(s) for s in run.samples]
         if quiet:
             del result["samples"]
+        else:
+            result["alert_latencies"] = run.watcher.per_second
+            result["started_at_s"] = run.started_at_s
         return result
 
 

@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from examples.fraud_detection import rules
 from examples.fraud_detection.events import Payment, card_key, encode_payment
@@ -178,6 +178,16 @@ def read_incidents(path: str) -> list[Incident]:
         return [Incident(**json.loads(line)) for line in file if line.strip()]
 
 
+def _acked_percentiles(acked_ms: list[float]) -> dict[str, float]:
+    if not acked_ms:
+        return {}
+    acked_ms.sort()
+    return {
+        "acked_p50_ms": round(acked_ms[len(acked_ms) // 2], 1),
+        "acked_p99_ms": round(acked_ms[min(len(acked_ms) - 1, int(len(acked_ms) * 0.99))], 1),
+    }
+
+
 def run(
     *,
     bootstrap: str,
@@ -204,10 +214,13 @@ def run(
         }
     )
     failures = [0]
+    acked_ms: list[float] = []  # payment timestamp to acks=all, one payment in 64
 
-    def on_delivery(error: object, message: object) -> None:
+    def on_delivery(error: object, message: Any) -> None:
         if error is not None:
             failures[0] += 1
+        elif message.offset() % 64 == 0:
+            acked_ms.append(time.time() * 1000 - message.timestamp()[1])
 
     start_ms = int(time.time() * 1000) + 200
     stream = PaymentStream(
@@ -258,6 +271,7 @@ def run(
         "events_per_s": round(count / elapsed_s, 1),
         "behind_max_ms": round(behind_max_ms, 1),
         "undelivered": remaining + failures[0],
+        **_acked_percentiles(acked_ms),
     }
     print(json.dumps({"generator": figures}), flush=True)
     sys.stdout.flush()

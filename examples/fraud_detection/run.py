@@ -64,6 +64,7 @@ class PipelineRun:
     notes: list[str] = attrs.Factory(list)
     generator_figures: dict[str, Any] = attrs.Factory(dict)
     killed_at_s: float | None = None
+    started_at_s: float = 0.0  # wall clock when the generator started
     detector_children: list[pipeline.Child] = attrs.Factory(list)
     watcher: pipeline.AlertWatcher | None = None
 
@@ -118,6 +119,7 @@ class PipelineRun:
             self.watcher = watcher
             generator = pipeline.Child("generator", self.generator_args(), self.workdir)
             started = time.monotonic()
+            self.started_at_s = time.time()
             next_sample = started + 1.0
             last_alert = time.monotonic()
             drain_deadline = None
@@ -207,6 +209,8 @@ class PipelineRun:
             "events": events,
             "events_per_s": self.generator_figures.get("events_per_s"),
             "generator_behind_max_ms": self.generator_figures.get("behind_max_ms"),
+            "payment_acked_p50_ms": self.generator_figures.get("acked_p50_ms"),
+            "payment_acked_p99_ms": self.generator_figures.get("acked_p99_ms"),
             "detection_p50_ms": _round(latencies["p50_ms"]),
             "detection_p99_ms": _round(latencies["p99_ms"]),
             "detection_max_ms": _round(latencies["max_ms"]),
