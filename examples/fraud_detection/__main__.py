@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="the whole pipeline; one JSON line")
     _common(bench)
     bench.add_argument("--kill-detector-at", type=float, help="SIGKILL one detector at S s")
+    bench.add_argument(
+        "--offline", action="store_true", help="the detector's own cost per payment, no broker"
+    )
 
     detect = commands.add_parser("detect", help="one detector process of the group")
     detect.add_argument("--bootstrap", required=True)
@@ -107,6 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         from examples.fraud_detection import replay
 
         replay.main(args)
+    elif args.command == "bench" and args.offline:
+        from examples.fraud_detection.bench import offline
+
+        print(json.dumps({"offline": offline()}), flush=True)
     elif args.command == "bench":
         print(json.dumps(run_pipeline(args, quiet=True)), flush=True)
     elif args.command == "demo":

@@ -2,7 +2,7 @@
 
 A payment is a fixed 30-byte struct, not JSON: the detector decodes every event, and
 `struct.unpack_from` of one precompiled format costs well under a microsecond where
-`json.loads` of the same fields costs several (see `bench --encoding`). Alerts are rare,
+`json.loads` of the same fields costs several (`bench --offline` measures both). Alerts are rare,
 so they are small JSON, readable with kcat.
 """
 
