@@ -34,7 +34,8 @@ import trio
 
 from broker.data_apis import DataApis
 from broker.groups import Effects, GroupConfig, GroupCoordinator, GroupRecord, partition_for
-from broker.groups.messages import Response
+from broker.groups.messages import OffsetFetchResponse, Response
+from broker.groups.txn_offsets import PendingTxnOffsets, TxnReplay, complete
 from broker.partition import Partition
 from broker.replica_manager import ReplicaManager
 from client.protocol.apis import ApiKey
@@ -74,6 +75,9 @@ class _Slot:
     coordinator: GroupCoordinator | None = None
     held: dict[object, _Held] = attrs.field(factory=dict)
     dropped: bool = False
+    # Offsets of open transactions (TxnOffsetCommit), and markers met while loading.
+    txn_offsets: PendingTxnOffsets = attrs.field(factory=PendingTxnOffsets)
+    txn_completions: list[tuple[int, bool]] = attrs.field(factory=list)
 
 
 class GroupDriver:
@@ -155,6 +159,8 @@ class GroupDriver:
         await trio.lowlevel.checkpoint()
         partition = slot.partition
         records: list[GroupRecord] = []
+        # Transactional offsets wait for their marker (broker.group_txn_offsets).
+        transactions = TxnReplay()
         offset = partition.log.log_start_offset
         end = partition.log.log_end_offset
         while offset < end and not slot.dropped:
@@ -163,14 +169,21 @@ class GroupDriver:
                 break
             for position, header in iter_batches(data):
                 if header.is_control:
+                    if header.next_offset > offset:
+                        transactions.marker(header, data, position, records)
                     offset = header.next_offset
                     continue
                 for record in iter_records(data, position):
                     if record.offset >= offset:
                         try:
-                            records.append(GroupRecord.from_wire(record.key, record.value))
+                            read = GroupRecord.from_wire(record.key, record.value)
                         except ValueError as error:
                             log.warning("%s@%d: unreadable: %s", partition, record.offset, error)
+                            continue
+                        if header.is_transactional:
+                            transactions.hold(header.producer_id, read)
+                        else:
+                            records.append(read)
                 offset = header.next_offset
             await trio.lowlevel.checkpoint()
         if slot.dropped:
@@ -178,6 +191,10 @@ class GroupDriver:
         slot.coordinator = GroupCoordinator.replay(
             records, self.now_ms(), self.config, rng=random.Random(self.rng.random())
         )
+        slot.txn_offsets = transactions.pending()
+        for producer_id, committed in slot.txn_completions:  # markers written meanwhile
+            complete(slot.coordinator, slot.txn_offsets, producer_id, committed, self.now_ms())
+        slot.txn_completions.clear()
         log.info(
             "%s: group coordinator loaded (%d records, %d groups)",
             partition,
@@ -238,6 +255,24 @@ class GroupDriver:
         coordinator = self._slot(group_id).coordinator
         assert coordinator is not None
         return coordinator
+
+    def stable_only(self, group_id: str, answer: OffsetFetchResponse) -> OffsetFetchResponse:
+        """OffsetFetch with require_stable (KIP-447): UNSTABLE_OFFSET_COMMIT, no offset,
+        where an open transaction holds an offset of the group's partition."""
+        slot = self.slots.get(self.partition_of(group_id))
+        if slot is None or not slot.txn_offsets.by_producer:
+            return answer
+        return attrs.evolve(
+            answer,
+            partitions=tuple(
+                attrs.evolve(
+                    item, offset=-1, error_code=ErrorCode.UNSTABLE_OFFSET_COMMIT, metadata=""
+                )
+                if slot.txn_offsets.has(group_id, item.topic, item.partition)
+                else item
+                for item in answer.partitions
+            ),
+        )
 
     def loaded(self) -> list[GroupCoordinator]:
         return [s.coordinator for s in self.slots.values() if s.coordinator is not None]

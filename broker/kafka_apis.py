@@ -38,6 +38,12 @@ from broker import kafka_errors
 from broker.broker_apis import BrokerApis, metadata
 from broker.data_apis import MAX_TIMESTAMP, DataApis
 from broker.group_driver import GroupDriver
+from broker.group_txn_offsets import (
+    TXN_OFFSET_COMMIT,
+    TXN_OFFSET_COMMIT_VERSIONS,
+    KafkaTxnOffsetApis,
+    txn_offset_commit_error,
+)
 from broker.kafka_admin_apis import (
     ALTER_CONFIGS_KEY,
     DESCRIBE_CONFIGS_KEY,
@@ -187,6 +193,14 @@ class KafkaApis:
         if transactions is not None:  # the transaction coordinator's APIs (issue 17)
             for key, (low, high, handle, error) in transactions.served().items():
                 self.served[key] = Served(low=low, high=high, handle=handle, error=error)
+            if groups is not None:  # offsets committed inside transactions
+                low, high = TXN_OFFSET_COMMIT_VERSIONS
+                self.served[TXN_OFFSET_COMMIT] = Served(
+                    low=low,
+                    high=high,
+                    handle=KafkaTxnOffsetApis(groups).txn_offset_commit,
+                    error=txn_offset_commit_error,
+                )
         for key, served in self.served.items():
             codec = APIS[key].versions
             # What is served the codec can read, except Produce v0-2 (advertised only).

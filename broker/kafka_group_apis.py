@@ -282,6 +282,8 @@ class KafkaGroupApis:
             else [(t.name, index) for t in request.topics for index in t.partition_indexes]
         )
         answer = self.driver.coordinator(request.group_id).fetch_offsets(request.group_id, wanted)
+        if version >= 7 and request.require_stable:  # KIP-447
+            answer = self.driver.stable_only(request.group_id, answer)
         Response = kafka.OffsetFetchResponse
         by_topic: dict[str, list[Any]] = {}
         for item in answer.partitions:
@@ -324,6 +326,8 @@ class KafkaGroupApis:
                 )
                 continue
             answer = coordinator.fetch_offsets(asked.group_id, wanted)
+            if request.require_stable:  # KIP-447
+                answer = self.driver.stable_only(asked.group_id, answer)
             by_topic: dict[str, list[Any]] = {}
             for item in answer.partitions:
                 by_topic.setdefault(item.topic, []).append(

@@ -24,6 +24,7 @@ from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, REPLICATION_LIST
 from broker.controller_channel import ControllerChannel
 from broker.data_apis import DataApis
 from broker.group_driver import GroupDriver
+from broker.group_txn_offsets import CompletingMarkerWriter
 from broker.groups import GroupConfig
 from broker.kafka_apis import KafkaApis
 from broker.kafka_connection import KafkaConnections
@@ -219,7 +220,11 @@ class Server:
         server = RpcServer(apis.handle, name=f"broker-{config.node_id}", other_protocol=kafka.serve)
         port = await nursery.start(server.serve, host, port)
         replication_host, replication_port = config.listeners[REPLICATION_LISTENER]
-        replication = RpcServer(ReplicationApis(data).handle, name=f"replication-{config.node_id}")
+        # Markers that reach __consumer_offsets complete the transactional offsets there.
+        markers = CompletingMarkerWriter(replicas, groups)
+        replication = RpcServer(
+            ReplicationApis(data, markers).handle, name=f"replication-{config.node_id}"
+        )
         replication_port = await nursery.start(
             replication.serve, replication_host, replication_port
         )

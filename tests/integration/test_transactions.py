@@ -124,3 +124,61 @@ def test_a_second_producer_with_the_same_id_fences_the_first(cluster: LocalClust
         confluent_kafka.KafkaError.PRODUCER_FENCED,
         confluent_kafka.KafkaError.INVALID_PRODUCER_EPOCH,
     ), error
+
+
+def test_offsets_sent_to_a_transaction_are_committed_with_it_or_not_at_all(
+    cluster: LocalCluster,
+) -> None:
+    """Consume-transform-produce: the input offsets are the group's only once the
+    transaction that carries them commits; an aborted one leaves them as they were."""
+    bootstrap = cluster.bootstrap_servers()
+    create_topic(bootstrap, "txn-in", 1)
+    plain = Producer({"bootstrap.servers": bootstrap})
+    for i in range(6):
+        plain.produce("txn-in", value=f"in-{i}".encode(), partition=0)
+    assert plain.flush(WAIT_S) == 0
+    group = "ctp-group"
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    producer = transactional_producer(bootstrap, "txn-client-ctp")
+    source = CTopicPartition("txn-in", 0)
+    try:
+        consumer.assign([CTopicPartition("txn-in", 0, OFFSET_BEGINNING)])
+        seen: list[Any] = []
+        deadline = time.monotonic() + WAIT_S
+        while len(seen) < 6:
+            assert time.monotonic() < deadline, seen
+            seen.extend(m for m in consumer.consume(num_messages=6, timeout=1) if not m.error())
+
+        def transform(upto: int, commit: bool) -> None:
+            producer.begin_transaction()
+            producer.produce(TOPIC, value=f"out-{upto}".encode(), partition=0)
+            offsets = [CTopicPartition("txn-in", 0, upto)]
+            producer.send_offsets_to_transaction(
+                offsets, consumer.consumer_group_metadata(), WAIT_S
+            )
+            if commit:
+                producer.commit_transaction(WAIT_S)
+            else:
+                producer.abort_transaction(WAIT_S)
+
+        def committed() -> int:
+            # read_committed: librdkafka asks require_stable, and retries while the
+            # transaction's markers are on their way (UNSTABLE_OFFSET_COMMIT).
+            (found,) = consumer.committed([source], timeout=WAIT_S)
+            return int(found.offset)
+
+        transform(3, commit=True)
+        assert committed() == 3
+        transform(5, commit=False)
+        assert committed() == 3  # the aborted transaction's offsets were dropped
+        transform(6, commit=True)
+        assert committed() == 6
+    finally:
+        consumer.close()
