@@ -62,7 +62,7 @@ def take_ready(consumer: Any, most: int, timeout_s: float) -> list[Any]:
     return first + consumer.consume(num_messages=most - 1, timeout=0)
 
 
-def probe_transactions(bootstrap: str, timeout_s: float = 5.0) -> str | None:
+def probe_transactions(bootstrap: str, timeout_s: float = 10.0) -> str | None:
     """None when the cluster serves transactions; otherwise why not, in one line."""
     from confluent_kafka import KafkaException, Producer
 
@@ -109,6 +109,9 @@ class Detector:
         }
         if self.exactly_once:
             producer_config["transactional.id"] = f"fraud-detector-{group}-{instance}"
+            # A SIGKILLed detector's open transaction holds back every read_committed
+            # reader of `alerts` until the coordinator aborts it: 10 s, not Kafka's 60 s.
+            producer_config["transaction.timeout.ms"] = 10_000
         else:
             producer_config["enable.idempotence"] = True
         self.producer = Producer(producer_config)
