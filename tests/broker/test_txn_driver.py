@@ -12,13 +12,25 @@ import trio
 
 from broker import txn_driver
 from broker.cluster_plan import plan_cluster
+from broker.groups import GroupCoordinator, GroupRecord
+from broker.groups.records import OffsetCommitKey, OffsetCommitValue
+from broker.groups.txn_offsets import TxnReplay, complete
 from broker.kafka_txn_apis import TransactionVerifier
 from broker.txn_driver import TRANSACTION_STATE_TOPIC
 from client.kafka_connection import KafkaConnection
+from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
-from storage.records import iter_batches, iter_records, parse_control_record_key
-from tests.broker.test_controller_cluster import FAST, InProcessCluster
+from storage.records import (
+    ControlRecordType,
+    RecordInput,
+    build_batch,
+    build_control_batch,
+    iter_batches,
+    iter_records,
+    parse_control_record_key,
+)
+from tests.broker.test_controller_cluster import FAST, InProcessCluster, create_topics_body
 from tests.broker.test_data_plane import topic_ready
 
 SETTINGS = {**FAST, "replica_lag_time_max_ms": 60_000}
@@ -294,3 +306,125 @@ async def test_partition_leaders_verify_with_the_coordinator_local_and_remote(
                 )
             finally:
                 await verifier.aclose()
+
+
+def offsets_batch(
+    base_offset: int, producer_id: int, group: str, offset: int, *, transactional: bool = True
+) -> bytes:
+    key, value = GroupRecord(
+        key=OffsetCommitKey(group_id=group, topic="in", partition=0),
+        value=OffsetCommitValue(offset=offset, leader_epoch=-1, metadata="", commit_timestamp_ms=1),
+    ).to_wire()
+    return build_batch(
+        [RecordInput(timestamp=1, key=key, value=value)],
+        base_offset=base_offset,
+        producer_id=producer_id if transactional else -1,
+        producer_epoch=0 if transactional else -1,
+        base_sequence=0 if transactional else -1,
+        is_transactional=transactional,
+    )
+
+
+def marker(base_offset: int, producer_id: int, committed: bool) -> bytes:
+    kind = ControlRecordType.COMMIT if committed else ControlRecordType.ABORT
+    return build_control_batch(
+        kind,
+        b"\x00\x00\x00\x00\x00\x00",
+        timestamp=1,
+        base_offset=base_offset,
+        producer_id=producer_id,
+        producer_epoch=0,
+        is_transactional=True,
+    )
+
+
+def test_a_load_takes_transactional_offsets_at_their_commit_and_drops_aborted_ones() -> None:
+    """The order a group coordinator replays `__consumer_offsets` in: a committed
+    transaction's offsets at its marker, an aborted one's never, an open one's pending."""
+    log = b"".join(
+        [
+            offsets_batch(0, 7, "g", 10),  # committed below, after a plain commit
+            offsets_batch(1, -1, "g", 5, transactional=False),
+            offsets_batch(2, 8, "g", 99),  # aborted
+            marker(3, 8, committed=False),
+            marker(4, 7, committed=True),
+            offsets_batch(5, 9, "h", 42),  # still open
+        ]
+    )
+    records: list[GroupRecord] = []
+    replay = TxnReplay()
+    for position, header in iter_batches(log):
+        if header.is_control:
+            replay.marker(header, log, position, records)
+            continue
+        for record in iter_records(log, position):
+            read = GroupRecord.from_wire(record.key, record.value)
+            if header.is_transactional:
+                replay.hold(header.producer_id, read)
+            else:
+                records.append(read)
+    taken = [r.value.offset for r in records if isinstance(r.value, OffsetCommitValue)]
+    assert taken == [5, 10]  # the transaction's offset wins: its marker came later
+    pending = replay.pending()
+    assert pending.has("h", "in", 0) and not pending.has("g", "in", 0)
+    coordinator = GroupCoordinator.replay(records, 0, rng=random.Random(0))
+    assert coordinator.groups["g"].offsets[("in", 0)].offset == 10
+    complete(coordinator, pending, 9, True, now_ms=2)
+    assert coordinator.groups["h"].offsets[("in", 0)].offset == 42
+    assert not pending.by_producer
+
+
+async def partitions_ready(cluster: InProcessCluster, name: str, count: int) -> None:
+    """A topic of `count` partitions at RF 3, each with its leader's replica ready."""
+    node = max(cluster.servers)
+    answer = await cluster.call(node, ApiKey.CREATE_TOPICS, create_topics_body(name, count, 3))
+    assert answer["topics"][0]["error_code"] == ErrorCode.NONE, answer
+    while True:
+        leaders = [
+            s
+            for s in cluster.servers.values()
+            for index in range(count)
+            if s.replicas is not None
+            and (name, index) in s.replicas.partitions
+            and s.replicas.partitions[(name, index)].is_leader
+        ]
+        if len(leaders) == count:
+            return
+        await trio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_a_prepared_commit_is_completed_by_the_next_coordinator(nursery, tmp_path) -> None:
+    """The coordinator dies after PrepareCommit is durable and before any marker is
+    sent: its successor finds the transaction prepared and sends the markers itself."""
+    with trio.fail_after(120):
+        cluster = await started(nursery, tmp_path)
+        await partitions_ready(cluster, "out", 2)
+        tid = "prepared"
+        node = await find_coordinator(cluster, tid)
+        driver = cluster.servers[node].transactions
+        assert driver is not None
+
+        async def never_sent(*args: Any) -> None:
+            await trio.sleep_forever()
+
+        driver._send_markers = never_sent  # type: ignore[method-assign]
+        connection = connect(cluster, node)
+        first = await retrying(lambda: connection.request(init(tid), version=4, timeout_s=10))
+        pid = first.producer_id
+        await connection.request(add(tid, pid, 0, "out", (0, 1)), version=3, timeout_s=10)
+        ended = await connection.request(end(tid, pid, 0, True), version=3, timeout_s=10)
+        assert ended.error_code == ErrorCode.NONE
+        assert (await describe(connection, tid)).transaction_state == "PrepareCommit"
+        await connection.aclose()
+        cluster.servers[node].kill()
+        del cluster.servers[node]
+
+        successor = await find_coordinator(cluster, tid)
+        connection = connect(cluster, successor)
+        await wait_state(connection, tid, "CompleteCommit")
+        await connection.aclose()
+        for index in (0, 1):
+            while not control_batches(cluster, "out", index):  # a new leader may lag
+                await trio.sleep(0.05)
+            assert control_batches(cluster, "out", index) == [(pid, "COMMIT")]
