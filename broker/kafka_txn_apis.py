@@ -257,12 +257,6 @@ def _topic_results(answer: t.AddPartitionsToTxnResponse, fenced_known: bool) -> 
 # ---------------------------------------------------------------------- whole-request errors
 
 
-def init_producer_id_error(request: Any, version: int, code: int, message: str) -> Any:
-    return kafka.InitProducerIdResponse(
-        error_code=t.for_client_version(code, version >= 4), producer_id=-1, producer_epoch=-1
-    )
-
-
 def add_partitions_error(request: Any, version: int, code: int, message: str) -> Any:
     Response = kafka.AddPartitionsToTxnResponse
     if version >= 4:
@@ -394,5 +388,4 @@ __all__ = [
     "TRANSACTION_STATE_TOPIC",
     "KafkaTxnApis",
     "TransactionVerifier",
-    "init_producer_id_error",
 ]

@@ -71,7 +71,9 @@ TRANSACTION_STATE_NUM_PARTITIONS = 50  # transaction.state.log.num.partitions
 TRANSACTION_STATE_REPLICATION_FACTOR = 3  # transaction.state.log.replication.factor
 TRANSACTION_STATE_SEGMENT_BYTES = 100 * 1024 * 1024  # transaction.state.log.segment.bytes
 COMMIT_TIMEOUT_MS = 5_000
-MARKER_REQUEST_TIMEOUT_S = 10.0
+# Past the leader's own wait for the marker's replication (broker.txn_markers, 30 s),
+# so that a slow ISR is answered rather than retried into a second marker.
+MARKER_REQUEST_TIMEOUT_S = 40.0
 MARKER_BACKOFF_MIN_S = 0.02
 MARKER_BACKOFF_MAX_S = 1.0
 TICK_MAX_S = 0.5
