@@ -428,3 +428,63 @@ async def test_a_prepared_commit_is_completed_by_the_next_coordinator(nursery, t
             while not control_batches(cluster, "out", index):  # a new leader may lag
                 await trio.sleep(0.05)
             assert control_batches(cluster, "out", index) == [(pid, "COMMIT")]
+
+
+@pytest.mark.slow
+async def test_bad_transaction_requests_get_codes_and_the_node_serves_on(nursery, tmp_path) -> None:
+    with trio.fail_after(90):
+        cluster = await started(nursery, tmp_path, nodes=1)
+        await topic_ready(cluster, "out", 1)
+        node = await find_coordinator(cluster, "bad")
+        connection = connect(cluster, node)
+
+        async def refused(request: Any, version: int) -> int:
+            with pytest.raises(KafkaError) as error:
+                await connection.request(request, version=version, timeout_s=10)
+            return error.value.code
+
+        assert await refused(init("bad", 0), 4) == ErrorCode.INVALID_TRANSACTION_TIMEOUT
+        assert await refused(init("bad", 10**9), 4) == ErrorCode.INVALID_TRANSACTION_TIMEOUT
+        half_claim = kafka.InitProducerIdRequest(
+            transactional_id="bad", transaction_timeout_ms=1000, producer_id=5, producer_epoch=-1
+        )
+        assert await refused(half_claim, 3) == ErrorCode.INVALID_REQUEST
+        assert await refused(end("never-seen", 1, 0, True), 3) == (
+            ErrorCode.INVALID_PRODUCER_ID_MAPPING
+        )
+        ok = await retrying(lambda: connection.request(init("bad"), version=4, timeout_s=10))
+        negative = await connection.request(
+            add("bad", ok.producer_id, 0, "out", (-1,)), version=3, timeout_s=10
+        )
+        assert add_codes(negative) == [ErrorCode.INVALID_REQUEST]
+        unknown = await describe(connection, "never-seen")
+        assert unknown.error_code == ErrorCode.TRANSACTIONAL_ID_NOT_FOUND
+        Request = kafka.TxnOffsetCommitRequest
+        no_producer = Request(
+            transactional_id="bad",
+            group_id="g",
+            producer_id=-1,
+            producer_epoch=-1,
+            topics=(
+                Request.TxnOffsetCommitRequestTopic(
+                    name="in",
+                    partitions=(Request.TxnOffsetCommitRequestPartition(committed_offset=3),),
+                ),
+            ),
+        )
+        groups = cluster.servers[node].groups
+        assert groups is not None
+        await groups.ensure_topic()  # what the client's FindCoordinator for "g" does
+        for _ in range(200):  # the group coordinator loads __consumer_offsets meanwhile
+            answer = await connection.request(no_producer, version=3, timeout_s=10)
+            (code,) = [p.error_code for t in answer.topics for p in t.partitions]
+            if code not in RETRIABLE:
+                break
+            await trio.sleep(0.05)
+        assert code == ErrorCode.INVALID_RECORD
+        # And the node still serves a transaction.
+        added = await connection.request(
+            add("bad", ok.producer_id, 0, "out", (0,)), version=3, timeout_s=10
+        )
+        assert add_codes(added) == [ErrorCode.NONE]
+        await connection.aclose()
