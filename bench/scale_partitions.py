@@ -16,6 +16,7 @@ holding n partitions (topics of at most TOPIC_PARTITIONS_MAX), then:
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
@@ -154,6 +155,34 @@ def produce(
     return result
 
 
+def _logged_at(line: str) -> float | None:
+    """The wall-clock time a node's log line was written ("2026-12-01 18:38:32,258 ...")."""
+    try:
+        stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    except ValueError:
+        return None
+    return stamp.timestamp()
+
+
+def restart_phases(log_path: str, log_from: int, began_wall: float) -> dict[str, float]:
+    """The restart split by the broker's own log: the wait until the controller took
+    its registration (a sole broker's controlled shutdown cannot move its leaderships,
+    so its old session is still alive and a new registration is refused until that
+    session times out, as Kafka does), then the rest (metadata caught up, every log
+    opened, unfenced)."""
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        log.seek(log_from)
+        lines = log.readlines()
+    registered = next((_logged_at(x) for x in lines if "registered with epoch" in x), None)
+    unfenced = next((_logged_at(x) for x in lines if ": unfenced" in x), None)
+    if registered is None or unfenced is None:
+        return {}
+    return {
+        "restart_registration_wait_s": round(registered - began_wall, 2),
+        "restart_after_registration_s": round(unfenced - registered, 2),
+    }
+
+
 def _broker_state(cluster: LocalCluster, suffix: str) -> dict[str, Any]:
     pid = cluster.pid(cluster.broker_ids[0])
     return {f"broker_rss_mb_{suffix}": rss_mb(pid), f"broker_fds_{suffix}": open_fds(pid)}
@@ -180,10 +209,12 @@ def partition_point(
         point.update(produce(bootstrap, layout, records, cap_s))
         point.update(_broker_state(cluster, "produced"))
         cluster.stop(broker)
-        began = time.perf_counter()
+        log_from = os.path.getsize(cluster.log_path(broker))
+        began, began_wall = time.perf_counter(), time.time()
         cluster.start(broker, wait=False)
         cluster.wait_ready(broker, timeout_s=RESTART_TIMEOUT_S)
         point["restart_s"] = round(time.perf_counter() - began, 2)
+        point.update(restart_phases(cluster.log_path(broker), log_from, began_wall))
         point.update(_broker_state(cluster, "restarted"))
 
 
