@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from broker.local_cluster import LocalCluster
+from client.protocol.kafka import messages
+from tests.integration.kafka_support import _ask
 from tests.integration.test_kafka_clients import FAILOVER_SETTINGS, WAIT_S, create_topic
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -24,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka import TopicPartition as CTopicPartition  # noqa: E402
 
 TOPIC = "txn-out"
+FIND_COORDINATOR = 10
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +185,45 @@ def test_offsets_sent_to_a_transaction_are_committed_with_it_or_not_at_all(
         assert committed() == 6
     finally:
         consumer.close()
+
+
+def coordinator_of(cluster: LocalCluster, transactional_id: str, alive: list[int]) -> int:
+    """The node FindCoordinator (key_type 1) names, asked of a live node until it names
+    a live one."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        assert time.monotonic() < deadline, f"no coordinator of {transactional_id!r}"
+        address = cluster.address(alive[0], "PLAINTEXT")
+        request = messages.FindCoordinatorRequest(key=transactional_id, key_type=1)
+        answer = _ask(address, FIND_COORDINATOR, 3, request)
+        if answer.error_code == 0 and answer.node_id in alive:
+            return int(answer.node_id)
+        time.sleep(0.1)
+
+
+@pytest.mark.lab
+def test_a_transaction_survives_a_sigkill_of_its_coordinator(tmp_path: Any) -> None:
+    """librdkafka mid-transaction, its coordinator's broker SIGKILLed: the new
+    coordinator has the open transaction (loaded from __transaction_state), the client
+    finds it and commits, and read_committed sees every record of the transaction."""
+    with LocalCluster(str(tmp_path), combined=3, **FAILOVER_SETTINGS) as running:
+        running.start_all()
+        bootstrap = running.bootstrap_servers()
+        create_topic(bootstrap, TOPIC, 2)
+        tid = "txn-client-failover"
+        producer = transactional_producer(bootstrap, tid)
+        producer.begin_transaction()
+        for i in range(10):
+            producer.produce(TOPIC, value=f"kept-{i}".encode(), partition=i % 2)
+        assert producer.flush(WAIT_S) == 0
+        victim = coordinator_of(running, tid, running.broker_ids)
+        running.kill(victim)
+        alive = [n for n in running.broker_ids if n != victim]
+        successor = coordinator_of(running, tid, alive)
+        assert successor != victim
+        producer.commit_transaction(WAIT_S)
+        survivors = ",".join(
+            f"{h}:{p}" for h, p in (running.address(n, "PLAINTEXT") for n in alive)
+        )
+        committed = read(survivors, "read_committed", 10)
+        assert sorted(v for _, v in committed) == sorted(f"kept-{i}".encode() for i in range(10))
