@@ -217,12 +217,28 @@ class LagMeter:
         from confluent_kafka import Consumer, TopicPartition
 
         self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                # read_committed would make committed() ask for stable offsets only, and
+                # with a transaction always open it would wait (UNSTABLE_OFFSET_COMMIT).
+                "isolation.level": "read_uncommitted",
+            }
         )
         self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
+        self.last = (-1, 0)
 
     def measure(self) -> tuple[int, int]:
-        """(lag, end offsets summed)."""
+        """(lag, end offsets summed); the last figures again if the cluster is slow to
+        answer (lag -1 until a first answer)."""
+        from confluent_kafka import KafkaException
+
+        with contextlib.suppress(KafkaException):
+            self.last = self._measure()
+        return self.last
+
+    def _measure(self) -> tuple[int, int]:
         committed = self.consumer.committed(self.partitions, timeout=10)
         lag = 0
         ends = 0
