@@ -547,6 +547,12 @@ class ProducerState:
         """Record batches read back from the log; the aborted transactions they end."""
         aborted = []
         for header, marker in batches:
+            if header.base_offset < self.map_end_offset:
+                if header.next_offset <= self.map_end_offset:
+                    continue
+                # The log start lies inside this batch (DeleteRecords): reads from the
+                # start return it whole, and its producer did write it.
+                self.map_end_offset = header.base_offset
             found = self.record(header, marker)
             if found is not None:
                 aborted.append(found)
