@@ -91,7 +91,10 @@ class Detector:
         semantics: str,
         instance: str,
         rebuild_window_s: float,
+        consumer: Any = None,
+        producer: Any = None,
     ) -> None:
+        """`consumer`, `producer`: confluent-kafka's, built here unless given (tests)."""
         from confluent_kafka import Consumer, Producer
 
         self.payments_topic = payments_topic
@@ -101,7 +104,7 @@ class Detector:
         self.states = CardStates()
         self.replay_until: dict[int, int] = {}  # below it, a payment rebuilds state only
         self.stopped_at: dict[int, int] = {}  # the next offset this process would read
-        self.consumer = Consumer(consumer_config(bootstrap, group))
+        self.consumer = consumer or Consumer(consumer_config(bootstrap, group))
         producer_config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "acks": "all",
@@ -114,7 +117,7 @@ class Detector:
             producer_config["transaction.timeout.ms"] = 10_000
         else:
             producer_config["enable.idempotence"] = True
-        self.producer = Producer(producer_config)
+        self.producer = producer or Producer(producer_config)
         self.processed = 0
         self.alerted = 0
         self.rebuilt = 0
