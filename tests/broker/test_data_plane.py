@@ -61,7 +61,9 @@ async def topic_ready(cluster: InProcessCluster, name: str, factor: int, **extra
     answer = await cluster.call(
         max(cluster.configs), ApiKey.CREATE_TOPICS, create_topics_body(name, 1, factor, **extra)
     )
-    assert answer["topics"][0]["error_code"] == ErrorCode.NONE
+    # A forwarded CreateTopics whose first attempt outlived its timeout on a busy machine
+    # is tried again, and the retry finds the topic the first attempt made (as in Kafka).
+    assert answer["topics"][0]["error_code"] in (ErrorCode.NONE, ErrorCode.TOPIC_ALREADY_EXISTS)
     while True:
         meta = await cluster.call(max(cluster.configs), ApiKey.METADATA, {"topics": [name]})
         parts = meta["topics"][0]["partitions"]
