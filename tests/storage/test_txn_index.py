@@ -27,6 +27,7 @@ from storage.txn_index import (
     ENTRY_BYTES,
     AbortedTxn,
     FetchAbortedTxn,
+    LogTxnIndexes,
     TransactionIndex,
     TxnIndexCorruptError,
     aborted_transactions,
@@ -277,3 +278,42 @@ def test_the_property_catches_an_early_stop_on_the_marker(monkeypatch: pytest.Mo
     # A transaction open across the range's end and aborted after a marker past it.
     with pytest.raises(AssertionError):
         planted()
+
+
+def test_a_logs_indexes_keep_merged_segments_and_drop_what_the_log_lost() -> None:
+    """LogTxnIndexes.open: an index whose segment the cleaner merged away stays (its
+    markers are still in the log); one below the first segment or past the log end
+    goes; entries go to the index of the segment holding their marker."""
+    fs = fresh_fs()
+    for base, entry in ((0, AbortedTxn(1, 2, 5, 6)), (100, AbortedTxn(2, 90, 120, 121))):
+        index = TransactionIndex(fs, DIRECTORY, base)
+        index.append(entry)
+        index.flush()
+        index.close()
+    for base in (40, 900):  # a segment already deleted by retention, a lost tail
+        stale = TransactionIndex(fs, DIRECTORY, base)
+        stale.append(AbortedTxn(3, base, base + 1, base + 2))
+        stale.flush()
+        stale.close()
+    fs.remove(txn_index_path(DIRECTORY, 0))  # retention took segment 0 and its index
+    indexes = LogTxnIndexes.open(
+        fs,
+        DIRECTORY,
+        segment_bases=[50, 200],  # 100 was merged into the segment at 50
+        log_end_offset=300,
+        recover=lambda start, end: [],
+    )
+    assert indexes.bases == (50, 100, 200)  # every segment has one, the merged one too
+    assert indexes.entries() == [AbortedTxn(2, 90, 120, 121)]
+    assert not fs.exists(txn_index_path(DIRECTORY, 40))
+    assert not fs.exists(txn_index_path(DIRECTORY, 900))
+    indexes.append(AbortedTxn(4, 210, 250, 251))
+    assert indexes.aborted_transactions(100, 300) == [
+        FetchAbortedTxn(2, 90),
+        FetchAbortedTxn(4, 210),
+    ]
+    indexes.truncate_to(240, segment_bases=[50, 200])
+    assert indexes.aborted_transactions(0, 300) == [FetchAbortedTxn(2, 90)]
+    indexes.drop_below(200)  # retention took the segment at 50
+    assert indexes.entries() == []
+    assert not fs.exists(txn_index_path(DIRECTORY, 100))
