@@ -22,6 +22,7 @@ import json
 import signal
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 from examples.fraud_detection.events import Alert, card_key, decode_payment, encode_alert
@@ -123,6 +124,9 @@ class Detector:
         self.rebuilt = 0
         self.rebalances = 0
         self.running = True
+        # Where the loop's time goes (wall seconds): the delivery steps, and the rules.
+        self.spent_s: Counter[str] = Counter()
+        self.batches = 0
 
     # ------------------------------------------------------------------ rebalances
 
@@ -193,6 +197,7 @@ class Detector:
             self.consumer.close()
 
     def handle(self, messages: list[Any]) -> None:
+        started = time.perf_counter()
         alerts: list[Alert] = []
         positions: dict[int, int] = {}
         states = self.states
@@ -220,6 +225,8 @@ class Detector:
                         )
                     )
         self.processed += len(messages)
+        self.batches += 1
+        self.spent_s["rules"] += time.perf_counter() - started
         if not positions:
             return
         if self.exactly_once:
@@ -247,12 +254,16 @@ class Detector:
     def deliver_at_least_once(self, alerts: list[Alert], positions: dict[int, int]) -> None:
         from confluent_kafka import KafkaException
 
+        started = time.perf_counter()
         if alerts:
             self._produce(alerts)
             if self.producer.flush(30) > 0:
                 raise RuntimeError("alerts not acknowledged within 30 s")
+        acked = time.perf_counter()
+        self.spent_s["alerts_acked"] += acked - started
         try:
             self.consumer.commit(offsets=self._offsets(positions), asynchronous=False)
+            self.spent_s["commit"] += time.perf_counter() - acked
         except KafkaException as error:
             # A rebalance took the partitions: their next owner repeats from the last
             # commit (at least once), and this process forgets where it stopped.
@@ -265,12 +276,16 @@ class Detector:
         from confluent_kafka import KafkaException
 
         try:
+            started = time.perf_counter()
             self.producer.begin_transaction()
             self._produce(alerts)
             self.producer.send_offsets_to_transaction(
                 self._offsets(positions), self.consumer.consumer_group_metadata(), 30
             )
+            offsets_sent = time.perf_counter()
             self.producer.commit_transaction(30)
+            self.spent_s["send_offsets"] += offsets_sent - started
+            self.spent_s["commit"] += time.perf_counter() - offsets_sent
         except KafkaException as raised:
             error = raised.args[0]
             if not error.txn_requires_abort():
@@ -294,6 +309,8 @@ class Detector:
             "cards": self.states.cards(),
             "rebuilt": self.rebuilt,
             "rebalances": self.rebalances,
+            "batches": self.batches,
+            "spent_s": {step: round(s, 3) for step, s in sorted(self.spent_s.items())},
         }
 
     def say(self, line: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -82,10 +83,6 @@ class LiveView:
         """A separate process with its own group id reads the first half of the run
         (`offsets_for_times`) while the detectors go on."""
         self.replay_started = True
-        first = run.samples[0]
-        del first
-        import time
-
         to_ms = int(time.time() * 1000)
         from_ms = to_ms - int(run.seconds / 2 * 1000)
 
