@@ -30,7 +30,9 @@ import attrs
 from crc32c import crc32c
 
 from storage import compression as batch_codecs
-from storage.varint import VarintError, decode_varint, encode_varint
+from storage.record_encoding import ATTRIBUTES_AND_DELTA, NO_HEADERS, NULL_FIELD, encode_record
+from storage.varint import NON_NEGATIVE_VARINTS as _VARINTS
+from storage.varint import VarintError, decode_varint
 
 MAGIC_V2 = 2
 BATCH_HEADER_BYTES = 61
@@ -419,15 +421,17 @@ def _read_bytes(section: Buffer, position: int, limit: int) -> tuple[bytes | Non
 # ---------------------------------------------------------------------- building
 
 
-_NULL = encode_varint(-1)
-_ZERO = encode_varint(0)
+NO_TIMESTAMP = -1
 
 
 class BatchBuilder:
-    """Encodes records one by one into a growing buffer; `build()` adds the header.
+    """Encodes records one by one into one growing bytearray; `build()` adds the header.
 
-    Per record this does a handful of table look-ups and bytearray appends: no record
-    objects, no intermediate lists (the producer's hot path).
+    A record's fields are joined in one step and appended behind its length: table
+    look-ups for every varint of an ordinary record (timestamp delta, offset delta,
+    lengths), the empty header list as a constant, no record objects. Anything the
+    tables do not cover (headers, a timestamp before the batch's first, a field of
+    16 KiB or more) takes the general encoder, to the same bytes.
     """
 
     __slots__ = ("_base_timestamp", "_buffer", "_compression", "_count", "_max_timestamp")
@@ -439,7 +443,7 @@ class BatchBuilder:
         self._buffer = bytearray(BATCH_HEADER_BYTES)
         self._count = 0
         self._base_timestamp = 0
-        self._max_timestamp = -1
+        self._max_timestamp = NO_TIMESTAMP
 
     @property
     def record_count(self) -> int:
@@ -457,27 +461,41 @@ class BatchBuilder:
         value: bytes | None,
         headers: Iterable[tuple[str, bytes | None]] = (),
     ) -> int:
-        if self._count == 0:
+        """Add one record (offset delta = its position); returns `size_bytes` after it."""
+        count = self._count
+        if count:
+            delta = timestamp - self._base_timestamp
+            if timestamp > self._max_timestamp:
+                self._max_timestamp = timestamp
+        else:
             self._base_timestamp = timestamp
-        if timestamp > self._max_timestamp:
-            self._max_timestamp = timestamp
-        timestamp_part = encode_varint(timestamp - self._base_timestamp)
-        offset_part = encode_varint(self._count)
-        key_part = _NULL if key is None else encode_varint(len(key)) + key
-        value_part = _NULL if value is None else encode_varint(len(value)) + value
-        header_part = _encode_headers(headers) if headers else _ZERO
-        body = 1 + len(timestamp_part) + len(offset_part) + len(key_part)
-        body += len(value_part) + len(header_part)
-        buffer = self._buffer
-        buffer += encode_varint(body)
-        buffer.append(0)
-        buffer += timestamp_part
-        buffer += offset_part
-        buffer += key_part
-        buffer += value_part
-        buffer += header_part
-        self._count += 1
-        return len(buffer)
+            # Kafka's maxTimestamp starts at NO_TIMESTAMP and only ever rises.
+            self._max_timestamp = timestamp if timestamp > NO_TIMESTAMP else NO_TIMESTAMP
+            delta = 0
+        if delta >= 0 and not headers:
+            try:
+                record = b"".join(
+                    (
+                        ATTRIBUTES_AND_DELTA[delta],
+                        _VARINTS[count],
+                        NULL_FIELD if key is None else _VARINTS[len(key)],
+                        key or b"",
+                        NULL_FIELD if value is None else _VARINTS[len(value)],
+                        value or b"",
+                        NO_HEADERS,
+                    )
+                )
+                buffer = self._buffer
+                buffer += _VARINTS[len(record)]
+            except IndexError:  # a value past the tables: nothing was appended yet
+                pass
+            else:
+                buffer += record
+                self._count = count + 1
+                return len(buffer)
+        self._buffer += encode_record(delta, count, key, value, headers)
+        self._count = count + 1
+        return len(self._buffer)
 
     def build(
         self,
@@ -527,18 +545,6 @@ class BatchBuilder:
         )
         _CRC.pack_into(buffer, 17, crc32c(memoryview(buffer)[CRC_START:]))
         return bytes(buffer)
-
-
-def _encode_headers(headers: Iterable[tuple[str, bytes | None]]) -> bytes:
-    parts = []
-    count = 0
-    for name, value in headers:
-        encoded_name = name.encode("utf-8")
-        parts.append(encode_varint(len(encoded_name)))
-        parts.append(encoded_name)
-        parts.append(_NULL if value is None else encode_varint(len(value)) + value)
-        count += 1
-    return encode_varint(count) + b"".join(parts)
 
 
 def build_batch(

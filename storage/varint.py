@@ -33,6 +33,12 @@ _TABLE: tuple[bytes, ...] = tuple(
 )
 
 
+# The same encodings indexed by the value itself, for callers that know it is in
+# [0, TABLE_LIMIT): counts, lengths and offset deltas skip the offset addition, and
+# an IndexError (never a wrong answer) tells them a value is past the table.
+NON_NEGATIVE_VARINTS: tuple[bytes, ...] = _TABLE[TABLE_LIMIT:]
+
+
 def encode_varint(value: int) -> bytes:
     """Zigzag varint of a signed 64-bit value."""
     if -TABLE_LIMIT <= value < TABLE_LIMIT:
