@@ -21,6 +21,7 @@ at the end; both carry {partition: [[offset, value], ...]}.
 | lost-partitions | fewer partitions than an acknowledged create or add-partitions gave |
 | phantom-partitions | more partitions than any change not refused asked for |
 | group-lost, commit-regression, double-owned, unowned-partition | the subscribe workload's consumer group (see group_checkers.py) |
+| aborted-read, precommitted-read, torn-transaction, lost-committed | the transactional workload's (see txn_checkers.py) |
 | stale-admin | a metadata change through a broker under no fault took more than twice the request timeout (checked when given one) |
 """
 
@@ -56,6 +57,11 @@ ANOMALIES = (
     "commit-regression",
     "double-owned",
     "unowned-partition",
+    # the transactional workload's (jepsen_like/txn_checkers.py)
+    "aborted-read",
+    "precommitted-read",
+    "torn-transaction",
+    "lost-committed",
     # checked from inside the simulator (jepsen_like/sim/invariants.py)
     "two-leaders-in-an-epoch",
     "metadata-divergence",
@@ -378,7 +384,7 @@ def json_key(view: dict[str, int]) -> str:
     return json.dumps(view, sort_keys=True)
 
 
-WRITES = ("send", *METADATA_CHANGES)
+WRITES = ("send", "txn", *METADATA_CHANGES)  # a transaction counts as one write
 
 
 def availability(ops: list[Op], faults: list[tuple[int, str]]) -> dict[str, Any]:

@@ -8,6 +8,8 @@
     jepsen-like run --controllers 3 --brokers 3 --workload metadata --nemesis kill-controller
     jepsen-like run --workload subscribe --nemesis kill,pause,kill-coordinator,pause-member
     jepsen-like run --workload subscribe --nemesis pause-member --planted commit-ignores-generation
+    jepsen-like run --client confluent-kafka --idempotent --nemesis kill,kill-leader
+    jepsen-like run --workload txn --nemesis kill,pause,kill-leader,kill-coordinator
 
 Exit code 0 when every checker passes, 1 when one finds an anomaly, 2 on bad usage.
 """
@@ -62,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument(
         "--workload",
         default="queue",
-        choices=["queue", "metadata", "subscribe"],
-        help="subscribe: the queue's producers, read by a consumer group of --members processes",
+        choices=["queue", "metadata", "subscribe", "txn"],
+        help="subscribe: the queue's producers, read by a consumer group of --members processes; "
+        "txn: transactional producers and read_committed readers (librdkafka)",
     )
     runner.add_argument("--members", type=int, default=3, help="subscribe: group members")
     runner.add_argument(
@@ -76,9 +79,21 @@ def main(argv: list[str] | None = None) -> int:
         choices=["pykraft", "confluent-kafka"],
         help="the queue workload's client: pykraft's own, or librdkafka over Kafka's protocol",
     )
+    runner.add_argument(
+        "--idempotent",
+        action="store_true",
+        help="confluent-kafka queue: idempotent producers (5 in flight); a duplicate is an anomaly",
+    )
+    runner.add_argument(
+        "--txn-abort", type=float, default=0.2, help="txn: the share of transactions aborted"
+    )
     runner.add_argument("--nemesis", default="kill", help=f"comma-separated: {', '.join(FAULTS)}")
     runner.add_argument("--time", type=float, default=60.0, help="seconds of workload")
-    runner.add_argument("--rate", type=float, default=500.0, help="sends per second, all producers")
+    runner.add_argument(
+        "--rate",
+        type=float,
+        help="sends per second, all producers (default 500; txn: transactions per second, 20)",
+    )
     runner.add_argument("--seed", type=int, default=0)
     runner.add_argument("--interval", type=float, default=5.0, help="quiet seconds between faults")
     runner.add_argument("--fault-duration", type=float, default=4.0)
@@ -113,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 get_planted(args.planted)
             except ValueError as error:
                 parser.error(str(error))
+        if args.idempotent and (args.client != "confluent-kafka" or args.workload != "queue"):
+            parser.error("--idempotent goes with --client confluent-kafka and the queue workload")
         if bool(args.controllers) != bool(args.brokers):
             parser.error("--controllers and --brokers go together")
         config = RunConfig(
@@ -122,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             brokers=args.brokers,
             workload=args.workload,
             client=args.client,
+            idempotent=args.idempotent,
+            txn_abort_probability=args.txn_abort,
             faults=faults,
             time_s=args.time,
-            rate=args.rate,
+            rate=args.rate
+            if args.rate is not None
+            else (20.0 if args.workload == "txn" else 500.0),
             seed=args.seed,
             interval_s=args.interval,
             fault_duration_s=args.fault_duration,

@@ -8,7 +8,9 @@ active controller or a partition leader isolated). Targets are chosen with a see
 schedule is repeatable. Optionally a killed node's newest segment gets its tail
 truncated or a byte flipped before restart (a recovery test: the CRC must catch it).
 With a consumer group (the subscribe workload): kill or pause one of its members, or
-kill the broker that coordinates it.
+kill the broker that coordinates it. With transactional producers (the txn workload),
+kill-coordinator kills the transaction coordinator of one of their transactional ids
+(the leader of its `__transaction_state` partition).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import trio
 
 from broker.group_driver import OFFSETS_TOPIC
 from broker.groups.hashing import partition_for
+from broker.txn_driver import TRANSACTION_STATE_TOPIC
 from client.protocol.apis import ApiKey
 from client.protocol.errors import KafkaError
 from jepsen_like.cluster_control import ClusterControl
@@ -76,6 +79,7 @@ class Nemesis:
         corrupt_on_restart: bool = False,
         network: LinkFaults | None = None,
         members: GroupMembers | None = None,
+        transactional_ids: Sequence[str] = (),
     ) -> None:
         unknown = (
             set(faults) - set(FAULTS) - set(SIMULATED if hasattr(cluster, "power_loss") else ())
@@ -91,9 +95,11 @@ class Nemesis:
         self.network = network
         if network is None and set(faults) & set(PARTITIONS):
             raise ValueError("partition faults need the cluster routed through proxies")
-        if members is None and set(faults) & set(GROUP_FAULTS):
+        needs_group = set(faults) & set(MEMBER_FAULTS if transactional_ids else GROUP_FAULTS)
+        if members is None and needs_group:
             raise ValueError("group faults need a consumer group (--workload subscribe)")
         self.members = members
+        self.transactional_ids = list(transactional_ids)
         if "ring" in faults and len(cluster.configs) < 4:
             raise ValueError("the ring partition needs at least 4 nodes (use --nodes 5)")
         self.windows: list[tuple[int, str]] = []  # (start time ns, fault) for the checkers
@@ -290,13 +296,18 @@ class Nemesis:
         return leader if leader in self.cluster.configs else None
 
     async def _coordinator(self) -> int | None:
-        """The broker leading the group's `__consumer_offsets` partition (Kafka's rule)."""
-        assert self.members is not None
-        answer = await self._ask_any(ApiKey.METADATA, {"topics": [OFFSETS_TOPIC]})
+        """The broker leading the group's `__consumer_offsets` partition, or a random
+        transactional id's `__transaction_state` partition (Kafka's rule)."""
+        if self.members is not None:
+            topic, key = OFFSETS_TOPIC, self.members.group
+        else:
+            assert self.transactional_ids
+            topic, key = TRANSACTION_STATE_TOPIC, self.rng.choice(self.transactional_ids)
+        answer = await self._ask_any(ApiKey.METADATA, {"topics": [topic]})
         parts = answer["topics"][0]["partitions"] if answer and answer["topics"] else []
         if not parts:
             return None
-        wanted = partition_for(self.members.group, len(parts))
+        wanted = partition_for(key, len(parts))
         for part in parts:
             if part["partition"] == wanted and part["leader"] in self.cluster.configs:
                 return int(part["leader"])

@@ -43,6 +43,8 @@ from jepsen_like.processes import ProcessCluster
 from jepsen_like.proxy import LinkFaults, Network, route_through_proxies
 from jepsen_like.report import REBALANCE_LABEL, write_report
 from jepsen_like.subscribe_workload import SubscribeWorkload
+from jepsen_like.txn_checkers import TXN_EXTRA_ANOMALIES, check_txn
+from jepsen_like.txn_workload import TxnWorkload
 from jepsen_like.workload import ClusterObserver, QueueWorkload
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,9 @@ class RunConfig:
     nodes: int = 3  # combined controller+broker nodes
     controllers: int = 0  # or, with brokers, separate roles
     brokers: int = 0
-    workload: str = "queue"  # or "metadata", or "subscribe" (a consumer group reads)
+    # or "metadata", or "subscribe" (a consumer group reads), or "txn" (transactions
+    # through librdkafka, read_committed readers; real runs only)
+    workload: str = "queue"
     faults: tuple[str, ...] = ("kill",)
     time_s: float = 20.0
     rate: float = 200.0
@@ -84,6 +88,10 @@ class RunConfig:
     # Whose client the queue workload sends and polls with: "pykraft" (its own, native
     # protocol) or "confluent-kafka" (librdkafka, Kafka's protocol; real runs only).
     client: str = "pykraft"
+    # The confluent-kafka queue's producers idempotent (5 in flight, retries): then a
+    # duplicate is an anomaly.
+    idempotent: bool = False
+    txn_abort_probability: float = 0.2  # the txn workload's share of transactions aborted
     members: int = 3  # the subscribe workload's group members (OS processes)
     # A bug from the planted-bug library, planted in every node (real processes only).
     planted_bug: str | None = None
@@ -171,9 +179,21 @@ async def drive(
         await admin.create_topics(
             [NewTopic(TOPIC, config.partitions, replication_factor, settings)]
         )
-    workload: QueueWorkload | MetadataWorkload
+    workload: QueueWorkload | MetadataWorkload | TxnWorkload
     members: SubscribeWorkload | None = None
-    if config.workload == "subscribe":
+    transactions: TxnWorkload | None = None
+    if config.workload == "txn":
+        workload = transactions = TxnWorkload(
+            bootstrap,
+            history,
+            topic=TOPIC,
+            partitions=config.partitions,
+            producers=config.producers,
+            rate=config.rate,
+            rng=random.Random(rng.random()),
+            abort_probability=config.txn_abort_probability,
+        )
+    elif config.workload == "subscribe":
         workload = members = SubscribeWorkload(
             bootstrap,
             history,
@@ -194,9 +214,21 @@ async def drive(
             rng=random.Random(rng.random()),
             replication_factor=replication_factor,
         )
+    elif config.client == "confluent-kafka":
+        workload = ConfluentQueueWorkload(
+            bootstrap,
+            history,
+            topic=TOPIC,
+            partitions=config.partitions,
+            producers=config.producers,
+            rate=config.rate,
+            rng=random.Random(rng.random()),
+            acks=config.acks,
+            idempotent=config.idempotent,
+        )
     else:
-        kind = ConfluentQueueWorkload if config.client == "confluent-kafka" else QueueWorkload
-        workload = kind(
+        assert not config.idempotent, "--idempotent is the confluent-kafka queue's"
+        workload = QueueWorkload(
             bootstrap,
             history,
             topic=TOPIC,
@@ -215,6 +247,7 @@ async def drive(
         corrupt_on_restart=config.corrupt_on_restart,
         network=network,
         members=members,
+        transactional_ids=transactions.transactional_ids() if transactions else (),
     )
     observer = ClusterObserver(cluster, history, topic=TOPIC)
     async with trio.open_nursery() as nursery:
@@ -238,7 +271,7 @@ async def drive(
         await observer.observe()
         nursery.cancel_scope.cancel()
     ops = history.ops
-    queue = check_metadata(ops) if config.workload == "metadata" else check_queue(ops)
+    queue = _workload_verdict(config, ops)
     cluster_verdict = check_cluster(ops)
     verdicts = {
         config.workload: queue,
@@ -297,6 +330,18 @@ async def drive(
         out=config.out,
         first_violation=first,
     )
+
+
+def _workload_verdict(config: RunConfig, ops: list[Any]) -> Verdict:
+    if config.workload == "metadata":
+        return check_metadata(ops)
+    if config.workload == "txn":
+        txn = check_txn(ops)
+        return ListedVerdict(findings=txn.findings, stats=txn.stats, anomalies=TXN_EXTRA_ANOMALIES)
+    queue = check_queue(ops)
+    if config.idempotent:  # every retry is the producer's own: none may write twice
+        return ListedVerdict(findings=queue.findings, stats=queue.stats, anomalies=("duplicated",))
+    return queue
 
 
 def _window_line(window: dict[str, Any]) -> str:
