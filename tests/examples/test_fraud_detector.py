@@ -90,6 +90,7 @@ def detector(consumer: FakeConsumer) -> tuple[Detector, list[tuple[str, Any]]]:
         producer=FakeProducer(log),
     )
     built.say = lambda line: None  # type: ignore[method-assign]
+    built.commit_every_s = 0  # every batch
     return built, log
 
 
