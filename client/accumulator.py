@@ -79,6 +79,7 @@ class ProducerBatch:
         "log_append_time_ms",
         "records",
         "retry_at_s",
+        "size_bytes",
         "tp",
     )
 
@@ -86,6 +87,7 @@ class ProducerBatch:
         self.tp = tp
         self.builder = BatchBuilder(compression)
         self.records = 0
+        self.size_bytes = 0  # the builder's, uncompressed (append returns it)
         self.created_s = now_s
         self.attempts = 0
         self.retry_at_s = 0.0
@@ -134,23 +136,48 @@ class RecordAccumulator:
         headers: Iterable[tuple[str, bytes | None]],
         now_s: float,
     ) -> Delivery:
-        queue = self.batches.setdefault(tp, collections.deque())
-        batch = queue[-1] if queue and queue[-1].data is None else None
-        estimate = len(key or b"") + len(value or b"") + 16
-        if batch is None or (
-            batch.records and batch.builder.size_bytes + estimate > self.batch_size
-        ):
-            batch = ProducerBatch(tp, self.compression, now_s)
-            queue.append(batch)
-        batch.builder.append(timestamp, key, value, headers)
-        delivery = Delivery(batch, batch.records, timestamp)
-        batch.records += 1
+        delivery = self.append_to_open(tp, timestamp, key, value, headers)
+        if delivery is not None:
+            return delivery
+        batch = ProducerBatch(tp, self.compression, now_s)
+        self.batches.setdefault(tp, collections.deque()).append(batch)
+        batch.size_bytes = batch.builder.append(timestamp, key, value, headers)
+        batch.records = 1
         self.records += 1
-        return delivery
+        return Delivery(batch, 0, timestamp)
+
+    def append_to_open(
+        self,
+        tp: TopicPartition,
+        timestamp: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes | None]],
+    ) -> Delivery | None:
+        """`append` into the partition's open batch if it has room, else None (a new
+        batch is due, and with it a creation time: the caller reads its clock only then)."""
+        queue = self.batches.get(tp)
+        if not queue:
+            return None
+        batch = queue[-1]
+        if batch.data is not None:  # built: a retry waiting at the head
+            return None
+        estimate = batch.size_bytes + 16
+        if key is not None:
+            estimate += len(key)
+        if value is not None:
+            estimate += len(value)
+        if estimate > self.batch_size:
+            return None
+        index = batch.records
+        batch.size_bytes = batch.builder.append(timestamp, key, value, headers)
+        batch.records = index + 1
+        self.records += 1
+        return Delivery(batch, index, timestamp)
 
     def open_batch_is_full(self, tp: TopicPartition) -> bool:
         queue = self.batches.get(tp)
-        return bool(queue) and queue[-1].builder.size_bytes >= self.batch_size  # type: ignore[index]
+        return bool(queue) and queue[-1].size_bytes >= self.batch_size  # type: ignore[index]
 
     def ready(self, now_s: float, muted: set[TopicPartition]) -> tuple[list[TopicPartition], float]:
         """Partitions with a batch to send now, and when the next one will be (or inf)."""
@@ -167,7 +194,7 @@ class RecordAccumulator:
             if (
                 head.data is not None  # a retry
                 or len(queue) > 1
-                or head.builder.size_bytes >= self.batch_size
+                or head.size_bytes >= self.batch_size
                 or self.flushing
                 or due <= now_s
             ):

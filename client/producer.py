@@ -101,6 +101,7 @@ class Producer:
         self._closed = False
         self.retries = 0
         self.rng = environment.current().new_rng()
+        self._wall_ms = environment.current().wall_ms  # the environment the producer is made in
 
     async def __aenter__(self) -> Producer:
         self._nursery_manager = trio.open_nursery()
@@ -142,15 +143,26 @@ class Producer:
         known = self.cluster.partitions.get(topic)
         count = len(known) if known else await self.cluster.partition_count(topic, wait_s=1.0)
         if partition is None:
-            partition = self._choose_partition(topic, key, count)
+            if key is None:
+                partition = self._sticky_partition(topic, count)
+            else:
+                hashed = self._key_hashes.get(key)
+                partition = (self._hash_key(key) if hashed is None else hashed) % count
         elif not 0 <= partition < count:
             raise KafkaError(
                 ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic} has no partition {partition}"
             )
-        stamp = environment.current().wall_ms() if timestamp is None else timestamp
+        stamp = self._wall_ms() if timestamp is None else timestamp
         tp = (topic, partition)
-        delivery = self.accumulator.append(tp, stamp, key, value, headers, trio.current_time())
-        if key is None and self.accumulator.open_batch_is_full(tp):
+        accumulator = self.accumulator
+        delivery = accumulator.append_to_open(tp, stamp, key, value, headers)
+        if delivery is None:
+            delivery = accumulator.append(tp, stamp, key, value, headers, trio.current_time())
+        elif delivery.batch.size_bytes < accumulator.batch_size:
+            # The sender already knows this batch (its creation woke it) and when it
+            # lingers out: only a batch that fills up needs it sooner.
+            return delivery
+        if key is None and accumulator.open_batch_is_full(tp):
             self._sticky.pop(topic, None)  # KIP-480: move on once the batch is full
         if not self._wake.is_set():
             self._wake.set()
@@ -159,14 +171,13 @@ class Producer:
     async def send_and_wait(self, topic: str, value: bytes | None, **kwargs: Any) -> RecordMetadata:
         return await (await self.send(topic, value, **kwargs))
 
-    def _choose_partition(self, topic: str, key: bytes | None, count: int) -> int:
-        if key is not None:
-            hashed = self._key_hashes.get(key)
-            if hashed is None:
-                if len(self._key_hashes) >= KEY_HASH_CACHE_SIZE:
-                    self._key_hashes.clear()
-                hashed = self._key_hashes[key] = to_positive(murmur2(key))
-            return hashed % count
+    def _hash_key(self, key: bytes) -> int:
+        if len(self._key_hashes) >= KEY_HASH_CACHE_SIZE:
+            self._key_hashes.clear()
+        hashed = self._key_hashes[key] = to_positive(murmur2(key))
+        return hashed
+
+    def _sticky_partition(self, topic: str, count: int) -> int:
         sticky = self._sticky.get(topic)
         if sticky is None or sticky >= count:
             sticky = self._sticky[topic] = self.rng.randrange(count)
