@@ -10,7 +10,8 @@ the front, so a retry never overtakes a later batch of the same partition.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
+from typing import Any
 
 import attrs
 import trio
@@ -63,7 +64,7 @@ class Delivery:
         await self.batch.done.wait()
         return self.metadata()
 
-    def __await__(self):  # type: ignore[no-untyped-def]
+    def __await__(self) -> Generator[Any, None, RecordMetadata]:
         return self.wait().__await__()
 
 
