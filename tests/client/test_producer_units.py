@@ -169,3 +169,31 @@ async def test_delivery_timeout_fails_records_that_never_get_through() -> None:
         )
     assert all(isinstance(o, KafkaError) for o in outcomes)
     assert cluster.log == []
+
+
+def test_append_to_open_fills_the_open_batch_and_declines_otherwise() -> None:
+    acc = RecordAccumulator(batch_size=200, linger_ms=1000)
+    assert acc.append_to_open(TP, 1, None, b"x", ()) is None  # no batch yet
+    first = acc.append(TP, 1, None, b"a" * 10, (), now_s=0.0)
+    second = acc.append_to_open(TP, 2, b"k", b"b" * 10, ())
+    assert second is not None and second.batch is first.batch and second.index == 1
+    assert first.batch.size_bytes == first.batch.builder.size_bytes
+    assert acc.append_to_open(TP, 3, None, b"c" * 100, ()) is None  # would pass batch_size
+    assert acc.records == 2 and len(acc.batches[TP]) == 1
+    acc.drain(TP)
+    acc.requeue(first.batch, retry_at_s=0.0)
+    assert acc.append_to_open(TP, 4, None, b"d", ()) is None  # a built retry takes no more
+    assert values(acc.append(TP, 4, None, b"d", (), now_s=1.0).batch.build()) == [b"d"]
+
+
+async def test_records_into_an_open_batch_go_out_when_it_lingers_out() -> None:
+    producer = Producer("127.0.0.1:1", batch_size=100_000, linger_ms=30)
+    scripted = ScriptedCluster([])
+    producer.cluster = scripted  # type: ignore[assignment]
+    with trio.fail_after(10):
+        async with producer:
+            deliveries = [await producer.send("t", b"m%02d" % i) for i in range(50)]
+            outcomes = [await delivery for delivery in deliveries]
+    assert [o.offset for o in outcomes] == list(range(50))
+    assert len(scripted.requests) == 1  # one batch: the sender waited for the linger
+    assert scripted.log == [b"m%02d" % i for i in range(50)]
