@@ -125,6 +125,7 @@ class GroupMember:
                 continue
             assignment = await self._sync(joined)
             if assignment is None:
+                await trio.sleep(RETRY_BACKOFF_MS / 1000)
                 continue
             self.state = MemberState.STABLE
             self.rejoin_needed = False
