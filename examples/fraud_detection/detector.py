@@ -197,6 +197,8 @@ class Detector:
                 messages = take_ready(self.consumer, BATCH_MAX, POLL_TIMEOUT_S)
                 if messages:
                     self.handle(messages)
+                elif self.uncommitted:  # the stream paused: what is done waits no longer
+                    self.commit_uncommitted(asynchronous=True)
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + STATS_EVERY_S
                     self.say(self.figures())
