@@ -11,7 +11,10 @@ holding n partitions (topics of at most TOPIC_PARTITIONS_MAX), then:
   number), record i to global partition i mod n, so every partition gets records;
   bounded by a record count and a wall-clock cap;
 - `restart_s`: SIGTERM to the broker, then a new broker process on the same data
-  directory until it prints its ready line (it has opened every log and is unfenced).
+  directory until it prints its ready line (unfenced), split by its log into
+  `restart_registration_wait_s` and `restart_after_registration_s`; and
+  `restart_all_led_s`: until its log has named every partition as led again (the
+  ready line can come before the logs are open).
 """
 
 from __future__ import annotations
@@ -183,6 +186,27 @@ def restart_phases(log_path: str, log_from: int, began_wall: float) -> dict[str,
     }
 
 
+def wait_partitions_led(log_path: str, log_from: int, partitions: int) -> int:
+    """Until the broker's log, past `log_from`, names `partitions` partitions it leads
+    (or RESTART_TIMEOUT_S passes); how many it named."""
+    deadline = time.monotonic() + RESTART_TIMEOUT_S
+    led: set[str] = set()
+    position = log_from
+    while len(led) < partitions and time.monotonic() < deadline:
+        with open(log_path, "rb") as log:
+            log.seek(position)
+            chunk = log.read()
+        complete = chunk.rfind(b"\n") + 1
+        position += complete
+        for line in chunk[:complete].decode(errors="replace").splitlines():
+            name, found, _ = line.partition(": leader at epoch")
+            if found:
+                led.add(name.rsplit(" ", 1)[-1])
+        if len(led) < partitions:
+            time.sleep(READY_POLL_S)
+    return len(led)
+
+
 def _broker_state(cluster: LocalCluster, suffix: str) -> dict[str, Any]:
     pid = cluster.pid(cluster.broker_ids[0])
     return {f"broker_rss_mb_{suffix}": rss_mb(pid), f"broker_fds_{suffix}": open_fds(pid)}
@@ -215,6 +239,11 @@ def partition_point(
         cluster.wait_ready(broker, timeout_s=RESTART_TIMEOUT_S)
         point["restart_s"] = round(time.perf_counter() - began, 2)
         point.update(restart_phases(cluster.log_path(broker), log_from, began_wall))
+        # Ready is not the end: the broker may say it is unfenced before it has opened
+        # its logs; each partition it leads is logged as it is opened.
+        led = wait_partitions_led(cluster.log_path(broker), log_from, partitions)
+        point["restart_partitions_led"] = led
+        point["restart_all_led_s"] = round(time.perf_counter() - began, 2)
         point.update(_broker_state(cluster, "restarted"))
 
 
