@@ -50,13 +50,15 @@ from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
 from client.protocol.messages import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
+from client.read_committed import ReadCommittedFilter, is_abort_marker
 from storage.records import RecordBatchError, iter_batches, iter_records
 
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 CONSUMER_REPLICA_ID = -1
-READ_UNCOMMITTED = 0
+READ_UNCOMMITTED, READ_COMMITTED = 0, 1
+ISOLATION_LEVELS = {"read_uncommitted": READ_UNCOMMITTED, "read_committed": READ_COMMITTED}
 # Fetch sessions (KIP-227) are not used: every fetch is a full one.
 SESSIONLESS_ID, SESSIONLESS_EPOCH = 0, -1
 FetchTopic = kafka.FetchRequest.FetchTopic
@@ -124,9 +126,16 @@ class Consumer:
         partition_assignment_strategy: Sequence[str] = ("range", "cooperative-sticky"),
         enable_auto_commit: bool = True,
         auto_commit_interval_ms: int = 5_000,
+        isolation_level: str = "read_uncommitted",
     ) -> None:
         if auto_offset_reset not in ("earliest", "latest", "none"):
             raise ValueError("auto_offset_reset must be earliest, latest or none")
+        if isolation_level not in ISOLATION_LEVELS:
+            raise ValueError("isolation_level must be read_uncommitted or read_committed")
+        # read_committed (KIP-98): fetches stop at the last stable offset, "latest" is
+        # the last stable offset, and aborted transactions' records are dropped.
+        self.isolation_level = isolation_level
+        self._isolation = ISOLATION_LEVELS[isolation_level]
         self.auto_offset_reset = auto_offset_reset
         self.fetch_min_bytes = fetch_min_bytes
         self.fetch_max_wait_ms = fetch_max_wait_ms
@@ -301,7 +310,7 @@ class Consumer:
                 )
             request = kafka.ListOffsetsRequest(
                 replica_id=CONSUMER_REPLICA_ID,
-                isolation_level=READ_UNCOMMITTED,
+                isolation_level=self._isolation,
                 topics=tuple(
                     ListOffsetsTopic(name=t, partitions=tuple(p)) for t, p in topics.items()
                 ),
@@ -407,7 +416,7 @@ class Consumer:
                 max_wait_ms=wait_ms,
                 min_bytes=self.fetch_min_bytes,
                 max_bytes=self.fetch_max_bytes,
-                isolation_level=READ_UNCOMMITTED,
+                isolation_level=self._isolation,
                 session_id=SESSIONLESS_ID,
                 session_epoch=SESSIONLESS_EPOCH,
                 topics=tuple(FetchTopic(topic=t, partitions=tuple(p)) for t, p in topics.items()),
@@ -435,13 +444,30 @@ class Consumer:
                 # epoch (followers); preferred_read_replica only to one that names its
                 # rack (KIP-392). This consumer names neither, so both stay unset.
                 if result.records and tp in self._positions:
-                    self._take(tp, result.records, out)
+                    self._take(tp, result.records, out, result.aborted_transactions)
 
-    def _take(self, tp: TopicPartition, data: bytes, out: list[ConsumerRecord]) -> None:
+    def _take(
+        self,
+        tp: TopicPartition,
+        data: bytes,
+        out: list[ConsumerRecord],
+        aborted: Iterable[Any] | None = None,
+    ) -> None:
         position = self._positions[tp]
         assert position is not None
+        walk = (
+            ReadCommittedFilter((a.producer_id, a.first_offset) for a in aborted or ())
+            if self._isolation == READ_COMMITTED
+            else None
+        )
         try:
             for offset_in_data, header in iter_batches(data):
+                # The walk sees every batch in order, those below the position too.
+                if walk is not None and walk.skips(
+                    header, is_abort_marker(data, offset_in_data, header)
+                ):
+                    position = max(position, header.next_offset)
+                    continue
                 if header.next_offset <= position or header.is_control:
                     position = max(position, header.next_offset)
                     continue

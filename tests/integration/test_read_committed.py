@@ -3,7 +3,8 @@
 librdkafka's transactional producer writes an aborted transaction, a committed one,
 and leaves a third open. kcat (read_committed, to the end: the last stable offset)
 and a kafka-python read_committed consumer see only the committed records;
-kafka-python read_uncommitted sees every record; ListOffsets' latest is the LSO for
+kafka-python read_uncommitted sees every record, and so does pykraft's consumer in
+each mode; ListOffsets' latest is the LSO for
 read_committed and the high-water mark otherwise. A broker SIGKILLed with a
 transaction open restarts with the LSO still held at the transaction's start, and
 the producer's commit after the restart releases it.
@@ -78,6 +79,24 @@ def kafka_python_read(bootstrap: str, isolation: str, count: int) -> list[bytes]
         consumer.close()
 
 
+def pykraft_read(bootstrap: str, isolation: str) -> list[bytes]:
+    """pykraft's own consumer, from the beginning to the end it is given (the LSO for
+    read_committed: ListOffsets latest)."""
+    from client.sync import Consumer as BlockingConsumer
+
+    with BlockingConsumer(
+        bootstrap, auto_offset_reset="earliest", isolation_level=isolation
+    ) as consumer:
+        tp = (TOPIC, 0)
+        consumer.assign([tp])
+        end = consumer.list_offsets({tp: -1})[tp]
+        values: list[bytes] = []
+        deadline = time.monotonic() + WAIT_S
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            values.extend(r.value or b"" for r in consumer.poll(1.0))
+        return values
+
+
 def end_offset(bootstrap: str, isolation: str) -> int:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
     try:
@@ -135,6 +154,13 @@ def test_read_committed_clients_see_only_committed_records(cluster: LocalCluster
         committed = [b"committed-0", b"committed-1"]
         assert kcat_read_committed(bootstrap) == committed
         assert kafka_python_read(bootstrap, "read_committed", 2) == committed
+        assert pykraft_read(bootstrap, "read_committed") == committed
+        assert pykraft_read(bootstrap, "read_uncommitted") == [
+            b"aborted-0",
+            b"aborted-1",
+            *committed,
+            b"open-0",
+        ]
         everything = kafka_python_read(bootstrap, "read_uncommitted", 5)
         assert everything == [b"aborted-0", b"aborted-1", *committed, b"open-0"]
         # aborted 0-1, ABORT 2, committed 3-4, COMMIT 5, open 6: the LSO is 6.
