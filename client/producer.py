@@ -157,6 +157,12 @@ class Producer:
         accumulator = self.accumulator
         delivery = accumulator.append_to_open(tp, stamp, key, value, headers)
         if delivery is None:
+            # A new batch: first let the sender run (a loop of sends never yields
+            # otherwise, and the brokers would idle until backpressure). Nothing is
+            # appended yet, so a cancellation here loses no record.
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise RuntimeError("the producer is closed")
             delivery = accumulator.append(tp, stamp, key, value, headers, trio.current_time())
         elif delivery.batch.size_bytes < accumulator.batch_size:
             # The sender already knows this batch (its creation woke it) and when it
