@@ -197,3 +197,20 @@ async def test_records_into_an_open_batch_go_out_when_it_lingers_out() -> None:
     assert [o.offset for o in outcomes] == list(range(50))
     assert len(scripted.requests) == 1  # one batch: the sender waited for the linger
     assert scripted.log == [b"m%02d" % i for i in range(50)]
+
+
+async def test_a_tight_send_loop_lets_the_sender_run_and_a_cancelled_send_appends_nothing() -> None:
+    producer = Producer("127.0.0.1:1", batch_size=60, linger_ms=0)
+    scripted = ScriptedCluster([])
+    producer.cluster = scripted  # type: ignore[assignment]
+    with trio.fail_after(10):
+        async with producer:
+            for i in range(20):
+                await producer.send("t", b"m%02d" % i)
+            assert scripted.requests  # sent while the loop was still sending
+            pending = producer.accumulator.records
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await producer.send("t", b"x" * 50)  # needs a new batch: yields first
+            assert producer.accumulator.records == pending
+    assert scripted.log == [b"m%02d" % i for i in range(20)]
