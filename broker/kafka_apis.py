@@ -54,9 +54,13 @@ from broker.kafka_admin_apis import (
 )
 from broker.kafka_group_apis import KafkaGroupApis
 from broker.kafka_producer_apis import (
+    DESCRIBE_PRODUCERS,
+    DESCRIBE_PRODUCERS_VERSIONS,
     INIT_PRODUCER_ID,
     INIT_PRODUCER_ID_VERSIONS,
+    DescribeProducersApi,
     KafkaProducerApis,
+    describe_producers_error,
     init_producer_id_error,
 )
 from broker.kafka_txn_apis import KafkaTxnApis
@@ -190,6 +194,13 @@ class KafkaApis:
             self.served[INIT_PRODUCER_ID] = Served(
                 low=low, high=high, handle=producers.init_producer_id, error=init_producer_id_error
             )
+        low, high = DESCRIBE_PRODUCERS_VERSIONS
+        self.served[DESCRIBE_PRODUCERS] = Served(
+            low=low,
+            high=high,
+            handle=DescribeProducersApi(data.replicas.partition).describe_producers,
+            error=describe_producers_error,
+        )
         if transactions is not None:  # the transaction coordinator's APIs (issue 17)
             for key, (low, high, handle, error) in transactions.served().items():
                 self.served[key] = Served(low=low, high=high, handle=handle, error=error)

@@ -81,3 +81,77 @@ class KafkaProducerApis:
         """Is this an id some broker handed out, with an epoch that can still grow?"""
         allocated = 0 <= producer_id < self.image().next_producer_id
         return allocated and 0 <= epoch < EPOCH_MAX
+
+
+# DescribeProducers (KIP-664): the active producers of partitions this broker leads.
+DESCRIBE_PRODUCERS = 61
+DESCRIBE_PRODUCERS_VERSIONS = (0, 0)
+
+
+def describe_producers_error(request: Any, version: int, code: int, message: str) -> Any:
+    Response = kafka.DescribeProducersResponse
+    return Response(
+        topics=tuple(
+            Response.TopicResponse(
+                name=topic.name,
+                partitions=tuple(
+                    Response.PartitionResponse(
+                        partition_index=index, error_code=code, error_message=message
+                    )
+                    for index in topic.partition_indexes
+                ),
+            )
+            for topic in request.topics
+        )
+    )
+
+
+class DescribeProducersApi:
+    """Each named partition's producer state, read on its leader (as Kafka answers it:
+    a follower says NOT_LEADER_OR_FOLLOWER, and the client asks the leader)."""
+
+    def __init__(self, partition: Callable[[str, int], Any]) -> None:
+        self.partition = partition  # ReplicaManager.partition: raises KafkaError
+
+    async def describe_producers(self, header: Any, request: Any) -> Any:
+        Response = kafka.DescribeProducersResponse
+        Partition = Response.PartitionResponse
+        topics = []
+        for topic in request.topics:
+            partitions = []
+            for index in topic.partition_indexes:
+                try:
+                    partition = self.partition(topic.name, index)
+                    if not partition.is_leader:
+                        raise KafkaError(
+                            ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                            f"{topic.name}-{index}: this broker does not lead it",
+                        )
+                except KafkaError as error:
+                    partitions.append(
+                        Partition(
+                            partition_index=index,
+                            error_code=error.code,
+                            error_message=error.message,
+                        )
+                    )
+                    continue
+                producers = partition.producer_state.state.producers
+                partitions.append(
+                    Partition(
+                        partition_index=index,
+                        active_producers=tuple(
+                            Response.ProducerState(
+                                producer_id=entry.producer_id,
+                                producer_epoch=entry.epoch,
+                                last_sequence=entry.last_sequence,
+                                last_timestamp=entry.last_timestamp,
+                                coordinator_epoch=entry.coordinator_epoch,
+                                current_txn_start_offset=entry.txn_first_offset,
+                            )
+                            for entry in sorted(producers.values(), key=lambda e: e.producer_id)
+                        ),
+                    )
+                )
+            topics.append(Response.TopicResponse(name=topic.name, partitions=tuple(partitions)))
+        return Response(topics=tuple(topics))

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import trio
 
+from client import transactions_admin
 from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
 from client.consumer import Consumer
 from client.consumer_protocol import ConsumerProtocolError, TopicPartition, decode_assignment
@@ -29,6 +30,11 @@ from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
 from client.protocol.messages import PartitionMetadata
+from client.transactions_admin import (
+    ProducerDescription,
+    TransactionDescription,
+    TransactionListing,
+)
 
 # One admin call, over every broker it tries, in request timeouts (Kafka: 60 s / 30 s).
 API_TIMEOUT_REQUEST_TIMEOUTS = 2
@@ -546,3 +552,16 @@ class Admin:
             await coordinator.commit_offsets(offsets)
         finally:
             await coordinator.forget()
+
+    # ------------------------------------------------------------------ transactions
+
+    async def list_transactions(self) -> list[TransactionListing]:
+        return await transactions_admin.list_transactions(self.cluster)
+
+    async def describe_transactions(
+        self, transactional_ids: Sequence[str]
+    ) -> list[TransactionDescription]:
+        return await transactions_admin.describe_transactions(self.cluster, transactional_ids)
+
+    async def describe_producers(self, topic: str, partition: int) -> list[ProducerDescription]:
+        return await transactions_admin.describe_producers(self.cluster, topic, partition)

@@ -6,6 +6,9 @@
     pykraft quorum describe --replication
     pykraft group describe billing
     pykraft group reset-offsets billing --topic orders --to-earliest --execute
+    pykraft transactions list
+    pykraft transactions describe payments-writer
+    pykraft producers orders 0
     pykraft metadata-shell
 
 Every command takes `--bootstrap host:port,...` (default: the embedded server,
@@ -267,6 +270,52 @@ async def group_delete(args: argparse.Namespace, out: TextIO) -> None:
 # ---------------------------------------------------------------------- cluster
 
 
+async def transactions_list(args: argparse.Namespace, out: TextIO) -> None:
+    async with Admin(args.bootstrap) as admin:
+        listed = await admin.list_transactions()
+    print(f"{'TRANSACTIONAL-ID':<30} {'PRODUCER-ID':>12} STATE", file=out)
+    for item in listed:
+        print(f"{item.transactional_id:<30} {item.producer_id:>12} {item.state}", file=out)
+
+
+async def transactions_describe(args: argparse.Namespace, out: TextIO) -> None:
+    async with Admin(args.bootstrap) as admin:
+        (txn,) = await admin.describe_transactions([args.transactional_id])
+    started = "-" if txn.start_time_ms < 0 else _iso(txn.start_time_ms)
+    partitions = ",".join(f"{t}-{p}" for t, p in txn.partitions) or "-"
+    print(
+        f"TransactionalId: {txn.transactional_id}\tCoordinator: {txn.coordinator_id}\t"
+        f"State: {txn.state}\tProducerId: {txn.producer_id}\tProducerEpoch: "
+        f"{txn.producer_epoch}\tTimeoutMs: {txn.timeout_ms}\tStarted: {started}\t"
+        f"Partitions: {partitions}",
+        file=out,
+    )
+
+
+async def producers(args: argparse.Namespace, out: TextIO) -> None:
+    async with Admin(args.bootstrap) as admin:
+        found = await admin.describe_producers(args.topic, args.partition)
+    print(
+        f"{'PRODUCER-ID':>12} {'EPOCH':>6} {'LAST-SEQUENCE':>14} {'COORDINATOR-EPOCH':>18} "
+        f"{'TXN-START-OFFSET':>17} LAST-TIMESTAMP",
+        file=out,
+    )
+    for p in found:
+        start = "-" if p.current_txn_start_offset < 0 else str(p.current_txn_start_offset)
+        stamp = "-" if p.last_timestamp < 0 else _iso(p.last_timestamp)
+        print(
+            f"{p.producer_id:>12} {p.epoch:>6} {p.last_sequence:>14} {p.coordinator_epoch:>18} "
+            f"{start:>17} {stamp}",
+            file=out,
+        )
+
+
+def _iso(epoch_ms: int) -> str:
+    return datetime.datetime.fromtimestamp(epoch_ms / 1000, datetime.UTC).isoformat(
+        timespec="milliseconds"
+    )
+
+
 async def cluster_describe(args: argparse.Namespace, out: TextIO) -> None:
     async with Admin(args.bootstrap) as admin:
         cluster = await admin.describe_cluster()
@@ -478,6 +527,18 @@ def _parser() -> argparse.ArgumentParser:
     group_delete_parser = groups.add_parser("delete")
     group_delete_parser.add_argument("group")
     group_delete_parser.set_defaults(run=group_delete)
+
+    txns = commands.add_parser("transactions", help="transactional ids: list, describe")
+    txn_actions = txns.add_subparsers(dest="action", required=True)
+    txn_actions.add_parser("list").set_defaults(run=transactions_list)
+    txn_describe_parser = txn_actions.add_parser("describe")
+    txn_describe_parser.add_argument("transactional_id")
+    txn_describe_parser.set_defaults(run=transactions_describe)
+
+    prods = commands.add_parser("producers", help="a partition's active producers")
+    prods.add_argument("topic")
+    prods.add_argument("partition", type=int)
+    prods.set_defaults(run=producers)
 
     quorum = commands.add_parser("quorum", help="the metadata quorum")
     quorum_actions = quorum.add_subparsers(dest="action", required=True)

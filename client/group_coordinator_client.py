@@ -25,7 +25,7 @@ from client.protocol.kafka import messages as kafka
 
 log = logging.getLogger(__name__)
 
-GROUP_KEY_TYPE = 0
+GROUP_KEY_TYPE, TRANSACTION_KEY_TYPE = 0, 1  # FindCoordinator's key types
 FIND_COORDINATOR, OFFSET_COMMIT, OFFSET_FETCH = 10, 8, 9
 COORDINATOR_MOVED = frozenset(
     {
@@ -53,11 +53,16 @@ class CommitFailed(KafkaError):
 
 
 class GroupCoordinatorClient:
-    def __init__(self, cluster: ClusterClient, group_id: str) -> None:
+    def __init__(
+        self, cluster: ClusterClient, group_id: str, *, key_type: int = GROUP_KEY_TYPE
+    ) -> None:
+        """`key_type` TRANSACTION_KEY_TYPE: `group_id` is a transactional id, and the
+        coordinator is its transaction coordinator."""
         if not group_id:
             raise ValueError("a group id is needed for group requests")
         self.cluster = cluster
         self.group_id = group_id
+        self.key_type = key_type
         self.coordinator_id = -1
         self._connection: KafkaConnection | None = None
 
@@ -70,10 +75,10 @@ class GroupCoordinatorClient:
         version = await self.cluster.version_for(broker, FIND_COORDINATOR)
         if version >= 4:
             request = kafka.FindCoordinatorRequest(
-                key_type=GROUP_KEY_TYPE, coordinator_keys=(self.group_id,)
+                key_type=self.key_type, coordinator_keys=(self.group_id,)
             )
         else:
-            request = kafka.FindCoordinatorRequest(key=self.group_id, key_type=GROUP_KEY_TYPE)
+            request = kafka.FindCoordinatorRequest(key=self.group_id, key_type=self.key_type)
         response = await self.cluster.request_broker(broker, request, version=version)
         if version >= 4:
             (found,) = response.coordinators

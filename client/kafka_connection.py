@@ -70,6 +70,9 @@ CLIENT_VERSIONS: dict[int, tuple[int, int]] = {
     44: (0, 1),  # IncrementalAlterConfigs
     55: (0, 1),  # DescribeQuorum
     60: (0, 1),  # DescribeCluster
+    61: (0, 0),  # DescribeProducers
+    65: (0, 0),  # DescribeTransactions
+    66: (0, 1),  # ListTransactions: duration filter from v1
 }
 PRODUCE_KEY = 0
 API_VERSIONS_ASKED = 3
