@@ -1,7 +1,8 @@
 """The producer's record accumulator: records become batches, per partition, in order.
 
 Pure (no I/O, time passed in): `append` adds a record to its partition's open batch
-(a new one when it would pass `batch_size`); `ready` says which partitions have a
+(a new one when it would pass `batch_size`; `append_to_open` is the common case
+alone, which needs no clock, since only a new batch records its creation); `ready` says which partitions have a
 batch to send (full, lingered `linger_ms`, or a flush asked for); `drain` hands the
 oldest batch of a partition to the sender, and `requeue` puts a failed one back at
 the front, so a retry never overtakes a later batch of the same partition.

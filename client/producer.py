@@ -6,7 +6,8 @@
         await producer.send_and_wait("orders", b"another")
 
 `send` returns as soon as the record is in the accumulator (it waits only for
-metadata of a new topic, or for room when `buffer_memory` records are pending).
+metadata of a new topic, or for room when `buffer_records` records are pending, and
+yields once before it opens a new batch, so that the sender runs while a loop sends).
 A sender task drains ready batches to each partition's leader, at most
 `max_in_flight` requests per partition, and retries retriable errors after
 refreshing metadata, putting the batch back at the head of its partition's queue, so
