@@ -1,10 +1,11 @@
 """Consumer groups of Kafka's own clients against a 3-node pykraft cluster (issue 16).
 
-kafka-python, confluent-kafka (librdkafka) and aiokafka consumers `subscribe` in groups of two:
-the broker creates `__consumer_offsets` (6 partitions here) on the first
-FindCoordinator, the group's coordinator (the leader of its partition) assigns each
-partition to one member, the members consume every record once between them, commit
-and close, and a new member of the same group resumes from the committed offsets.
+kafka-python, confluent-kafka (librdkafka) and aiokafka consumers `subscribe` in groups of
+three on a 6-partition topic: the broker creates `__consumer_offsets` (6 partitions here)
+on the first FindCoordinator, the group's coordinator (the leader of its partition)
+assigns each partition to one member, the members consume every record once between
+them, commit and close, and a new member of the same group resumes from the committed
+offsets. librdkafka's cooperative-sticky assignor rebalances incrementally (KIP-429).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 from kafka.errors import InvalidTopicError  # noqa: E402
 
-PARTITIONS = 4
+PARTITIONS = 6
 RECORDS = 400
 LATER = 40
 WAIT_S = 120
@@ -110,7 +111,11 @@ def wait_split(members: list[Member]) -> None:
 
     def split() -> bool:
         sets = [m.assigned for m in members]
-        return all(sets) and sum(map(len, sets)) == PARTITIONS and len(set().union(*sets)) == 4
+        return (
+            all(sets)
+            and sum(map(len, sets)) == PARTITIONS
+            and len(set().union(*sets)) == PARTITIONS
+        )
 
     wait_until(split, f"no split: {[m.assigned for m in members]}", members)
 
@@ -177,7 +182,7 @@ def commit_confluent(consumer: Any) -> None:
         ),
     ],
 )
-def test_group_of_two_consumes_everything_once_and_resumes(
+def test_group_of_three_consumes_everything_once_and_resumes(
     cluster: LocalCluster, client: Any
 ) -> None:
     start, commit = client
@@ -185,27 +190,24 @@ def test_group_of_two_consumes_everything_once_and_resumes(
     name = start.__name__.split("_")[0]
     topic, group = f"group-{name}", f"readers-{name}"
     create_topic(bootstrap, topic)
-    (first, first_consumer), (second, second_consumer) = (
-        start(bootstrap, topic, group),
-        start(bootstrap, topic, group),
-    )
-    members = [first, second]
+    started = [start(bootstrap, topic, group) for _ in range(3)]
+    members = [member for member, _ in started]
     wait_split(members)
     produce(bootstrap, topic, range(RECORDS))
     wait_until(
-        lambda: len(first.values) + len(second.values) >= RECORDS,
+        lambda: sum(len(m.values) for m in members) >= RECORDS,
         "not everything was consumed",
         members,
     )
     time.sleep(1)  # anything more (a duplicate) would show now
     for member in members:
         member.halt()
-    consumed = first.values + second.values
+    consumed = [value for member in members for value in member.values]
     assert sorted(consumed) == sorted(b"%d" % i for i in range(RECORDS))  # each once
-    assert first.assigned.isdisjoint(second.assigned)
-    for consumer in (first_consumer, second_consumer):
-        commit(consumer)  # both before either leaves (a leave starts a rebalance)
-    for consumer in (first_consumer, second_consumer):
+    assert sum(len(m.assigned) for m in members) == PARTITIONS  # no partition twice
+    for _, consumer in started:
+        commit(consumer)  # all before any leaves (a leave starts a rebalance)
+    for _, consumer in started:
         consumer.close()
 
     produce(bootstrap, topic, range(RECORDS, RECORDS + LATER))
@@ -423,7 +425,7 @@ def test_offset_fetch_v8_answers_many_groups_at_once(cluster: LocalCluster) -> N
 
 
 @pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
-def test_aiokafka_group_of_two_consumes_everything_once_and_resumes(
+def test_aiokafka_group_of_three_consumes_everything_once_and_resumes(
     cluster: LocalCluster,
 ) -> None:
     aiokafka = pytest.importorskip("aiokafka")
@@ -448,40 +450,44 @@ def test_aiokafka_group_of_two_consumes_everything_once_and_resumes(
         batches = await consumer.getmany(timeout_ms=200)
         values.extend(r.value for records in batches.values() for r in records)
 
-    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes]]:
-        first, second = member(), member()
-        await asyncio.gather(first.start(), second.start())
-        got: tuple[list[bytes], list[bytes]] = ([], [])
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        members = [member() for _ in range(3)]
+        await asyncio.gather(*(m.start() for m in members))
+        got: list[list[bytes]] = [[] for _ in members]
+
+        async def poll_all() -> None:
+            await asyncio.gather(*(poll(m, values) for m, values in zip(members, got, strict=True)))
+
         deadline = time.monotonic() + WAIT_S
         while True:
-            await asyncio.gather(poll(first, got[0]), poll(second, got[1]))
-            a, b = ({tp.partition for tp in c.assignment()} for c in (first, second))
-            if a and b and a.isdisjoint(b) and len(a | b) == PARTITIONS:
+            await poll_all()
+            sets = [{tp.partition for tp in m.assignment()} for m in members]
+            if all(sets) and sum(map(len, sets)) == len(set().union(*sets)) == PARTITIONS:
                 break
-            assert time.monotonic() < deadline, (a, b)
+            assert time.monotonic() < deadline, sets
         await asyncio.to_thread(produce, bootstrap, topic, range(RECORDS))
-        while len(got[0]) + len(got[1]) < RECORDS:
-            assert time.monotonic() < deadline, (len(got[0]), len(got[1]))
-            await asyncio.gather(poll(first, got[0]), poll(second, got[1]))
+        while sum(map(len, got)) < RECORDS:
+            assert time.monotonic() < deadline, [len(v) for v in got]
+            await poll_all()
         for _ in range(5):  # anything more (a duplicate) would show now
-            await asyncio.gather(poll(first, got[0]), poll(second, got[1]))
-        await asyncio.gather(first.commit(), second.commit())
-        await asyncio.gather(first.stop(), second.stop())
+            await poll_all()
+        await asyncio.gather(*(m.commit() for m in members))
+        await asyncio.gather(*(m.stop() for m in members))
         await asyncio.to_thread(produce, bootstrap, topic, range(RECORDS, RECORDS + LATER))
-        third, later = member(), cast(list[bytes], [])
-        await third.start()
+        later_member, later = member(), cast(list[bytes], [])
+        await later_member.start()
         try:
             while len(later) < LATER:
                 assert time.monotonic() < deadline, len(later)
-                await poll(third, later)
+                await poll(later_member, later)
             for _ in range(5):
-                await poll(third, later)
+                await poll(later_member, later)
         finally:
-            await third.stop()
-        return got[0], got[1], later
+            await later_member.stop()
+        return [value for values in got for value in values], later
 
-    first, second, later = asyncio.run(scenario())
-    assert sorted(first + second) == sorted(b"%d" % i for i in range(RECORDS))
+    consumed, later = asyncio.run(scenario())
+    assert sorted(consumed) == sorted(b"%d" % i for i in range(RECORDS))
     assert sorted(later) == sorted(b"%d" % i for i in range(RECORDS, RECORDS + LATER))
 
 
@@ -519,3 +525,69 @@ def test_offset_delete_refuses_subscribed_topics_until_the_group_is_empty(
         assert subscribed not in admin.list_group_offsets(group)[group]
     finally:
         admin.close()
+
+
+@pytest.mark.lab  # a CI step of its own (`pytest -m lab`): the suite's budget
+def test_confluent_cooperative_sticky_rebalances_incrementally(cluster: LocalCluster) -> None:
+    """KIP-429 with librdkafka: when a third member joins two that share the topic, the
+    two give up only what moves to it; nothing they keep is revoked and reassigned."""
+    bootstrap = cluster.bootstrap_servers()
+    topic, group = "group-cooperative", "readers-cooperative"
+    create_topic(bootstrap, topic)
+    events: list[tuple[int, str, set[int]]] = []
+    lock = threading.Lock()
+
+    def cooperative_member(index: int) -> tuple[Member, Any]:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": SESSION_TIMEOUT_MS,
+                "heartbeat.interval.ms": 1_000,
+                "partition.assignment.strategy": "cooperative-sticky",
+            }
+        )
+
+        def note(kind: str) -> Callable[[Any, list[Any]], None]:
+            def callback(_consumer: Any, partitions: list[Any]) -> None:
+                with lock:
+                    events.append((index, kind, {tp.partition for tp in partitions}))
+
+            return callback
+
+        consumer.subscribe([topic], on_assign=note("assign"), on_revoke=note("revoke"))
+
+        def poll() -> list[bytes]:
+            message = consumer.poll(0.2)
+            return [] if message is None or message.error() else [message.value() or b""]
+
+        return Member(poll, lambda: {tp.partition for tp in consumer.assignment()}), consumer
+
+    started = [cooperative_member(0), cooperative_member(1)]
+    try:
+        wait_split([m for m, _ in started])
+        before = {i: set(m.assigned) for i, (m, _) in enumerate(started)}
+        with lock:
+            events.clear()
+        started.append(cooperative_member(2))
+        members = [m for m, _ in started]
+        wait_split(members)
+        after = {i: set(m.assigned) for i, (m, _) in enumerate(started)}
+        with lock:
+            seen = list(events)
+        for index in (0, 1):
+            revoked = set().union(*(p for i, kind, p in seen if i == index and kind == "revoke"))
+            # Incremental: only the partitions that left this member were revoked...
+            assert revoked == before[index] - after[index], (index, seen)
+            # ...and what it kept was never handed to it again.
+            assigned = set().union(*(p for i, kind, p in seen if i == index and kind == "assign"))
+            assert assigned.isdisjoint(before[index] & after[index]), (index, seen)
+        assert after[2] and after[2] == set().union(*(before[0] - after[0], before[1] - after[1]))
+    finally:
+        for member, _ in started:
+            member.stop.set()
+        for member, consumer in started:
+            member.idle.wait(WAIT_S)
+            consumer.close()
