@@ -292,6 +292,7 @@ def test_sigkilled_members_partitions_move_within_the_session_timeout(
         consumer.close()
 
 
+@pytest.mark.lab  # a CI step of its own: the default suite's budget
 def test_group_resumes_after_sigkill_of_its_coordinators_broker(cluster: LocalCluster) -> None:
     """The coordinator's broker is SIGKILLed after a commit: the partition's new leader
     loads the group from its replica of `__consumer_offsets`, and a new member resumes

@@ -118,7 +118,7 @@ async def wait_unfenced(cluster: LocalCluster, count: int) -> None:
         await trio.sleep(0.1)
 
 
-@pytest.mark.slow
+@pytest.mark.lab  # a CI step of its own: the default suite's budget
 async def test_admin_requests_do_not_stall_on_a_paused_node(tmp_path) -> None:
     with LocalCluster(str(tmp_path), combined=3, **SETTINGS) as cluster:
         cluster.start_all()

@@ -34,7 +34,7 @@ async def leaders(cluster: LocalCluster, via: int, topic: str) -> dict[int, int]
     return {p["partition"]: p["leader"] for p in answer["topics"][0]["partitions"]}
 
 
-@pytest.mark.slow
+@pytest.mark.lab  # a CI step of its own: the default suite's budget
 async def test_sigkill_the_active_controller_then_a_broker(tmp_path) -> None:
     with LocalCluster(str(tmp_path), controllers=3, brokers=3, **SETTINGS) as cluster:
         cluster.start_all()

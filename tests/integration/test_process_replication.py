@@ -113,7 +113,7 @@ async def read_partition_of(
             offset = record.offset + 1
 
 
-@pytest.mark.slow
+@pytest.mark.lab  # a CI step of its own: the default suite's budget
 async def test_acked_records_survive_two_leader_kills(tmp_path) -> None:
     with LocalCluster(str(tmp_path), controllers=1, brokers=3, **SETTINGS) as cluster:
         cluster.start_all()

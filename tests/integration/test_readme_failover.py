@@ -181,7 +181,7 @@ def consume_all(bootstrap: str, count: int) -> list[str]:
     return done.stdout.splitlines()
 
 
-@pytest.mark.slow
+@pytest.mark.lab  # a CI step of its own: the default suite's budget
 def test_readme_failover_walk_through(tmp_path) -> None:
     root = str(tmp_path / "demo")
     with supervised(root) as supervisor:

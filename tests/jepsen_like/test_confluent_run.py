@@ -9,7 +9,7 @@ import pytest
 from tests.jepsen_like.test_runs import short_run
 
 
-@pytest.mark.slow
+@pytest.mark.lab  # a CI step of its own: the default suite's budget
 async def test_confluent_kafka_loses_nothing_acknowledged_when_leaders_die(tmp_path) -> None:
     stats = await short_run(
         tmp_path, client="confluent-kafka", scripted=("kill-leader", "kill-controller")

@@ -34,7 +34,7 @@ async def short_run(tmp_path, **settings) -> dict:
 LAB = pytest.mark.lab
 
 
-@pytest.mark.slow
+@pytest.mark.lab  # a CI step of its own: the default suite's budget
 @pytest.mark.parametrize(
     "fault",
     [

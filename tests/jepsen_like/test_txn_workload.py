@@ -35,10 +35,14 @@ class Builder:
         at: float,
         commit_at: float | None = None,
         intent: str = "commit",
+        group_offset: int | None = None,
     ) -> None:
-        """A transaction invoked at `at`, its commit asked for at `commit_at`, done 1 s later."""
-        writes_asked = [[p, v] for p, _, v in writes]
-        self.op(process, INVOKE, "txn", {"writes": writes_asked, "intent": intent}, at)
+        """A transaction invoked at `at`, its commit asked for at `commit_at`, done 1 s
+        later; with `group_offset`, it sends that offset of partition 0 for group g<process>."""
+        asked: dict[str, Any] = {"writes": [[p, v] for p, _, v in writes], "intent": intent}
+        if group_offset is not None:
+            asked |= {"group": f"g{process}", "offsets": {"0": group_offset}}
+        self.op(process, INVOKE, "txn", asked, at)
         self.op(
             process,
             outcome,
@@ -194,6 +198,34 @@ def test_a_read_nobody_wrote_is_unexpected_and_a_poll_going_back_nonmonotonic() 
     assert anomalies(history) == {"nonmonotonic-poll": 1, "unexpected": 1}
 
 
+def consume_transform_produce(committed: int | None) -> Builder:
+    """Producer 0: transaction 1 committed (offset 1), transaction 2 aborted (offset 2);
+    the group's final committed offset is `committed`."""
+    history = Builder()
+    history.txn(0, [(0, 0, "a0"), (1, 0, "a1")], OK, at=1, commit_at=2, group_offset=1)
+    history.txn(0, [(1, 1, "b1"), (2, 0, "b2")], FAIL, at=4, intent="abort", group_offset=2)
+    history.final(
+        {0: [(0, "a0")], 1: [(0, "a1")], 2: []},
+        {0: [(0, "a0")], 1: [(0, "a1"), (1, "b1")], 2: [(0, "b2")]},
+    )
+    history.op("final", OK, "final-committed-offsets", {"g0": {"0": committed}}, 102)
+    return history
+
+
+def test_offsets_committed_with_their_transaction_only() -> None:
+    assert anomalies(consume_transform_produce(1)) == {}
+    assert check_txn(consume_transform_produce(1).ops).stats["groups-checked"] == 1
+
+
+def test_an_aborted_transactions_offsets_committed_are_torn_offsets() -> None:
+    assert anomalies(consume_transform_produce(2)) == {"torn-offsets": 1}
+    assert not check_txn(consume_transform_produce(2).ops).valid
+
+
+def test_a_committed_transactions_offsets_missing_are_torn_offsets() -> None:
+    assert anomalies(consume_transform_produce(None)) == {"torn-offsets": 1}
+
+
 # ---------------------------------------------------------------- real runs
 
 
@@ -221,7 +253,7 @@ def test_the_txn_workload_under_leader_and_coordinator_kills_is_valid(tmp_path: 
     )
     assert result.valid, result.summary
     assert result.stats["committed"] > 10 and result.stats["aborted"] > 0, result.summary
-    assert result.stats["final-read"], result.summary
+    assert result.stats["final-read"] and result.stats["groups-checked"] == 3, result.summary
 
 
 @pytest.mark.lab
