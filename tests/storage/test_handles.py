@@ -53,3 +53,33 @@ def test_a_pinned_file_is_never_closed_under_a_sync() -> None:
     raw.sync()
     first.unpin()
     assert fs.open_count == 1  # only `second`
+
+
+def test_the_least_recently_used_unpinned_file_is_the_one_closed() -> None:
+    fs = HandleLimitedFileSystem(MemoryFileSystem(), max_open=3)
+    fs.makedirs("/d")
+    a, b, c = (fs.open(f"/d/{name}") for name in "abc")
+    a.append(b"x")  # a is now the most recently used; b the least
+    reopens = fs.reopens
+    d = fs.open("/d/d")
+    assert fs.open_count == 3
+    a.append(b"x")
+    c.append(b"x")
+    d.append(b"x")
+    assert fs.reopens == reopens  # a, c and d were still open: b was closed
+    b.append(b"x")  # reopened, closing the least recently used: a
+    assert fs.reopens == reopens + 1 and fs.open_count == 3
+    raw = c.pin()
+    d.append(b"x")
+    b.append(b"x")  # c is now the least recently used, but pinned
+    reopens = fs.reopens
+    e = fs.open("/d/e")
+    assert fs.open_count == 3
+    raw.sync()  # still open
+    c.unpin()
+    e.append(b"x")
+    b.append(b"x")
+    c.append(b"x")
+    assert fs.reopens == reopens  # d went instead of c
+    d.append(b"x")
+    assert fs.reopens == reopens + 1
