@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import trio
 
+from client.idempotence import ProducerSequences
 from client.protocol.errors import KafkaError
 from storage.records import BatchBuilder, Compression
 
@@ -73,10 +74,12 @@ class ProducerBatch:
     __slots__ = (
         "attempts",
         "base_offset",
+        "base_sequence",
         "builder",
         "created_s",
         "data",
         "done",
+        "drain_serial",
         "error",
         "log_append_time_ms",
         "records",
@@ -94,6 +97,8 @@ class ProducerBatch:
         self.attempts = 0
         self.retry_at_s = 0.0
         self.data: bytes | None = None  # built once, on first drain; retries resend it
+        self.base_sequence = -1  # an idempotent producer's, from the first drain on
+        self.drain_serial = -1  # when it was first drained: retries go back in this order
         self.done = trio.Event()
         self.base_offset = -1
         self.log_append_time_ms = -1
@@ -103,9 +108,14 @@ class ProducerBatch:
     def record_count(self) -> int:
         return self.records
 
-    def build(self) -> bytes:
+    def build(self, producer_id: int = -1, epoch: int = -1) -> bytes:
         if self.data is None:
-            self.data = self.builder.build()
+            if producer_id < 0:
+                self.data = self.builder.build()
+            else:
+                self.data = self.builder.build(
+                    producer_id=producer_id, producer_epoch=epoch, base_sequence=self.base_sequence
+                )
         return self.data
 
     def succeed(self, base_offset: int, log_append_time_ms: int = -1) -> None:
@@ -128,6 +138,8 @@ class RecordAccumulator:
         self.batches: dict[TopicPartition, collections.deque[ProducerBatch]] = {}
         self.flushing = False
         self.records = 0  # appended and not yet completed (for flush and backpressure)
+        self.sequences: ProducerSequences | None = None  # set for an idempotent producer
+        self._drains = 0
 
     def append(
         self,
@@ -207,13 +219,32 @@ class RecordAccumulator:
 
     def drain(self, tp: TopicPartition) -> ProducerBatch:
         batch = self.batches[tp].popleft()
-        batch.build()
+        if batch.data is None:
+            batch.drain_serial = self._drains
+            self._drains += 1
+            sequences = self.sequences
+            if sequences is None:
+                batch.build()
+            else:
+                sequences.assign(batch)
+                batch.build(sequences.producer_id, sequences.epoch)
         batch.attempts += 1
         return batch
 
     def requeue(self, batch: ProducerBatch, retry_at_s: float) -> None:
+        """Back before every batch drained after it: with several requests in flight,
+        their failures come back in any order, and the retries must not."""
         batch.retry_at_s = retry_at_s
-        self.batches.setdefault(batch.tp, collections.deque()).appendleft(batch)
+        queue = self.batches.setdefault(batch.tp, collections.deque())
+        position = 0
+        for queued in queue:
+            if queued.data is None or queued.drain_serial > batch.drain_serial:
+                break
+            position += 1
+        queue.insert(position, batch)
+
+    def waiting_retries(self) -> list[ProducerBatch]:
+        return [b for queue in self.batches.values() for b in queue if b.data is not None]
 
     def completed(self, batch: ProducerBatch) -> None:
         self.records -= batch.record_count

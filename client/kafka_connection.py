@@ -63,6 +63,11 @@ CLIENT_VERSIONS: dict[int, tuple[int, int]] = {
     18: (0, 3),  # ApiVersions
     19: (2, 7),  # CreateTopics
     20: (1, 6),  # DeleteTopics
+    22: (0, 4),  # InitProducerId: naming the current id and epoch bumps it from v3 (KIP-360)
+    24: (0, 3),  # AddPartitionsToTxn: one transaction per request up to v3
+    25: (0, 3),  # AddOffsetsToTxn
+    26: (0, 3),  # EndTxn
+    28: (0, 3),  # TxnOffsetCommit: generation and member from v3 (KIP-447)
     32: (1, 4),  # DescribeConfigs
     37: (0, 3),  # CreatePartitions
     43: (0, 2),  # ElectLeaders

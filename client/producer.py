@@ -28,6 +28,7 @@ import trio
 
 from client.accumulator import Delivery, ProducerBatch, RecordAccumulator, RecordMetadata
 from client.cluster import DEFAULT_BOOTSTRAP, RETRY_BACKOFF_MS, ClusterClient
+from client.idempotence import INIT_RETRY_ON, ProducerSequences, init_producer_id
 from client.partitioner import murmur2, to_positive
 from client.protocol import environment
 from client.protocol.errors import ErrorCode, KafkaError
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 ACKS = {"all": -1, "-1": -1, -1: -1, "1": 1, 1: 1, "0": 0, 0: 0}
 COMPRESSION = {codec.name.lower(): codec for codec in Compression}  # Kafka's compression.type
 KEY_HASH_CACHE_SIZE = 100_000
+MAX_IN_FLIGHT_IDEMPOTENT = 5  # what a leader's producer state remembers per producer
 TopicProduceData = kafka.ProduceRequest.TopicProduceData
 PartitionProduceData = kafka.ProduceRequest.PartitionProduceData
 # Errors after which the leader must be looked up again.
@@ -71,9 +73,18 @@ class Producer:
         request_timeout_ms: int = 30_000,
         buffer_records: int = 200_000,
         client_id: str = "pykraft-producer",
+        enable_idempotence: bool | None = None,
     ) -> None:
         if acks not in ACKS:
             raise ValueError(f"acks must be all, 1 or 0, got {acks!r}")
+        if enable_idempotence is None:  # Kafka 3's default: on, unless the settings forbid it
+            enable_idempotence = ACKS[acks] == -1 and max_in_flight <= MAX_IN_FLIGHT_IDEMPOTENT
+        elif enable_idempotence and ACKS[acks] != -1:
+            raise ValueError("enable_idempotence needs acks=all")
+        elif enable_idempotence and max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT:
+            raise ValueError(
+                f"enable_idempotence allows max_in_flight up to {MAX_IN_FLIGHT_IDEMPOTENT}"
+            )
         if compression not in COMPRESSION:
             raise ValueError(
                 f"compression must be one of {', '.join(COMPRESSION)}, got {compression!r}"
@@ -92,6 +103,8 @@ class Producer:
         self.accumulator = RecordAccumulator(
             batch_size=batch_size, linger_ms=linger_ms, compression=COMPRESSION[compression]
         )
+        self.idempotent = enable_idempotence
+        self.sequences = ProducerSequences() if enable_idempotence else None
         self._in_flight: dict[tuple[str, int], int] = {}
         self._sticky: dict[str, int] = {}
         # murmur2 in Python costs ~1.5 us; keys repeat in most workloads.
@@ -105,6 +118,8 @@ class Producer:
         self._wall_ms = environment.current().wall_ms  # the environment the producer is made in
 
     async def __aenter__(self) -> Producer:
+        if self.sequences is not None:
+            await self._new_identity()
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         self._nursery.start_soon(self._sender)
@@ -205,6 +220,14 @@ class Producer:
     async def _sender(self) -> None:
         assert self._nursery is not None
         while True:
+            sequences = self.sequences
+            if sequences is not None and sequences.bump_due:
+                if not any(self._in_flight.values()):
+                    await self._new_identity()
+                    continue
+                await self._wake.wait()  # until the requests in flight are answered
+                self._wake = trio.Event()
+                continue
             now = trio.current_time()
             for batch in self.accumulator.expire(now, self.delivery_timeout_s):
                 self._complete(
@@ -233,6 +256,28 @@ class Producer:
             with trio.move_on_at(next_s if math.isfinite(next_s) else now + 1.0):
                 await self._wake.wait()
             self._wake = trio.Event()
+
+    async def _new_identity(self) -> None:
+        """InitProducerId: the first, or a bump of the current epoch (KIP-360),
+        asked again after a backoff while no broker answers."""
+        sequences = self.sequences
+        assert sequences is not None
+        while True:
+            try:
+                producer_id, epoch = await init_producer_id(
+                    self.cluster, producer_id=sequences.producer_id, epoch=sequences.epoch
+                )
+            except KafkaError as error:
+                if not (error.retriable or error.code in INIT_RETRY_ON):
+                    raise
+                log.info("InitProducerId failed, asking again: %s", error)
+                await trio.sleep(self.retry_backoff_s)
+                continue
+            if sequences.producer_id >= 0:
+                log.info("producer epoch bumped: id %d epoch %d", producer_id, epoch)
+            sequences.new_identity(producer_id, epoch, self.accumulator.waiting_retries())
+            self.accumulator.sequences = sequences
+            return
 
     async def _refresh_quietly(self) -> None:
         try:
@@ -272,6 +317,7 @@ class Producer:
                         else:
                             codes[tp] = (result.error_code, _error_text(tp, result))
         refresh = False
+        sequences = self.sequences
         for batch in batches:
             self._in_flight[batch.tp] -= 1
             if batch.tp in outcomes:
@@ -280,6 +326,8 @@ class Producer:
                     batch.succeed(-1)
                 else:
                     batch.succeed(result.base_offset, result.log_append_time_ms)
+                if sequences is not None:
+                    sequences.acknowledged(batch)
                 self.accumulator.completed(batch)
                 continue
             code, text = codes.get(
@@ -288,7 +336,16 @@ class Producer:
             )
             error = KafkaError(code, text)
             expired = trio.current_time() - batch.created_s >= self.delivery_timeout_s
-            if error.retriable and not expired:
+            retriable = error.retriable
+            if sequences is not None and batch.base_sequence >= 0:
+                if code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER:
+                    # Refused for an earlier batch the leader has not taken yet: retried
+                    # after it. The next one expected refused: records were lost.
+                    retriable = not sequences.is_next(batch)
+                elif code == ErrorCode.UNKNOWN_PRODUCER_ID:
+                    sequences.bump_due = True  # not written: retried under the new epoch
+                    retriable = True
+            if retriable and not expired:
                 self.retries += 1
                 refresh |= code in REFRESH_ON
                 self.accumulator.requeue(batch, trio.current_time() + self.retry_backoff_s)
@@ -301,6 +358,8 @@ class Producer:
         self._wake.set()
 
     def _complete(self, batch: ProducerBatch, error: KafkaError) -> None:
+        if self.sequences is not None:
+            self.sequences.failed(batch)
         batch.fail(error)
         self.accumulator.completed(batch)
         self._progress.set()

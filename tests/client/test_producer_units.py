@@ -12,7 +12,7 @@ from client.producer import Producer
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
 from client.protocol.messages import PartitionMetadata
-from storage.records import iter_records
+from storage.records import iter_records, read_header
 
 TP = ("t", 0)
 
@@ -67,11 +67,22 @@ def test_expired_batches_leave_the_queue() -> None:
     assert [b.created_s for b in expired] == [0.0, 1.0]
 
 
+WRITTEN_THEN_LOST = -1000  # a scripted answer: the batch is written, the answer lost
+
+
 class ScriptedCluster:
-    """Answers Produce from a script of error codes; counts metadata refreshes."""
+    """Answers Produce from a script of error codes; counts metadata refreshes. Like a
+    leader, it takes an idempotent producer's batches only in sequence order and
+    answers a duplicate with its first offset."""
 
     def __init__(self, codes: list[int]) -> None:
         self.codes = codes
+        self.epoch = 0
+        self.inits: list[Any] = []
+        self.expected: dict[tuple[int, int, int], int] = {}  # (id, epoch, partition) -> seq
+        self.first_offsets: dict[tuple[int, int, int], int] = {}
+        self.headers: list[Any] = []
+        self.concurrent = self.most_concurrent = 0
         self.requests: list[tuple[int, Any]] = []
         self.refreshes = 0
         self.log: list[bytes] = []
@@ -95,8 +106,18 @@ class ScriptedCluster:
         self.refreshes += 1
         self.leader_id = 2  # the new leader
 
+    async def request_any(self, request: Any) -> Any:
+        self.inits.append(request)
+        if request.producer_id >= 0:
+            self.epoch = request.producer_epoch + 1
+        return kafka.InitProducerIdResponse(producer_id=7, producer_epoch=self.epoch)
+
     async def request_broker(self, broker_id: int, request: Any, *, version: Any = None) -> Any:
         self.requests.append((broker_id, request))
+        self.concurrent += 1
+        self.most_concurrent = max(self.most_concurrent, self.concurrent)
+        await trio.sleep(0.005)  # lets the sender put more requests in flight
+        self.concurrent -= 1
         code = self.codes.pop(0) if self.codes else 0
         if code == ErrorCode.NETWORK_EXCEPTION:
             raise KafkaError(code, "connection lost")
@@ -105,8 +126,14 @@ class ScriptedCluster:
         for topic in request.topic_data:
             for part in topic.partition_data:
                 base = len(self.log)
-                if code == 0:
+                header = read_header(part.records)
+                self.headers.append(header)
+                if code in (0, WRITTEN_THEN_LOST) and header.producer_id >= 0:
+                    code, base = self._sequence_check(part.index, header, base)
+                if code in (0, WRITTEN_THEN_LOST) and base == len(self.log):
                     self.log += values(part.records)
+                if code == WRITTEN_THEN_LOST:
+                    raise KafkaError(ErrorCode.NETWORK_EXCEPTION, "answer lost")
                 results.append(
                     Response.PartitionProduceResponse(
                         index=part.index, error_code=code, base_offset=base
@@ -118,6 +145,17 @@ class ScriptedCluster:
                 Response.TopicProduceResponse(name=name, partition_responses=tuple(results)),
             )
         )
+
+    def _sequence_check(self, partition: int, header: Any, base: int) -> tuple[int, int]:
+        key = (header.producer_id, header.producer_epoch, partition)
+        expected = self.expected.get(key, 0)
+        if header.base_sequence == expected:
+            self.expected[key] = expected + header.last_offset_delta + 1
+            self.first_offsets[(*key, header.base_sequence)] = base
+            return 0, base
+        if (*key, header.base_sequence) in self.first_offsets:  # a duplicate
+            return 0, self.first_offsets[(*key, header.base_sequence)]
+        return ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, -1
 
     async def aclose(self) -> None:
         pass
@@ -213,3 +251,74 @@ async def test_a_tight_send_loop_lets_the_sender_run_and_a_cancelled_send_append
                 await producer.send("t", b"x" * 50)  # needs a new batch: yields first
             assert scope.cancelled_caught
     assert scripted.log == [b"m%02d" % i for i in range(20)]  # the cancelled one never sent
+
+
+def test_idempotence_is_on_by_default_and_off_for_settings_that_forbid_it() -> None:
+    assert Producer("127.0.0.1:1").idempotent
+    assert not Producer("127.0.0.1:1", acks=1).idempotent  # silently, as Kafka 3 does
+    assert not Producer("127.0.0.1:1", enable_idempotence=False).idempotent
+    with pytest.raises(ValueError, match="acks=all"):
+        Producer("127.0.0.1:1", acks=1, enable_idempotence=True)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Producer("127.0.0.1:1", max_in_flight=6, enable_idempotence=True)
+
+
+def test_retries_go_back_in_drain_order_whatever_order_they_fail_in() -> None:
+    acc = RecordAccumulator(batch_size=50, linger_ms=0)
+    for i in range(10):
+        acc.append(TP, 1, None, b"record-%d" % i, (), now_s=0.0)
+    first, second, third = acc.drain(TP), acc.drain(TP), acc.drain(TP)
+    acc.requeue(third, retry_at_s=0.0)
+    acc.requeue(first, retry_at_s=0.0)
+    acc.requeue(second, retry_at_s=0.0)
+    assert [acc.drain(TP) for _ in range(3)] == [first, second, third]
+
+
+async def test_idempotent_batches_carry_the_id_and_consecutive_sequences_kept_on_retry() -> None:
+    with trio.fail_after(10):
+        producer, cluster, outcomes = await produce_with(
+            [ErrorCode.NOT_LEADER_OR_FOLLOWER, WRITTEN_THEN_LOST], count=30
+        )
+    assert cluster.log == [b"m%02d" % i for i in range(30)]  # once each, in order
+    assert [o.offset for o in outcomes] == list(range(30))
+    assert {(h.producer_id, h.producer_epoch) for h in cluster.headers} == {(7, 0)}
+    firsts = sorted({(h.base_sequence, h.last_offset_delta) for h in cluster.headers})
+    assert [s for s, _ in firsts] == [0] + [s + d + 1 for s, d in firsts[:-1]]
+    # Later batches in flight behind a failed one come back out of order and go again.
+    assert producer.retries >= 2 and len(cluster.headers) == len(firsts) + producer.retries
+
+
+async def test_five_in_flight_with_lost_answers_write_each_record_once_in_order() -> None:
+    codes = [0, WRITTEN_THEN_LOST, 0, ErrorCode.REQUEST_TIMED_OUT, WRITTEN_THEN_LOST] * 4
+    with trio.fail_after(20):
+        producer, cluster, outcomes = await produce_with(codes, count=60, max_in_flight=5)
+    assert cluster.log == [b"m%02d" % i for i in range(60)]
+    assert [o.offset for o in outcomes] == list(range(60))
+    assert producer.retries >= 4 and producer.sequences is not None
+    assert producer.sequences.bumps == 0 and len(cluster.inits) == 1
+    assert cluster.most_concurrent > 1
+    assert len({h.base_sequence for h in cluster.headers}) < len(cluster.headers)  # resent
+
+
+async def test_out_of_order_at_the_head_fails_that_batch_and_bumps_the_epoch() -> None:
+    with trio.fail_after(10):
+        producer, cluster, outcomes = await produce_with(
+            [ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER], count=20, max_in_flight=1
+        )
+    failed = [o for o in outcomes if isinstance(o, KafkaError)]
+    assert failed and {f.code for f in failed} == {ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER}
+    assert cluster.log == [b"m%02d" % i for i in range(len(failed), 20)]
+    assert producer.sequences is not None and producer.sequences.bumps == 1
+    assert cluster.inits[-1].producer_id == 7 and cluster.inits[-1].producer_epoch == 0
+    after = [h for h in cluster.headers if h.producer_epoch == 1]
+    assert after and after[0].base_sequence == 0
+
+
+async def test_unknown_producer_id_bumps_the_epoch_and_retries_without_losing_records() -> None:
+    with trio.fail_after(10):
+        producer, cluster, outcomes = await produce_with(
+            [0, ErrorCode.UNKNOWN_PRODUCER_ID], count=20, max_in_flight=1
+        )
+    assert cluster.log == [b"m%02d" % i for i in range(20)]
+    assert [o.offset for o in outcomes] == list(range(20))
+    assert producer.sequences is not None and producer.sequences.bumps == 1
