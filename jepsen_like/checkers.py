@@ -21,7 +21,7 @@ at the end; both carry {partition: [[offset, value], ...]}.
 | lost-partitions | fewer partitions than an acknowledged create or add-partitions gave |
 | phantom-partitions | more partitions than any change not refused asked for |
 | group-lost, commit-regression, double-owned, unowned-partition | the subscribe workload's consumer group (see group_checkers.py) |
-| aborted-read, precommitted-read, torn-transaction, lost-committed | the transactional workload's (see txn_checkers.py) |
+| aborted-read, precommitted-read, torn-transaction, lost-committed, torn-offsets | the transactional workload's (see txn_checkers.py) |
 | stale-admin | a metadata change through a broker under no fault took more than twice the request timeout (checked when given one) |
 """
 
@@ -62,6 +62,7 @@ ANOMALIES = (
     "precommitted-read",
     "torn-transaction",
     "lost-committed",
+    "torn-offsets",
     # checked from inside the simulator (jepsen_like/sim/invariants.py)
     "two-leaders-in-an-epoch",
     "metadata-divergence",

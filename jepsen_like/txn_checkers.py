@@ -11,6 +11,7 @@ or nothing).
 | precommitted-read | a read_committed read that returned a value before its transaction's commit was invoked (or of a transaction whose commit never was) |
 | torn-transaction | a committed or unknown transaction some of whose writes are in the final read_committed read and others not |
 | lost-committed | a write of a committed transaction missing from the final read_committed read, though below the end that read reached |
+| torn-offsets | a group's final committed offset is not the one sent by the last of its producer's transactions whose writes the final read_committed read shows (consume-transform-produce: the offsets and the writes of a transaction take effect together, or neither) |
 | duplicated | one value at two offsets, across deliveries and every read (a retried batch written twice) |
 | inconsistent-offsets | one (partition, offset) with two values |
 | unexpected | a value read that no transaction wrote |
@@ -47,7 +48,9 @@ class Txn:
     # History time of the first commit request; None: never asked; -1: not known
     # (a transaction that never completed).
     commit_invoked: int | None = -1
-    offsets: dict[str, int] = attrs.field(factory=dict)
+    offsets: dict[str, int] = attrs.field(factory=dict)  # value -> offset it was written at
+    group: str | None = None
+    group_offsets: dict[str, int] = attrs.field(factory=dict)  # partition -> sent offset
 
 
 def _transactions(ops: list[Op]) -> dict[str, Txn]:
@@ -62,6 +65,8 @@ def _transactions(ops: list[Op]) -> dict[str, Txn]:
                 process=op["process"],
                 writes=[(int(p), v) for p, v in op["value"]["writes"]],
                 intent=op["value"].get("intent", "commit"),
+                group=op["value"].get("group"),
+                group_offsets=dict(op["value"].get("offsets", {})),
             )
             open_by_process[op["process"]] = txn
             for _, value in txn.writes:
@@ -94,6 +99,7 @@ def check_txn(ops: list[Op]) -> Verdict:
     unexpected = Finding("unexpected")
     nonmonotonic = Finding("nonmonotonic-poll")
     stuck = Finding("stuck-lso")
+    torn_offsets = Finding("torn-offsets")
 
     txns = _transactions(ops)
     at: dict[tuple[int, int], str] = {}
@@ -163,6 +169,7 @@ def check_txn(ops: list[Op]) -> Verdict:
 
     settled = {"committed": 0, "aborted": 0, "torn": 0}
     waited_s = None
+    groups_checked = 0
     if final_committed is not None:
         visible: set[str] = set()
         for partition, offset, value in _reads(final_committed):
@@ -175,6 +182,12 @@ def check_txn(ops: list[Op]) -> Verdict:
         if not complete:
             stuck.add({"ends": ends, "waited_s": waited_s})
         _check_visibility(txns, visible, ends, complete, torn, lost, settled)
+        final_offsets = next(
+            (op["value"] for op in reversed(ops) if op["f"] == "final-committed-offsets"), None
+        )
+        if final_offsets is not None and complete:
+            _check_offsets(ops, txns, visible, final_offsets, torn_offsets)
+            groups_checked = len(final_offsets)
 
     for value, where in places.items():
         if len(where) > 1:
@@ -192,6 +205,7 @@ def check_txn(ops: list[Op]) -> Verdict:
         precommitted,
         torn,
         lost,
+        torn_offsets,
         duplicated,
         inconsistent,
         unexpected,
@@ -211,6 +225,8 @@ def check_txn(ops: list[Op]) -> Verdict:
             "read-committed-polled": polled,
             "final-lso-wait-s": waited_s,
             "final-read": final_committed is not None,
+            "groups-checked": groups_checked,
+            "producers-stuck": sum(1 for op in ops if op["f"] == "producer-stuck"),
         },
     )
 
@@ -254,3 +270,37 @@ def _check_visibility(
                 settled["committed"] += 1
             elif not shown:
                 settled["aborted"] += 1
+
+
+def _check_offsets(
+    ops: list[Op],
+    txns: dict[str, Txn],
+    visible: set[str],
+    final_offsets: dict[str, dict[str, int | None]],
+    torn_offsets: Finding,
+) -> None:
+    """Each group's committed offsets are those of the last transaction (in its
+    producer's order) whose writes are visible, or none if none is."""
+    last: dict[str, Txn] = {}
+    for op in ops:  # invocations, in each producer's order
+        if op["f"] == "txn" and op["type"] == INVOKE and op["value"].get("group"):
+            txn = txns[op["value"]["writes"][0][1]]
+            if txn.outcome != FAIL and all(v in visible for _, v in txn.writes):
+                assert txn.group is not None
+                last[txn.group] = txn
+    for group, committed in final_offsets.items():
+        took_effect = last.get(group)
+        for partition, offset in committed.items():
+            expected = None if took_effect is None else took_effect.group_offsets.get(partition)
+            if offset != expected:
+                torn_offsets.add(
+                    {
+                        "group": group,
+                        "partition": int(partition),
+                        "committed": offset,
+                        "expected": expected,
+                        "last_visible_transaction_of": None
+                        if took_effect is None
+                        else took_effect.process,
+                    }
+                )

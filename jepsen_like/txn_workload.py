@@ -3,10 +3,15 @@
 `producers` transactional producers (confluent-kafka, `transactional.id`
 `jepsen-txn-<n>`, each in a thread of its own: librdkafka blocks) run transaction
 after transaction. Each writes one unique value to each of 2-3 random partitions,
-then commits, or aborts with probability `abort_probability`. One history operation
-per transaction, process = the producer:
+commits consumer offsets through send_offsets_to_transaction (consume-transform-produce:
+producer n's group `jepsen-txn-group-<n>` advances its position in partition
+n mod partitions to the transaction's number + 1, one step per transaction, so the
+group's final committed offset names the last transaction that took effect), then
+commits, or aborts with probability `abort_probability`. One history operation per
+transaction, process = the producer:
 
-    invoke  {"writes": [[partition, value], ...], "intent": "commit" | "abort"}
+    invoke  {"writes": [[partition, value], ...], "intent": "commit" | "abort",
+             "group": group, "offsets": {partition: offset}}
     ok      {"writes": [[partition, offset, value], ...]}   committed
     fail    {"writes": ...}   certainly not committed: aborted (by intent or after an error)
     info    {"writes": ...}   unknown: a commit that timed out, a fatal error
@@ -22,7 +27,9 @@ throughout (`poll` operations, `isolation: read_committed`). At the end, once ev
 producer has settled its last transaction, a final read_uncommitted read to the
 high-water marks (`final-read-uncommitted`) and a final read_committed read
 (`final-read-committed`) that waits until its end (the last stable offset) reaches
-those marks: the coordinators' markers are all written. See txn_checkers.py.
+those marks: the coordinators' markers are all written; then each group's committed
+offsets (`final-committed-offsets`, asked read_committed: stable only). See
+txn_checkers.py.
 
     jepsen-like run --workload txn --nemesis kill,pause,kill-leader,kill-coordinator
 """
@@ -31,7 +38,10 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -51,11 +61,18 @@ CALL_TIMEOUT_S = 10.0
 SETTLE_DEADLINE_S = 20.0
 FINAL_READ_TIMEOUT_S = 90.0
 POLL_INTERVAL_S = 0.05
+# Past the workload's end, a producer thread still busy is stuck: every call it makes
+# is bounded by CALL_TIMEOUT_S, and a transaction makes a handful.
+ABANDON_AFTER_S = 4 * SETTLE_DEADLINE_S + 4 * CALL_TIMEOUT_S
 ABORT_PROBABILITY = 0.2
 
 
 def transactional_id(process: int) -> str:
     return f"{TRANSACTIONAL_ID_PREFIX}{process}"
+
+
+def group_of(process: int) -> str:
+    return f"jepsen-txn-group-{process}"
 
 
 class TxnWorkload:
@@ -91,11 +108,28 @@ class TxnWorkload:
     async def run(self, duration_s: float) -> None:
         async with trio.open_nursery() as nursery:
             for process in range(self.producers):
-                nursery.start_soon(
-                    trio.to_thread.run_sync, self._producer_thread, process, duration_s
-                )
+                nursery.start_soon(self._producer, process, duration_s)
             for reader in range(self.readers):
                 nursery.start_soon(self._reader, self.producers + reader, duration_s)
+
+    async def _producer(self, process: int, duration_s: float) -> None:
+        """The producer's thread, abandoned if a librdkafka call outlives every timeout
+        it was given (its open transaction is then an unknown outcome, and its
+        coordinator aborts it after the transaction timeout); the thread's stack goes
+        to the log and the history says so."""
+        threads: list[int] = []
+
+        def body() -> None:
+            threads.append(threading.get_ident())
+            self._producer_thread(process, duration_s)
+
+        with trio.move_on_after(duration_s + ABANDON_AFTER_S) as scope:
+            await trio.to_thread.run_sync(body, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            frame = sys._current_frames().get(threads[0]) if threads else None
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "?"
+            log.warning("producer %d stuck, abandoned; its thread:\n%s", process, stack)
+            self.history.add(process, INFO, "producer-stuck", {"stack": stack.splitlines()[-6:]})
 
     def _record(self, process: Any, type_: str, value: Any, **extra: Any) -> dict[str, Any]:
         """From a producer's thread: the op is added in trio's thread (the history's
@@ -132,7 +166,28 @@ class TxnWorkload:
                 time.sleep(0.5)
         return None
 
+    def _group_consumer(self, process: int) -> Any:
+        """Assigned nothing, never subscribed: it stands for the group whose offsets the
+        transactions commit (its metadata goes with them), and reads them at the end."""
+        from confluent_kafka import Consumer
+
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": group_of(process),
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+
     def _producer_thread(self, process: int, duration_s: float) -> None:
+        group = self._group_consumer(process)
+        try:
+            self._transactions(process, duration_s, group)
+        finally:
+            group.close()
+
+    def _transactions(self, process: int, duration_s: float, group: Any) -> None:
         rng = self._rngs[process]
         interval = self.producers / self.rate
         deadline = time.monotonic() + duration_s
@@ -150,7 +205,7 @@ class TxnWorkload:
             writes = [[p, f"{process}-{seq}-{i}"] for i, p in enumerate(targets)]
             seq += 1
             intent = "abort" if rng.random() < self.abort_probability else "commit"
-            settled = self._transaction(producer, process, writes, intent)
+            settled = self._transaction(producer, process, writes, intent, group, seq)
             if not settled:
                 # Unknown outcome: a new instance fences this one and settles its
                 # transaction before the next begins.
@@ -160,12 +215,25 @@ class TxnWorkload:
             producer.flush(CALL_TIMEOUT_S)
 
     def _transaction(
-        self, producer: Any, process: int, writes: list[list[Any]], intent: str
+        self,
+        producer: Any,
+        process: int,
+        writes: list[list[Any]],
+        intent: str,
+        group: Any,
+        number: int,
     ) -> bool:
         """One transaction, recorded; False if its outcome is unknown (info)."""
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaException, TopicPartition
 
-        invoked = self._record(process, INVOKE, {"writes": writes, "intent": intent})["time"]
+        position = (process % self.partitions, number)  # number: 1, 2, ...
+        asked = {
+            "writes": writes,
+            "intent": intent,
+            "group": group_of(process),
+            "offsets": {str(position[0]): position[1]},
+        }
+        invoked = self._record(process, INVOKE, asked)["time"]
         offsets: dict[str, int] = {}
         errors: list[str] = []
         commit_invoked: int | None = None
@@ -197,6 +265,12 @@ class TxnWorkload:
                 )
             if producer.flush(CALL_TIMEOUT_S) > 0:
                 errors.append("flush timed out")
+            if not errors:
+                producer.send_offsets_to_transaction(
+                    [TopicPartition(self.topic, *position)],
+                    group.consumer_group_metadata(),
+                    CALL_TIMEOUT_S,
+                )
         except KafkaException as error:
             errors.append(str(error.args[0]))
         except BufferError as error:
@@ -286,6 +360,35 @@ class TxnWorkload:
             complete=complete,
             waited_s=round(trio.current_time() - rc_began, 3),
         )
+        offsets = await trio.to_thread.run_sync(self._committed_offsets)
+        self.history.add("final", OK, "final-committed-offsets", offsets)
+
+    def _committed_offsets(self) -> dict[str, dict[str, int | None]]:
+        """Each producer's group: its committed offset of its partition (None: none)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        found: dict[str, dict[str, int | None]] = {}
+        for process in range(self.producers):
+            partition = process % self.partitions
+            consumer = self._group_consumer(process)
+            try:
+                deadline = time.monotonic() + FINAL_READ_TIMEOUT_S / 3
+                while True:
+                    try:
+                        (tp,) = consumer.committed(
+                            [TopicPartition(self.topic, partition)], timeout=CALL_TIMEOUT_S
+                        )
+                        break
+                    except KafkaException as error:
+                        if time.monotonic() > deadline:
+                            raise
+                        log.info("committed offsets of %s: %s", group_of(process), error)
+                        time.sleep(0.5)
+                offset = tp.offset if tp.offset >= 0 else None
+                found[group_of(process)] = {str(partition): offset}
+            finally:
+                consumer.close()
+        return found
 
     def _read_to_end(
         self, isolation: str, at_least: dict[str, int] | None, timeout_s: float
