@@ -108,13 +108,16 @@ class ProducerBatch:
     def record_count(self) -> int:
         return self.records
 
-    def build(self, producer_id: int = -1, epoch: int = -1) -> bytes:
+    def build(self, producer_id: int = -1, epoch: int = -1, transactional: bool = False) -> bytes:
         if self.data is None:
             if producer_id < 0:
                 self.data = self.builder.build()
             else:
                 self.data = self.builder.build(
-                    producer_id=producer_id, producer_epoch=epoch, base_sequence=self.base_sequence
+                    producer_id=producer_id,
+                    producer_epoch=epoch,
+                    base_sequence=self.base_sequence,
+                    is_transactional=transactional,
                 )
         return self.data
 
@@ -139,6 +142,7 @@ class RecordAccumulator:
         self.flushing = False
         self.records = 0  # appended and not yet completed (for flush and backpressure)
         self.sequences: ProducerSequences | None = None  # set for an idempotent producer
+        self.transactional = False  # batches are marked as a transaction's
         self._drains = 0
 
     def append(
@@ -227,7 +231,7 @@ class RecordAccumulator:
                 batch.build()
             else:
                 sequences.assign(batch)
-                batch.build(sequences.producer_id, sequences.epoch)
+                batch.build(sequences.producer_id, sequences.epoch, self.transactional)
         batch.attempts += 1
         return batch
 
@@ -242,6 +246,12 @@ class RecordAccumulator:
                 break
             position += 1
         queue.insert(position, batch)
+
+    def take_queued(self) -> list[ProducerBatch]:
+        """Every batch not in flight, out of the accumulator (an aborted transaction's)."""
+        queued = [b for queue in self.batches.values() for b in queue]
+        self.batches.clear()
+        return queued
 
     def waiting_retries(self) -> list[ProducerBatch]:
         return [b for queue in self.batches.values() for b in queue if b.data is not None]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -33,6 +33,12 @@ from client.partitioner import murmur2, to_positive
 from client.protocol import environment
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.kafka import messages as kafka
+from client.transaction_manager import (
+    GroupMetadata,
+    TransactionAbortable,
+    TransactionManager,
+    TxnState,
+)
 from storage.records import Compression
 
 log = logging.getLogger(__name__)
@@ -74,9 +80,15 @@ class Producer:
         buffer_records: int = 200_000,
         client_id: str = "pykraft-producer",
         enable_idempotence: bool | None = None,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
     ) -> None:
         if acks not in ACKS:
             raise ValueError(f"acks must be all, 1 or 0, got {acks!r}")
+        if transactional_id is not None:
+            if enable_idempotence is False:
+                raise ValueError("a transactional producer is idempotent")
+            enable_idempotence = True
         if enable_idempotence is None:  # Kafka 3's default: on, unless the settings forbid it
             enable_idempotence = ACKS[acks] == -1 and max_in_flight <= MAX_IN_FLIGHT_IDEMPOTENT
         elif enable_idempotence and ACKS[acks] != -1:
@@ -105,6 +117,11 @@ class Producer:
         )
         self.idempotent = enable_idempotence
         self.sequences = ProducerSequences() if enable_idempotence else None
+        self.transactions = (
+            None
+            if transactional_id is None
+            else TransactionManager(self.cluster, transactional_id, transaction_timeout_ms)
+        )
         self._in_flight: dict[tuple[str, int], int] = {}
         self._sticky: dict[str, int] = {}
         # murmur2 in Python costs ~1.5 us; keys repeat in most workloads.
@@ -118,8 +135,8 @@ class Producer:
         self._wall_ms = environment.current().wall_ms  # the environment the producer is made in
 
     async def __aenter__(self) -> Producer:
-        if self.sequences is not None:
-            await self._new_identity()
+        if self.sequences is not None and self.transactions is None:
+            await self._new_identity()  # a transactional producer's is init_transactions'
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         self._nursery.start_soon(self._sender)
@@ -134,6 +151,8 @@ class Producer:
             assert self._nursery is not None
             self._nursery.cancel_scope.cancel()
             await self._nursery_manager.__aexit__(None, None, None)
+            if self.transactions is not None:
+                await self.transactions.aclose()
             await self.cluster.aclose()
 
     async def close(self) -> None:
@@ -170,6 +189,9 @@ class Producer:
             )
         stamp = self._wall_ms() if timestamp is None else timestamp
         tp = (topic, partition)
+        transactions = self.transactions
+        if transactions is not None and tp not in transactions.added:
+            await transactions.add_partition(tp)  # before any batch of it goes out
         accumulator = self.accumulator
         delivery = accumulator.append_to_open(tp, stamp, key, value, headers)
         if delivery is None:
@@ -215,13 +237,80 @@ class Producer:
         finally:
             self.accumulator.flushing = False
 
+    # ------------------------------------------------------------------ transactions
+
+    def _transactions(self) -> TransactionManager:
+        if self.transactions is None:
+            raise RuntimeError("a producer made without transactional_id has no transactions")
+        if self._nursery is None or self._closed:
+            raise RuntimeError("use the producer inside `async with Producer(...)`")
+        return self.transactions
+
+    async def init_transactions(self) -> None:
+        """Fences older producers of the transactional id, aborting what they left open."""
+        transactions = self._transactions()
+        producer_id, epoch = await transactions.init()
+        self._take_identity(producer_id, epoch)
+
+    def _take_identity(self, producer_id: int, epoch: int) -> None:
+        assert self.sequences is not None
+        self.sequences.new_identity(producer_id, epoch, self.accumulator.waiting_retries())
+        self.accumulator.sequences = self.sequences
+        self.accumulator.transactional = True
+
+    def begin_transaction(self) -> None:
+        self._transactions().begin()
+
+    async def send_offsets_to_transaction(
+        self, offsets: Mapping[tuple[str, int], int], group: GroupMetadata | str
+    ) -> None:
+        """Commit a consumer group's offsets (the next offset to read, per partition)
+        with the transaction: `group` is `consumer_group_metadata(consumer)`, or a
+        group id alone for a group without members."""
+        metadata = GroupMetadata(group) if isinstance(group, str) else group
+        await self._transactions().send_offsets(offsets, metadata)
+
+    async def commit_transaction(self) -> None:
+        """Every record sent, then EndTxn commit; TransactionAbortable if one failed."""
+        transactions = self._transactions()
+        transactions.require(TxnState.IN_TRANSACTION)
+        await self.flush()
+        transactions.require(TxnState.IN_TRANSACTION)  # fenced while flushing?
+        if transactions.abortable is not None:
+            raise TransactionAbortable(
+                transactions.abortable.code,
+                f"the transaction cannot commit ({transactions.abortable}): abort it",
+            )
+        await transactions.end(commit=True)
+
+    async def abort_transaction(self) -> None:
+        """Unsent records dropped (their deliveries fail), EndTxn abort."""
+        transactions = self._transactions()
+        transactions.require(TxnState.IN_TRANSACTION)
+        self._drop_queued(
+            TransactionAbortable(ErrorCode.TRANSACTION_ABORTABLE, "the transaction was aborted")
+        )
+        await self.flush()  # what is in flight is answered first
+        await transactions.end(commit=False)
+        assert self.sequences is not None
+        if self.sequences.bump_due:  # a gap: the next transaction starts a new epoch
+            self._take_identity(*await transactions.init(bump=True))
+
     # ------------------------------------------------------------------ the sender task
 
     async def _sender(self) -> None:
         assert self._nursery is not None
         while True:
             sequences = self.sequences
-            if sequences is not None and sequences.bump_due:
+            if sequences is not None and sequences.bump_due and self.transactions is not None:
+                # A gap in the open transaction: it can only abort, which bumps the epoch.
+                self._drop_queued(
+                    TransactionAbortable(
+                        ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                        "an earlier batch of the transaction failed",
+                    )
+                )
+            elif sequences is not None and sequences.bump_due:
                 if not any(self._in_flight.values()):
                     await self._new_identity()
                     continue
@@ -238,6 +327,11 @@ class Producer:
                     ),
                 )
             muted = {tp for tp, n in self._in_flight.items() if n >= self.max_in_flight}
+            if self.transactions is not None:
+                # A partition's first batch of a transaction alone: the leader verifies
+                # it with the coordinator, and a second one would void that check.
+                opened = self.transactions.opened
+                muted.update(tp for tp, n in self._in_flight.items() if n and tp not in opened)
             ready, next_s = self.accumulator.ready(now, muted)
             by_leader: dict[int, list[ProducerBatch]] = {}
             unknown = False
@@ -291,8 +385,9 @@ class Producer:
             by_topic.setdefault(batch.tp[0], []).append(
                 PartitionProduceData(index=batch.tp[1], records=batch.build())
             )
+        transactions = self.transactions
         request = kafka.ProduceRequest(
-            transactional_id=None,
+            transactional_id=None if transactions is None else transactions.transactional_id,
             acks=self.acks,
             timeout_ms=self.request_timeout_ms,
             topic_data=tuple(
@@ -328,6 +423,8 @@ class Producer:
                     batch.succeed(result.base_offset, result.log_append_time_ms)
                 if sequences is not None:
                     sequences.acknowledged(batch)
+                if transactions is not None:
+                    transactions.opened.add(batch.tp)
                 self.accumulator.completed(batch)
                 continue
             code, text = codes.get(
@@ -357,9 +454,15 @@ class Producer:
         self._progress = trio.Event()
         self._wake.set()
 
+    def _drop_queued(self, error: KafkaError) -> None:
+        for batch in self.accumulator.take_queued():
+            self._complete(batch, error)
+
     def _complete(self, batch: ProducerBatch, error: KafkaError) -> None:
         if self.sequences is not None:
             self.sequences.failed(batch)
+        if self.transactions is not None:
+            self.transactions.batch_failed(error)
         batch.fail(error)
         self.accumulator.completed(batch)
         self._progress.set()

@@ -132,6 +132,22 @@ class Producer:
     def flush(self) -> None:
         self._loop.run(self._producer.flush)
 
+    # Transactions (a producer made with transactional_id), as the async Producer's.
+    def init_transactions(self) -> None:
+        self._loop.run(self._producer.init_transactions)
+
+    def begin_transaction(self) -> None:
+        self._producer.begin_transaction()
+
+    def send_offsets_to_transaction(self, offsets: Any, group: Any) -> None:
+        self._loop.run(lambda: self._producer.send_offsets_to_transaction(offsets, group))
+
+    def commit_transaction(self) -> None:
+        self._loop.run(self._producer.commit_transaction)
+
+    def abort_transaction(self) -> None:
+        self._loop.run(self._producer.abort_transaction)
+
     def close(self) -> None:
         try:
             self._leave()  # flushes, then stops the sender
