@@ -36,20 +36,16 @@ from broker.data_apis import DataApis
 from broker.groups import Effects, GroupConfig, GroupCoordinator, GroupRecord, partition_for
 from broker.groups.messages import OffsetFetchResponse, Response
 from broker.groups.txn_offsets import PendingTxnOffsets, TxnReplay, complete
+from broker.internal_topics import InternalTopic
 from broker.partition import Partition
 from broker.replica_manager import ReplicaManager
-from client.protocol.apis import ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
-from client.protocol.schema import to_body
-from kraft.controller.messages import CreateTopicsRequest
-from kraft.controller.replication import CreateTopic
 from storage.records import RecordInput, build_batch, iter_batches, iter_records
 
 log = logging.getLogger(__name__)
 
 OFFSETS_TOPIC = "__consumer_offsets"
 OFFSETS_TOPIC_NUM_PARTITIONS = 50  # offsets.topic.num.partitions
-OFFSETS_TOPIC_REPLICATION_FACTOR = 3  # offsets.topic.replication.factor
 OFFSETS_TOPIC_SEGMENT_BYTES = 100 * 1024 * 1024  # offsets.topic.segment.bytes
 COMMIT_TIMEOUT_MS = 5_000  # offsets.commit.timeout.ms
 OFFSETS_RETENTION_CHECK_INTERVAL_MS = 600_000  # offsets.retention.check.interval.ms
@@ -107,7 +103,13 @@ class GroupDriver:
         self.slots: dict[int, _Slot] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
-        self._creating = False
+        self._topic = InternalTopic(
+            OFFSETS_TOPIC,
+            partitions=self.num_partitions,
+            segment_bytes=self.offsets_topic_segment_bytes,
+            image=lambda: self.replicas.image,
+            forward=self._forward,
+        )
 
     def now_ms(self) -> int:
         return self._wall_ms()
@@ -207,37 +209,7 @@ class GroupDriver:
 
     async def ensure_topic(self) -> None:
         """Create `__consumer_offsets` through the controller if the image lacks it."""
-        image = self.replicas.image
-        if image.topic(OFFSETS_TOPIC) is not None or self._creating:
-            return
-        live = len(image.unfenced_brokers())
-        factor = max(1, min(OFFSETS_TOPIC_REPLICATION_FACTOR, live))
-        configs = (
-            ("min.insync.replicas", "2" if factor >= 3 else "1"),
-            ("cleanup.policy", "compact"),
-            # Kafka's offsets.topic.segment.bytes (100 MiB): the active segment is never
-            # cleaned, so a smaller one lets the cleaner reach more of the log.
-            ("segment.bytes", str(self.offsets_topic_segment_bytes)),
-        )
-        request = CreateTopicsRequest(
-            topics=(
-                CreateTopic(
-                    name=OFFSETS_TOPIC,
-                    partitions=self.num_partitions,
-                    replication_factor=factor,
-                    configs=configs,
-                ),
-            ),
-            validate_only=False,
-            internal=True,
-        )
-        self._creating = True
-        try:
-            await self._forward(ApiKey.CREATE_TOPICS, to_body(request))
-        except (KafkaError, trio.TooSlowError, OSError) as error:
-            log.warning("creating %s failed: %s", OFFSETS_TOPIC, error)
-        finally:
-            self._creating = False
+        await self._topic.ensure()
 
     def partition_of(self, group_id: str) -> int:
         return partition_for(group_id, self.num_partitions)

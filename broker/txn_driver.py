@@ -43,6 +43,7 @@ import attrs
 import trio
 
 from broker.groups.hashing import partition_for
+from broker.internal_topics import InternalTopic
 from broker.listeners import BROKER_LISTENER, REPLICATION_LISTENER
 from broker.partition import Partition
 from broker.producer_ids import ProducerIdManager
@@ -59,16 +60,12 @@ from broker.transactions.messages import (
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.rpc import RpcClient
-from client.protocol.schema import to_body
-from kraft.controller.messages import CreateTopicsRequest
-from kraft.controller.replication import CreateTopic
 from storage.records import RecordInput, build_batch, iter_batches, iter_records
 
 log = logging.getLogger(__name__)
 
 TRANSACTION_STATE_TOPIC = "__transaction_state"
 TRANSACTION_STATE_NUM_PARTITIONS = 50  # transaction.state.log.num.partitions
-TRANSACTION_STATE_REPLICATION_FACTOR = 3  # transaction.state.log.replication.factor
 TRANSACTION_STATE_SEGMENT_BYTES = 100 * 1024 * 1024  # transaction.state.log.segment.bytes
 COMMIT_TIMEOUT_MS = 5_000
 # Past the leader's own wait for the marker's replication (broker.txn_markers, 30 s),
@@ -122,7 +119,13 @@ class TxnDriver:
         self.slots: dict[int, _Slot] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
-        self._creating = False
+        self._topic = InternalTopic(
+            TRANSACTION_STATE_TOPIC,
+            partitions=self.num_partitions,
+            segment_bytes=self.segment_bytes,
+            image=lambda: self.replicas.image,
+            forward=self._forward,
+        )
         self._marker_clients: dict[int, RpcClient] = {}
         self.marker_rounds = 0  # WriteTxnMarkers requests sent (tests read it)
         # Run when the driver stops (the verifier's connections to other coordinators).
@@ -232,35 +235,7 @@ class TxnDriver:
 
     async def ensure_topic(self) -> None:
         """Create `__transaction_state` through the controller if the image lacks it."""
-        image = self.replicas.image
-        if image.topic(TRANSACTION_STATE_TOPIC) is not None or self._creating:
-            return
-        live = len(image.unfenced_brokers())
-        factor = max(1, min(TRANSACTION_STATE_REPLICATION_FACTOR, live))
-        configs = (
-            ("min.insync.replicas", "2" if factor >= 3 else "1"),
-            ("cleanup.policy", "compact"),
-            ("segment.bytes", str(self.segment_bytes)),
-        )
-        request = CreateTopicsRequest(
-            topics=(
-                CreateTopic(
-                    name=TRANSACTION_STATE_TOPIC,
-                    partitions=self.num_partitions,
-                    replication_factor=factor,
-                    configs=configs,
-                ),
-            ),
-            validate_only=False,
-            internal=True,
-        )
-        self._creating = True
-        try:
-            await self._forward(ApiKey.CREATE_TOPICS, to_body(request))
-        except (KafkaError, trio.TooSlowError, OSError) as error:
-            log.warning("creating %s failed: %s", TRANSACTION_STATE_TOPIC, error)
-        finally:
-            self._creating = False
+        await self._topic.ensure()
 
     def partition_of(self, transactional_id: str) -> int:
         return partition_for(transactional_id, self.num_partitions)
