@@ -243,63 +243,46 @@ class KafkaAdminApis:
         return Response(results=tuple(results))
 
     async def incremental_alter_configs(self, header: Any, request: Any) -> Any:
-        Response = kafka.IncrementalAlterConfigsResponse
-        forwarded = [
-            AlterConfigsResource(
-                resource_type=RESOURCE_TYPES[r.resource_type],
-                resource_name=r.resource_name,
-                ops=tuple(
-                    AlterConfigOp(name=c.name, op=c.config_operation, value=c.value)
-                    for c in r.configs
-                ),
+        ops = [
+            tuple(
+                AlterConfigOp(name=c.name, op=c.config_operation, value=c.value) for c in r.configs
             )
             for r in request.resources
-            if r.resource_type in RESOURCE_TYPES
         ]
-        outcomes: Iterator[AlterConfigsOutcome] = iter(())
-        if forwarded:
-            answer = await self._forward(
-                ApiKey.INCREMENTAL_ALTER_CONFIGS,
-                IncrementalAlterConfigsRequest(
-                    resources=tuple(forwarded), validate_only=request.validate_only
-                ),
-                AlterConfigsResponse,
-            )
-            outcomes = iter(answer.resources)  # in the order asked
-        results = []
-        for resource in request.resources:
-            if resource.resource_type in RESOURCE_TYPES:
-                outcome = next(outcomes)
-                code, message = outcome.error_code, outcome.message
-            else:
-                code = ErrorCode.INVALID_REQUEST
-                message = f"no configs of resource type {resource.resource_type} here"
-            results.append(
-                Response.AlterConfigsResourceResponse(
-                    error_code=code,
-                    error_message=message or None,
-                    resource_type=resource.resource_type,
-                    resource_name=resource.resource_name,
-                )
-            )
-        return Response(responses=tuple(results))
+        return await self._alter(request, ops, kafka.IncrementalAlterConfigsResponse, replace=False)
 
     async def alter_configs(self, header: Any, request: Any) -> Any:
         """Kafka's legacy AlterConfigs: the configs given become the resource's whole
         dynamic set (the controller deletes every other one), or are only checked."""
-        Response = kafka.AlterConfigsResponse
+        ops = [
+            tuple(
+                AlterConfigOp(name=c.name, op=OP_SET, value=c.value)
+                if c.value is not None
+                else AlterConfigOp(name=c.name, op=OP_DELETE)
+                for c in r.configs
+            )
+            for r in request.resources
+        ]
+        return await self._alter(request, ops, kafka.AlterConfigsResponse, replace=True)
+
+    async def _alter(
+        self,
+        request: Any,
+        ops: list[tuple[AlterConfigOp, ...]],
+        Response: Any,
+        *,
+        replace: bool,
+    ) -> Any:
+        """Both config changes, forwarded as one incremental change (`replace`: every
+        dynamic config not named is deleted); a resource type without configs here is
+        refused on its own. `ops[i]`: the changes of `request.resources[i]`."""
         forwarded = [
             AlterConfigsResource(
                 resource_type=RESOURCE_TYPES[r.resource_type],
                 resource_name=r.resource_name,
-                ops=tuple(
-                    AlterConfigOp(name=c.name, op=OP_SET, value=c.value)
-                    if c.value is not None
-                    else AlterConfigOp(name=c.name, op=OP_DELETE)
-                    for c in r.configs
-                ),
+                ops=changes,
             )
-            for r in request.resources
+            for r, changes in zip(request.resources, ops, strict=True)
             if r.resource_type in RESOURCE_TYPES
         ]
         outcomes: Iterator[AlterConfigsOutcome] = iter(())
@@ -307,7 +290,9 @@ class KafkaAdminApis:
             answer = await self._forward(
                 ApiKey.INCREMENTAL_ALTER_CONFIGS,
                 IncrementalAlterConfigsRequest(
-                    resources=tuple(forwarded), validate_only=request.validate_only, replace=True
+                    resources=tuple(forwarded),
+                    validate_only=request.validate_only,
+                    replace=replace,
                 ),
                 AlterConfigsResponse,
             )
