@@ -131,6 +131,9 @@ class KafkaConnection:
         # The broker's (min, max) per api key, from the last handshake.
         self.broker_versions: dict[int, tuple[int, int]] = {}
         self._stream: trio.abc.Stream | None = None
+        # Set once the handshake on `_stream` has answered: until then `broker_versions`
+        # may be empty (a first connection) and other callers wait on the lock.
+        self._ready = False
         self._pending: collections.deque[_Pending] = collections.deque()
         self._next_correlation_id = 0
         self._connect_lock = trio.Lock()
@@ -246,10 +249,10 @@ class KafkaConnection:
     # ------------------------------------------------------------------ connecting
 
     async def _connected(self) -> trio.abc.Stream:
-        if self._stream is not None:
+        if self._stream is not None and self._ready:
             return self._stream
         async with self._connect_lock:
-            if self._stream is not None:
+            if self._stream is not None and self._ready:
                 return self._stream
             if self._closed:
                 raise ConnectionLost("client is closed")
@@ -273,6 +276,7 @@ class KafkaConnection:
                 self._disconnect(f"ApiVersions failed: {error!r}")
                 raise
             self._backoff.succeeded()
+            self._ready = True
             return stream
 
     async def _handshake(self, stream: trio.abc.Stream) -> dict[int, tuple[int, int]]:
@@ -335,6 +339,7 @@ class KafkaConnection:
 
     def _disconnect(self, reason: str) -> None:
         stream, self._stream = self._stream, None
+        self._ready = False
         if stream is not None:
             with trio.CancelScope(shield=True):
                 environment.close_now(stream)

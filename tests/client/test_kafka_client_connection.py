@@ -95,6 +95,27 @@ async def test_a_broker_without_api_versions_v3_is_asked_again_in_its_range(nurs
     await connection.aclose()
 
 
+async def test_callers_that_arrive_during_the_handshake_wait_for_it(nursery) -> None:
+    """A first connection's callers all go at negotiated versions: none is answered
+    "does not serve" from the empty table of a handshake still under way (seen after
+    a leader kill, when several senders reached a broker at once)."""
+    broker = FakeBroker(metadata_answer)
+    await broker.start(nursery)
+    connection = broker.connection()
+    answers: list[Any] = []
+
+    async def ask() -> None:
+        answers.append(await connection.request(kafka.MetadataRequest(topics=None), timeout_s=10))
+
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as callers:
+            for _ in range(5):
+                callers.start_soon(ask)
+    assert [a.cluster_id for a in answers] == ["fake"] * 5
+    assert broker.asked.count((18, 3)) == 1 and broker.connections == 1
+    await connection.aclose()
+
+
 async def test_no_common_version_is_unsupported_version_and_nothing_is_sent(nursery) -> None:
     broker = FakeBroker(metadata_answer, {**SERVED, 3: (13, 13)})
     await broker.start(nursery)
