@@ -43,6 +43,7 @@ class FakeBroker:
         self.asked: list[tuple[int, int]] = []
         self.connections = 0
         self.port = 0
+        self.handshake_delay_s = 0.0
 
     async def start(self, nursery: trio.Nursery) -> str:
         listeners = await nursery.start(trio.serve_tcp, self._serve, 0)
@@ -62,6 +63,7 @@ class FakeBroker:
                     key, version = header.request_api_key, header.request_api_version
                     self.asked.append((key, version))
                     if key == 18:
+                        await trio.sleep(self.handshake_delay_s)
                         high = self.served[18][1]
                         if version > high:  # Kafka's answer: a v0 body with its ranges
                             out = (0, api_versions(self.served, ErrorCode.UNSUPPORTED_VERSION))
@@ -100,6 +102,7 @@ async def test_callers_that_arrive_during_the_handshake_wait_for_it(nursery) -> 
     "does not serve" from the empty table of a handshake still under way (seen after
     a leader kill, when several senders reached a broker at once)."""
     broker = FakeBroker(metadata_answer)
+    broker.handshake_delay_s = 0.2
     await broker.start(nursery)
     connection = broker.connection()
     answers: list[Any] = []
@@ -109,7 +112,10 @@ async def test_callers_that_arrive_during_the_handshake_wait_for_it(nursery) -> 
 
     with trio.fail_after(TIMEOUT_S):
         async with trio.open_nursery() as callers:
-            for _ in range(5):
+            callers.start_soon(ask)
+            while not broker.asked:  # the first caller is in its handshake now
+                await trio.sleep(0.01)
+            for _ in range(4):
                 callers.start_soon(ask)
     assert [a.cluster_id for a in answers] == ["fake"] * 5
     assert broker.asked.count((18, 3)) == 1 and broker.connections == 1
