@@ -36,11 +36,11 @@ from broker.data_apis import DataApis
 from broker.groups import Effects, GroupConfig, GroupCoordinator, GroupRecord, partition_for
 from broker.groups.messages import OffsetFetchResponse, Response
 from broker.groups.txn_offsets import PendingTxnOffsets, TxnReplay, complete
-from broker.internal_topics import InternalTopic
+from broker.internal_topics import InternalTopic, append_as_coordinator
 from broker.partition import Partition
 from broker.replica_manager import ReplicaManager
 from client.protocol.errors import ErrorCode, KafkaError
-from storage.records import RecordInput, build_batch, iter_batches, iter_records
+from storage.records import iter_batches, iter_records
 
 log = logging.getLogger(__name__)
 
@@ -310,20 +310,14 @@ class GroupDriver:
 
     def _append(self, slot: _Slot, records: list[GroupRecord]) -> int:
         """The last offset appended; -1 if the append was refused."""
-        partition = slot.partition
-        now = self.now_ms()
-        wire = [record.to_wire() for record in records]
-        batch = build_batch(RecordInput(timestamp=now, key=k, value=v) for k, v in wire)
-        try:
-            partition.require_leader(slot.leader_epoch)
-            needed = self.replicas.min_insync_replicas(OFFSETS_TOPIC)
-            if len(partition.isr) < needed:
-                raise KafkaError(ErrorCode.NOT_ENOUGH_REPLICAS, f"ISR {list(partition.isr)}")
-            info = partition.append_as_leader(batch)
-        except Exception as error:  # a refused append leaves nothing durable to trust
-            log.warning("%s: group records not appended: %r", partition, error)
-            return -1
-        return info.last_offset
+        return append_as_coordinator(
+            slot.partition,
+            slot.leader_epoch,
+            [record.to_wire() for record in records],
+            now_ms=self.now_ms(),
+            min_insync_replicas=self.replicas.min_insync_replicas(OFFSETS_TOPIC),
+            what="group records",
+        )
 
     # ------------------------------------------------------------------ timers
 

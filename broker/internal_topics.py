@@ -18,11 +18,12 @@ from typing import Any
 import trio
 
 from client.protocol.apis import ApiKey
-from client.protocol.errors import KafkaError
+from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.schema import to_body
 from kraft.controller.messages import CreateTopicsRequest
 from kraft.controller.replication import CreateTopic
 from kraft.metadata.image import MetadataImage
+from storage.records import RecordInput, build_batch
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +79,27 @@ class InternalTopic:
             log.warning("creating %s failed: %s", self.name, error)
         finally:
             self._creating = False
+
+
+def append_as_coordinator(
+    partition: Any,
+    leader_epoch: int,
+    wire: list[tuple[bytes, bytes | None]],
+    *,
+    now_ms: int,
+    min_insync_replicas: int,
+    what: str,
+) -> int:
+    """A coordinator's records (key, value) as one batch on its internal partition: the
+    last offset appended, or -1 if the append was refused (leadership moved, the ISR
+    below its minimum, a log error): a refused append leaves nothing durable to trust."""
+    batch = build_batch(RecordInput(timestamp=now_ms, key=k, value=v) for k, v in wire)
+    try:
+        partition.require_leader(leader_epoch)
+        if len(partition.isr) < min_insync_replicas:
+            raise KafkaError(ErrorCode.NOT_ENOUGH_REPLICAS, f"ISR {list(partition.isr)}")
+        info = partition.append_as_leader(batch)
+    except Exception as error:
+        log.warning("%s: %s not appended: %r", partition, what, error)
+        return -1
+    return int(info.last_offset)

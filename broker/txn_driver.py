@@ -43,7 +43,7 @@ import attrs
 import trio
 
 from broker.groups.hashing import partition_for
-from broker.internal_topics import InternalTopic
+from broker.internal_topics import InternalTopic, append_as_coordinator
 from broker.listeners import BROKER_LISTENER, REPLICATION_LISTENER
 from broker.partition import Partition
 from broker.producer_ids import ProducerIdManager
@@ -60,7 +60,7 @@ from broker.transactions.messages import (
 from client.protocol.apis import API_VERSION, ApiKey
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.rpc import RpcClient
-from storage.records import RecordInput, build_batch, iter_batches, iter_records
+from storage.records import iter_batches, iter_records
 
 log = logging.getLogger(__name__)
 
@@ -350,20 +350,14 @@ class TxnDriver:
 
     def _append(self, slot: _Slot, records: list[TxnRecord]) -> int:
         """The last offset appended; -1 if the append was refused."""
-        partition = slot.partition
-        now = self.now_ms()
-        wire = [record.to_wire() for record in records]
-        batch = build_batch(RecordInput(timestamp=now, key=k, value=v) for k, v in wire)
-        try:
-            partition.require_leader(slot.leader_epoch)
-            needed = self.replicas.min_insync_replicas(TRANSACTION_STATE_TOPIC)
-            if len(partition.isr) < needed:
-                raise KafkaError(ErrorCode.NOT_ENOUGH_REPLICAS, f"ISR {list(partition.isr)}")
-            info = partition.append_as_leader(batch)
-        except Exception as error:  # a refused append leaves nothing durable to trust
-            log.warning("%s: transaction records not appended: %r", partition, error)
-            return -1
-        return info.last_offset
+        return append_as_coordinator(
+            slot.partition,
+            slot.leader_epoch,
+            [record.to_wire() for record in records],
+            now_ms=self.now_ms(),
+            min_insync_replicas=self.replicas.min_insync_replicas(TRANSACTION_STATE_TOPIC),
+            what="transaction records",
+        )
 
     # ------------------------------------------------------------------ markers
 
