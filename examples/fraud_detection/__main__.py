@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(bench)
     bench.add_argument("--kill-detector-at", type=float, help="SIGKILL one detector at S s")
     bench.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="leave the killed detector dead (default: start it again at once, same instance)",
+    )
+    bench.add_argument(
         "--offline", action="store_true", help="the detector's own cost per payment, no broker"
     )
 
@@ -143,6 +148,7 @@ def run_pipeline(args: argparse.Namespace, *, quiet: bool, on_second=None, say=N
             seed=args.seed,
             fraud_share=args.fraud_share,
             kill_detector_at=getattr(args, "kill_detector_at", None),
+            restart_killed=not getattr(args, "no_restart", False),
             # On a cluster given, every run has topics of its own.
             topic_suffix=f"-{int(time.time())}" if args.bootstrap else "",
             say=speak,

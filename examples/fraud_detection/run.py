@@ -58,6 +58,7 @@ class PipelineRun:
     seed: int = 1
     fraud_share: float = 0.002
     kill_detector_at: float | None = None
+    restart_killed: bool = True  # start the killed detector again at once, as a supervisor
     topic_suffix: str = ""
     say: Callable[[str], None] = print
     samples: list[Sample] = attrs.Factory(list)
@@ -93,21 +94,7 @@ class PipelineRun:
             names=[self.payments_topic, self.alerts_topic],
         )
         self.semantics = resolve_semantics(self.semantics, self.bootstrap, self.note)
-        detectors = [
-            pipeline.Child(
-                f"detector-{i}",
-                pipeline.detector_args(
-                    self.bootstrap,
-                    self.semantics,
-                    i,
-                    self.payments_topic,
-                    self.alerts_topic,
-                    self.group,
-                ),
-                self.workdir,
-            )
-            for i in range(self.detectors)
-        ]
+        detectors = [self.detector(i, f"detector-{i}") for i in range(self.detectors)]
         self.detector_children = detectors
         watcher = meter = generator = None
         try:
@@ -135,6 +122,12 @@ class PipelineRun:
                     detectors[0].kill()
                     self.killed_at_s = round(now - started, 3)
                     self.note(f"SIGKILLed {detectors[0].name} at {self.killed_at_s} s")
+                    if self.restart_killed:
+                        # As a supervisor would: the same instance, so the same static
+                        # group member and transactional.id (its open transaction is
+                        # aborted at once, its partitions come back without a rebalance).
+                        detectors[0] = self.detector(0, "detector-0-restarted")
+                        self.note("restarted detector-0 under the same instance")
                 if now < next_sample:
                     continue
                 next_sample += 1.0
@@ -162,6 +155,17 @@ class PipelineRun:
             for closable in (watcher, meter):
                 if closable is not None:
                     closable.close()
+
+    def detector(self, instance: int, name: str) -> pipeline.Child:
+        args = pipeline.detector_args(
+            self.bootstrap,
+            self.semantics,
+            instance,
+            self.payments_topic,
+            self.alerts_topic,
+            self.group,
+        )
+        return pipeline.Child(name, args, self.workdir)
 
     def generator_args(self) -> list[str]:
         return [
