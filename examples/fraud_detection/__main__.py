@@ -11,7 +11,7 @@ import time
 
 import attrs
 
-from examples.fraud_detection import pipeline
+from examples.fraud_detection import generator, pipeline
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fraud-share", type=float, default=0.002, help="of all payments")
     parser.add_argument("--workdir", help="logs, ground truth, summary (default: a temp dir)")
+    parser.add_argument(
+        "--generator-linger-ms", type=float, default=generator.LINGER_MS, help="its linger.ms"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=1)
     generate.add_argument("--fraud-share", type=float, default=0.002)
     generate.add_argument("--truth", default="fraud-truth.jsonl", help="ground truth (JSON lines)")
+    generate.add_argument("--linger-ms", type=float, default=generator.LINGER_MS)
 
     replay = commands.add_parser("replay", help="read a time range for retraining")
     replay.add_argument("--bootstrap", default="127.0.0.1:9092")
@@ -100,8 +104,6 @@ def main(argv: list[str] | None = None) -> None:
             rebuild_window_s=args.rebuild_window_s,
         )
     elif args.command == "generate":
-        from examples.fraud_detection import generator
-
         generator.run(
             bootstrap=args.bootstrap,
             topic=args.topic,
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             truth_path=args.truth,
             fraud_share=args.fraud_share,
+            linger_ms=args.linger_ms,
         )
     elif args.command == "replay":
         from examples.fraud_detection import replay
@@ -149,6 +152,7 @@ def run_pipeline(args: argparse.Namespace, *, quiet: bool, on_second=None, say=N
             fraud_share=args.fraud_share,
             kill_detector_at=getattr(args, "kill_detector_at", None),
             restart_killed=not getattr(args, "no_restart", False),
+            generator_linger_ms=args.generator_linger_ms,
             # On a cluster given, every run has topics of its own.
             topic_suffix=f"-{int(time.time())}" if args.bootstrap else "",
             say=speak,

@@ -22,7 +22,7 @@ import json
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 from examples.fraud_detection.events import Alert, card_key, decode_payment, encode_alert
@@ -152,6 +152,8 @@ class Detector:
         self.commit_every_s = OFFSETS_EVERY_S if self.exactly_once else COMMIT_EVERY_S
         self.batches = 0
         self.transactions = 0
+        # begin to commit returned, of the transactions with alerts (the alerts' path)
+        self.alert_txn_ms: deque[float] = deque(maxlen=1_000)
 
     # ------------------------------------------------------------------ rebalances
 
@@ -347,9 +349,12 @@ class Detector:
             )
             offsets_sent = time.perf_counter()
             self.producer.commit_transaction(30)
+            committed = time.perf_counter()
             self.spent_s["send_offsets"] += offsets_sent - started
-            self.spent_s["commit"] += time.perf_counter() - offsets_sent
+            self.spent_s["commit"] += committed - offsets_sent
             self.transactions += 1
+            if alerts:
+                self.alert_txn_ms.append((committed - started) * 1000)
         except KafkaException as raised:
             error = raised.args[0]
             if not error.txn_requires_abort():
@@ -376,11 +381,23 @@ class Detector:
             "rebalances": self.rebalances,
             "batches": self.batches,
             "transactions": self.transactions,
+            "alert_txn_ms": _percentiles(self.alert_txn_ms),
             "spent_s": {step: round(s, 3) for step, s in sorted(self.spent_s.items())},
         }
 
     def say(self, line: dict[str, Any]) -> None:
         print(json.dumps(line), flush=True)
+
+
+def _percentiles(values: deque[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "p50": round(ordered[len(ordered) // 2], 1),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 1),
+        "max": round(ordered[-1], 1),
+    }
 
 
 def run(**settings: Any) -> None:

@@ -36,6 +36,7 @@ SPIKE_WARMUPS = 4
 SPIKE_SPACING_MS = 1_500
 INCIDENT_SPAN_MS = SPIKE_WARMUPS * SPIKE_SPACING_MS + 1  # the longest incident
 MERCHANTS = 100_000
+LINGER_MS = 5.0
 
 
 class Incident(NamedTuple):
@@ -197,6 +198,7 @@ def run(
     seed: int,
     truth_path: str,
     fraud_share: float,
+    linger_ms: float = LINGER_MS,
 ) -> dict[str, float]:
     """Produce the stream in real time (each payment when its timestamp comes); the
     figures of the run, also printed as one JSON line."""
@@ -207,7 +209,7 @@ def run(
             "bootstrap.servers": bootstrap,
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 5,
+            "linger.ms": linger_ms,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,

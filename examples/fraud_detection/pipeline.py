@@ -166,7 +166,11 @@ def wait_assigned(detectors: list[Child], partitions: int, timeout_s: float = 90
 
 class AlertWatcher:
     """Reads `alerts` from the beginning (read_committed: what a downstream consumer
-    sees), timing each alert from its payment's timestamp to its arrival here."""
+    sees), timing each alert from its payment's timestamp to its arrival here.
+
+    `start()` polls in a thread of its own: polled from the run's loop, an alert that
+    arrived while the loop waited on the lag meter's requests (13 round trips each
+    second, hundreds of milliseconds on a busy machine) was timed late by that wait."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -188,25 +192,53 @@ class AlertWatcher:
         self.per_second: list[tuple[float, float]] = []  # (arrival s, latency ms)
         self.seen: Counter[tuple[int, str]] = Counter()
         self.count = 0
+        self.last_alert_at = time.monotonic()  # of the last poll that took an alert
+        self.lock = threading.Lock()  # poll's updates, against readers in other threads
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def poll(self, timeout_s: float) -> int:
         messages = take_ready(self.consumer, 10_000, timeout_s)
         now_ms = time.time() * 1000
         taken = 0
-        for message in messages:
-            if message.error() is not None:
-                continue
-            alert = decode_alert(message.value())
-            latency = now_ms - alert.event_ts_ms
-            self.latencies.record(latency)
-            self.to_detector.record(alert.detected_ms - alert.event_ts_ms)
-            self.per_second.append((now_ms / 1000, latency))
-            self.seen[(alert.card, alert.pattern)] += 1
-            taken += 1
-        self.count += taken
+        with self.lock:
+            for message in messages:
+                if message.error() is not None:
+                    continue
+                alert = decode_alert(message.value())
+                latency = now_ms - alert.event_ts_ms
+                self.latencies.record(latency)
+                self.to_detector.record(alert.detected_ms - alert.event_ts_ms)
+                self.per_second.append((now_ms / 1000, latency))
+                self.seen[(alert.card, alert.pattern)] += 1
+                taken += 1
+            self.count += taken
+            if taken:
+                self.last_alert_at = time.monotonic()
         return taken
 
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stopped.is_set():
+                self.poll(0.05)
+
+        self._thread = threading.Thread(target=loop, name="alert-watcher", daemon=True)
+        self._thread.start()
+
+    def recent(self, since_s: float) -> list[float]:
+        """Latencies of the alerts that arrived at or after `since_s` (epoch seconds)."""
+        with self.lock:
+            found = []
+            for arrived, latency in reversed(self.per_second):
+                if arrived < since_s:
+                    break
+                found.append(latency)
+            return found
+
     def close(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(10)
         self.consumer.close()
 
 

@@ -58,6 +58,7 @@ class PipelineRun:
     seed: int = 1
     fraud_share: float = 0.002
     kill_detector_at: float | None = None
+    generator_linger_ms: float = 5.0
     restart_killed: bool = True  # start the killed detector again at once, as a supervisor
     topic_suffix: str = ""
     say: Callable[[str], None] = print
@@ -104,15 +105,14 @@ class PipelineRun:
                 self.bootstrap, self.payments_topic, self.partitions, self.group
             )
             self.watcher = watcher
+            watcher.start()
             generator = pipeline.Child("generator", self.generator_args(), self.workdir)
             started = time.monotonic()
             self.started_at_s = time.time()
             next_sample = started + 1.0
-            last_alert = time.monotonic()
             drain_deadline = None
             while True:
-                if watcher.poll(0.05):
-                    last_alert = time.monotonic()
+                time.sleep(0.05)
                 now = time.monotonic()
                 if (
                     self.kill_detector_at is not None
@@ -142,7 +142,8 @@ class PipelineRun:
                     self.generator_figures = generator.last("generator") or {}
                     drain_deadline = now + DRAIN_TIMEOUT_S
                 expected = self.generator_figures.get("events", 0)
-                if sample.lag == 0 and sample.ends >= expected and now - last_alert >= QUIET_S:
+                quiet = now - watcher.last_alert_at >= QUIET_S
+                if sample.lag == 0 and sample.ends >= expected and quiet:
                     break
                 if now >= drain_deadline:
                     self.note(f"not drained after {DRAIN_TIMEOUT_S} s: lag {sample.lag}")
@@ -177,6 +178,7 @@ class PipelineRun:
             "--seed", str(self.seed),
             "--fraud-share", str(self.fraud_share),
             "--truth", self.truth_path,
+            "--linger-ms", str(self.generator_linger_ms),
         ]  # fmt: skip
 
     def sample(
@@ -185,9 +187,7 @@ class PipelineRun:
         lag, ends = meter.measure()
         recent = Latencies()
         horizon = time.time() - 1.0
-        for arrived, latency in reversed(watcher.per_second):
-            if arrived < horizon:
-                break
+        for latency in watcher.recent(horizon):
             recent.record(latency)
         sample = Sample(
             round(t_s, 3), ends, lag, watcher.count, recent.percentile(0.5), recent.percentile(0.99)
@@ -224,6 +224,8 @@ class PipelineRun:
             **pipeline.score(incidents, self.watcher.seen),
             "alerts": self.watcher.count,
             "killed_detector_at_s": self.killed_at_s,
+            # Each detector's last figures: begin to commit of its transactions with alerts.
+            "alert_txn_ms": {d.name: d.last("alert_txn_ms") for d in self.detector_children},
             "notes": self.notes,
         }
 

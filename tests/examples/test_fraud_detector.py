@@ -4,6 +4,7 @@ nothing it already handled, and that at-least-once commits only after its alerts
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -146,3 +147,96 @@ def test_a_partition_kept_where_it_stopped_keeps_its_state() -> None:
     ]
     built.handle(later)  # the burst's 4th and 5th payment: it completes
     assert log[-2:] == [("acked", [104]), ("commit", {0: 5})]
+
+
+class FakeTransactionalProducer:
+    """Records each transaction as (alerts' event seqs, offsets sent)."""
+
+    def __init__(self, log: list[tuple[str, Any]]) -> None:
+        self.log = log
+        self.pending: list[int] = []
+        self.offsets: dict[int, int] = {}
+
+    def begin_transaction(self) -> None:
+        self.pending, self.offsets = [], {}
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        self.pending.append(decode_alert(value).event_seq)
+
+    def send_offsets_to_transaction(
+        self, offsets: list[Any], metadata: Any, timeout: float
+    ) -> None:
+        self.offsets = {tp.partition: tp.offset for tp in offsets}
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.log.append(("transaction", (self.pending, self.offsets)))
+
+
+class FakeGroupConsumer(FakeConsumer):
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+
+def exactly_once(consumer: FakeConsumer) -> tuple[Detector, list[tuple[str, Any]]]:
+    log: list[tuple[str, Any]] = []
+    consumer.log = log
+    built = Detector(
+        bootstrap="unused:1",
+        group="g",
+        payments_topic=TOPIC,
+        alerts_topic="alerts",
+        semantics="exactly-once",
+        instance="0",
+        rebuild_window_s=30,
+        consumer=consumer,
+        producer=FakeTransactionalProducer(log),
+    )
+    built.say = lambda line: None  # type: ignore[method-assign]
+    return built, log
+
+
+def quiet(partition: int, first_offset: int, count: int) -> list[FakeMessage]:
+    """Payments of distinct cards: no rule fires."""
+    return [
+        FakeMessage(partition, first_offset + k, Payment(k, 1_000 + k, 1, 2_000, 1_000, "FR"))
+        for k in range(count)
+    ]
+
+
+def test_exactly_once_a_batch_without_alerts_waits_for_the_next_transaction() -> None:
+    consumer = FakeGroupConsumer(committed={}, history={})
+    built, log = exactly_once(consumer)
+    built.on_assign(consumer, [TopicPartition(TOPIC, p) for p in (0, 1)])
+    built.last_commit = time.monotonic()  # the offsets-only deadline is far away
+    built.handle(quiet(partition=1, first_offset=0, count=7))
+    assert log == []  # no transaction for a batch that alerts for nothing
+    built.handle(burst(card=9, first_offset=0, count=5))
+    # One transaction: the alert, and partition 1's offsets with partition 0's.
+    assert log == [("transaction", ([104], {1: 7, 0: 5}))]
+    assert built.stopped_at == {1: 7, 0: 5}
+
+
+def test_exactly_once_offsets_alone_commit_when_the_stream_pauses_or_go_stale() -> None:
+    consumer = FakeGroupConsumer(committed={}, history={})
+    built, log = exactly_once(consumer)
+    built.on_assign(consumer, [TopicPartition(TOPIC, 0)])
+    built.last_commit = time.monotonic()
+    built.handle(quiet(partition=0, first_offset=0, count=3))
+    assert log == []
+    built.commit_uncommitted(asynchronous=True)  # what the loop does when nothing arrives
+    assert log == [("transaction", ([], {0: 3}))]
+    built.commit_uncommitted(asynchronous=True)  # nothing new: no empty transaction
+    assert len(log) == 1
+    built.last_commit = time.monotonic() - built.commit_every_s  # the deadline passed
+    built.handle(quiet(partition=0, first_offset=3, count=2))
+    assert log[-1] == ("transaction", ([], {0: 5}))
+
+
+def test_exactly_once_revoke_commits_what_is_done() -> None:
+    consumer = FakeGroupConsumer(committed={}, history={})
+    built, log = exactly_once(consumer)
+    built.on_assign(consumer, [TopicPartition(TOPIC, 0)])
+    built.last_commit = time.monotonic()
+    built.handle(quiet(partition=0, first_offset=0, count=4))
+    built.on_revoke(consumer, [TopicPartition(TOPIC, 0)])
+    assert log == [("transaction", ([], {0: 4}))]
