@@ -26,8 +26,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -51,6 +51,51 @@ COMMIT_TIMEOUT_MS = 5_000  # offsets.commit.timeout.ms
 OFFSETS_RETENTION_CHECK_INTERVAL_MS = 600_000  # offsets.retention.check.interval.ms
 TICK_MAX_S = 0.5
 READ_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+
+class NotStarted(KafkaError):
+    """`carried_out`: the work was never started (its nursery is gone or closing)."""
+
+
+async def carried_out(nursery: trio.Nursery | None, work: Callable[[], Awaitable[T]]) -> T:
+    """`work()`'s result, the work run as a task of `nursery` (a coordinator driver's).
+
+    A caller cancelled meanwhile (its connection closed: `broker.kafka_connection`
+    cancels the answers of a connection whose peer went away) stops waiting, but the
+    work goes on to its end, as Kafka finishes a request whose connection closed: a
+    coordinator's decision is never left half carried out (appended but not waited
+    for, its markers or held replies never sent). The nursery cancelled (the node
+    stopping) ends the work too; its caller, if still there, gets NOT_COORDINATOR.
+    An AssertionError stays in the nursery (a broken invariant stops the node).
+    """
+    if nursery is None:
+        raise NotStarted(ErrorCode.NOT_COORDINATOR, "the coordinator is not running")
+    done = trio.Event()
+    results: list[T] = []
+    errors: list[Exception] = []
+
+    async def run() -> None:
+        try:
+            results.append(await work())
+        except AssertionError:
+            raise
+        except Exception as error:
+            errors.append(error)
+        finally:
+            done.set()
+
+    try:
+        nursery.start_soon(run)
+    except RuntimeError:  # closed to new tasks: the node is stopping
+        raise NotStarted(ErrorCode.NOT_COORDINATOR, "the coordinator stopped") from None
+    await done.wait()
+    if errors:
+        raise errors[0]
+    if not results:
+        raise KafkaError(ErrorCode.NOT_COORDINATOR, "the coordinator stopped")
+    return results[0]
 
 
 @attrs.define(eq=False)
@@ -263,7 +308,10 @@ class GroupDriver:
         held = slot.held[token] = _Held()
         try:
             effects = getattr(slot.coordinator, method)(*args, token, self.now_ms())
-            await self._apply(slot, effects)
+            # Waited for in the driver's task: a caller whose connection closes does
+            # not take with it the replies this call owes others (a SyncGroup leader's
+            # assignment to its followers) nor the reload if its records are lost.
+            self._start_apply(slot, effects)
             await held.done.wait()
         finally:  # answered, or the connection went away
             slot.held.pop(token, None)
@@ -272,34 +320,36 @@ class GroupDriver:
         assert held.response is not None
         return held.response
 
-    async def _apply(self, slot: _Slot, effects: Effects) -> None:
-        """Append `effects.records` at once (so records keep the order of the calls that
-        made them), wait until they are committed, then deliver `effects.replies`."""
-        self._wake.set()
-        last = self._append(slot, effects.records) if effects.records and not slot.dropped else None
-        await self._complete(slot, last, effects.replies)
-
     async def _complete(
         self, slot: _Slot, last: int | None, replies: list[tuple[object, Response]]
     ) -> None:
-        if last is not None and last >= 0:
-            try:
-                with trio.fail_after(COMMIT_TIMEOUT_MS / 1000):
-                    await slot.partition.wait_committed(last, slot.leader_epoch)
-                needed = self.replicas.min_insync_replicas(OFFSETS_TOPIC)
-                if len(slot.partition.isr) < needed:
-                    raise KafkaError(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, "ISR shrank")
-            except (KafkaError, trio.TooSlowError) as error:
-                log.warning("%s: group records not committed: %r", slot.partition, error)
-                last = -1
-        if last == -1:
-            self._failed(slot)
+        """Once the records up to `last` are committed, deliver `replies`; if they are
+        not, the slot is dropped (its held requests answered NOT_COORDINATOR)."""
+        if last is not None and not await self.committed(slot, last):
             return
+        self._deliver(slot, replies)
+
+    def _deliver(self, slot: _Slot, replies: list[tuple[object, Response]]) -> None:
         for token, response in replies:
             held = slot.held.get(token)
             if held is not None and not held.done.is_set():
                 held.response = response
                 held.done.set()
+
+    async def committed(self, slot: _Slot, last: int) -> bool:
+        """Wait until `last` (appended by this coordinator) is committed; False, the
+        slot dropped and reloading, if it is not within the commit timeout."""
+        try:
+            with trio.fail_after(COMMIT_TIMEOUT_MS / 1000):
+                await slot.partition.wait_committed(last, slot.leader_epoch)
+            needed = self.replicas.min_insync_replicas(OFFSETS_TOPIC)
+            if len(slot.partition.isr) < needed:
+                raise KafkaError(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, "ISR shrank")
+        except (KafkaError, trio.TooSlowError) as error:
+            log.warning("%s: group records not committed: %r", slot.partition, error)
+            self._failed(slot)
+            return False
+        return True
 
     def _failed(self, slot: _Slot) -> None:
         if slot.dropped:
@@ -354,12 +404,18 @@ class GroupDriver:
                 self._start_apply(slot, slot.coordinator.expire_offsets(self.now_ms()))
 
     def _start_apply(self, slot: _Slot, effects: Effects) -> None:
-        """Effects of a timer: appended now, waited for in a task of their own."""
+        """A call's or a timer's effects: the records appended now (so records keep
+        the order of the calls that made them), waited for in a task of the driver's
+        nursery, then the replies delivered (at once if there is nothing to wait for)."""
+        self._wake.set()
         if not effects.records and not effects.replies:
             return
-        last = self._append(slot, effects.records) if effects.records else None
+        last = self._append(slot, effects.records) if effects.records and not slot.dropped else None
         if last == -1:
             self._failed(slot)
+            return
+        if last is None:
+            self._deliver(slot, effects.replies)
             return
         assert self._nursery is not None
         self._nursery.start_soon(self._complete, slot, last, effects.replies)

@@ -24,9 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import trio
-
-from broker.group_driver import COMMIT_TIMEOUT_MS, OFFSETS_TOPIC, GroupDriver
+from broker.group_driver import OFFSETS_TOPIC, GroupDriver, carried_out
 from broker.groups import GroupRecord
 from broker.groups.records import OffsetCommitKey, OffsetCommitValue
 from broker.groups.txn_offsets import complete
@@ -143,13 +141,10 @@ class KafkaTxnOffsetApis:
         if not records:
             return codes
         last = self._append(slot, request.producer_id, request.producer_epoch, records, now)
-        try:
-            with trio.fail_after(COMMIT_TIMEOUT_MS / 1000):
-                await slot.partition.wait_committed(last, slot.leader_epoch)
-        except (KafkaError, trio.TooSlowError) as error:
-            log.warning("%s: transactional offsets not committed: %r", slot.partition, error)
-            driver._failed(slot)
-            raise KafkaError(ErrorCode.NOT_COORDINATOR, "offsets not written") from None
+        # Waited for in the driver's task: offsets held pending whose records are lost
+        # must reload the slot, even if this request's connection has closed.
+        if not await carried_out(driver._nursery, lambda: driver.committed(slot, last)):
+            raise KafkaError(ErrorCode.NOT_COORDINATOR, "offsets not written")
         return codes
 
     def _append(

@@ -42,6 +42,7 @@ from typing import Any
 import attrs
 import trio
 
+from broker.group_driver import NotStarted, carried_out
 from broker.groups.hashing import partition_for
 from broker.internal_topics import InternalTopic, append_as_coordinator
 from broker.listeners import BROKER_LISTENER, REPLICATION_LISTENER
@@ -91,7 +92,9 @@ class _Slot:
     partition: Partition
     leader_epoch: int
     coordinator: TransactionCoordinator | None = None
-    lock: trio.Lock = attrs.field(factory=trio.Lock)
+    # One call at a time. A semaphore, not a trio.Lock: a call takes it in its
+    # caller's task (in arrival order) and frees it in the driver's (`TxnDriver.call`).
+    lock: trio.Semaphore = attrs.field(factory=lambda: trio.Semaphore(1, max_value=1))
     dropped: bool = False
     ticking: bool = False
 
@@ -285,13 +288,34 @@ class TxnDriver:
 
     async def call(self, transactional_id: str, method: str, request: Any) -> Response:
         """`TransactionCoordinator.<method>(request, token, now_ms)` on the id's
-        coordinator, its effects carried out; its answer once its records are durable."""
+        coordinator, its effects carried out; its answer once its records are durable.
+
+        The slot is taken here, in the order calls arrive (a connection's requests
+        reach this in the order sent); the call is then decided and carried out in a
+        task of the driver's nursery (`carried_out`), which frees the slot: a caller
+        cancelled because its connection closed must not leave a decision half done
+        (PrepareCommit durable, its markers never sent: the transaction stuck until a
+        reload, every later call answered CONCURRENT_TRANSACTIONS)."""
         if self.replicas.image.topic(TRANSACTION_STATE_TOPIC) is None:
             await self.ensure_topic()
             raise KafkaError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "no transaction state yet")
         slot = self._slot(transactional_id)
+        nursery = self._nursery
         token = object()
-        async with slot.lock:
+        await slot.lock.acquire()  # in arrival order (FIFO); _decide releases it
+        try:
+            effects = await carried_out(nursery, lambda: self._decide(slot, method, request, token))
+        except NotStarted:
+            slot.lock.release()
+            raise
+        response = effects.reply_to(token)
+        assert response is not None, (method, effects)
+        return response
+
+    async def _decide(self, slot: _Slot, method: str, request: Any, token: object) -> Effects:
+        """The call's decision, its effects carried out; frees the slot its caller
+        took (the slot's lock has no owner: taken by the caller, freed here)."""
+        try:
             coordinator = self._still_loaded(slot)
             handler = getattr(coordinator, method)
             effects = handler(request, token, self.now_ms())
@@ -307,9 +331,9 @@ class TxnDriver:
                 effects = handler(request, token, self.now_ms(), fresh_producer_id=fresh)
                 assert not effects.producer_id_needed, (method, request)
             await self._apply(slot, effects)
-        response = effects.reply_to(token)
-        assert response is not None, (method, effects)
-        return response
+            return effects
+        finally:
+            slot.lock.release()
 
     def _still_loaded(self, slot: _Slot) -> TransactionCoordinator:
         if slot.dropped:
@@ -320,7 +344,7 @@ class TxnDriver:
     async def _apply(self, slot: _Slot, effects: Effects) -> None:
         """Append the records, wait until committed, then start the marker rounds;
         KafkaError(NOT_COORDINATOR) if they were not committed (the slot reloads)."""
-        assert slot.lock.locked()
+        assert slot.lock.value == 0
         if effects.records:
             last = self._append(slot, effects.records)
             if last >= 0:
