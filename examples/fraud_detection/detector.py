@@ -127,9 +127,10 @@ class Detector:
             # A SIGKILLed detector's open transaction holds back every read_committed
             # reader of `alerts` until it is aborted: at once when the detector comes
             # back under the same instance (init_transactions), else when the
-            # coordinator times it out: 3 s, not Kafka's 60 s (a transaction here lasts
-            # tens of milliseconds).
-            producer_config["transaction.timeout.ms"] = 3_000
+            # coordinator times it out: 10 s, not Kafka's 60 s. Not lower: librdkafka
+            # also caps each transactional request's timeout at it, and a coordinator
+            # call on this busy 2-core machine has taken over 3 s.
+            producer_config["transaction.timeout.ms"] = 10_000
             # A transaction begun right after the previous commit finds the coordinator
             # still writing its markers (CONCURRENT_TRANSACTIONS); librdkafka's default
             # 100 ms backoff before the retry was most of a transaction's time.
@@ -219,7 +220,10 @@ class Detector:
                 messages = take_ready(self.consumer, BATCH_MAX, POLL_TIMEOUT_S)
                 if messages:
                     self.handle(messages)
-                elif self.uncommitted:  # the stream paused: what is done waits no longer
+                elif self.uncommitted and self.offsets_due():
+                    # The stream paused: offsets wait no longer than `commit_every_s`.
+                    # (Not at every empty poll: a transaction of offsets alone holds
+                    # up the alerts of the next batch for its whole length.)
                     self.commit_uncommitted(asynchronous=True)
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + STATS_EVERY_S
@@ -227,6 +231,11 @@ class Detector:
         finally:
             self.commit_uncommitted(asynchronous=False)
             self.consumer.close()
+
+    def offsets_due(self) -> bool:
+        if not self.exactly_once:
+            return True
+        return time.monotonic() - self.last_commit >= self.commit_every_s
 
     def handle(self, messages: list[Any]) -> None:
         started = time.perf_counter()
@@ -344,11 +353,14 @@ class Detector:
             started = time.perf_counter()
             self.producer.begin_transaction()
             self._produce(alerts)
-            self.producer.send_offsets_to_transaction(
-                self._offsets(offsets), self.consumer.consumer_group_metadata(), 30
+            metadata = self.consumer.consumer_group_metadata()
+            _retrying(
+                lambda: self.producer.send_offsets_to_transaction(
+                    self._offsets(offsets), metadata, 30
+                )
             )
             offsets_sent = time.perf_counter()
-            self.producer.commit_transaction(30)
+            _retrying(lambda: self.producer.commit_transaction(30))
             committed = time.perf_counter()
             self.spent_s["send_offsets"] += offsets_sent - started
             self.spent_s["commit"] += committed - offsets_sent
@@ -387,6 +399,21 @@ class Detector:
 
     def say(self, line: dict[str, Any]) -> None:
         print(json.dumps(line), flush=True)
+
+
+def _retrying(call: Any, attempts: int = 5) -> None:
+    """A transactional call that failed retriably (a request timed out) is made again,
+    as librdkafka allows; an abortable or fatal error goes to the caller."""
+    from confluent_kafka import KafkaException
+
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except KafkaException as raised:
+            error = raised.args[0]
+            if not error.retriable() or error.txn_requires_abort() or attempt == attempts - 1:
+                raise
 
 
 def _percentiles(values: deque[float]) -> dict[str, float] | None:
