@@ -63,6 +63,9 @@ class NodeConfig:
     # setting, written into the metadata as a feature level when it becomes active.
     eligible_leader_replicas_enable: bool = True
     offsets_topic_num_partitions: int = 50  # Kafka's offsets.topic.num.partitions
+    # Kafka's transaction.state.log.num.partitions; like the one above, fixed once the
+    # topic exists (a coordinator is found by hash(id) % partitions).
+    transaction_state_num_partitions: int = 50
     offsets_retention_minutes: int = 10_080  # offsets.retention.minutes (7 days)
     offsets_topic_segment_bytes: int = 104_857_600  # offsets.topic.segment.bytes
     offsets_retention_check_interval_ms: int = 600_000  # offsets.retention.check.interval.ms
@@ -137,6 +140,7 @@ _INT_SETTINGS = (
     "replica_lag_time_max_ms",
     "log_retention_check_interval_ms",
     "offsets_topic_num_partitions",
+    "transaction_state_num_partitions",
     "offsets_retention_minutes",
     "offsets_topic_segment_bytes",
     "offsets_retention_check_interval_ms",

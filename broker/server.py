@@ -18,7 +18,7 @@ import random
 
 import trio
 
-from broker import clean_shutdown, txn_driver
+from broker import clean_shutdown
 from broker.broker_apis import BrokerApis, ReplicationApis
 from broker.config import BROKER_LISTENER, CONTROLLER_LISTENER, REPLICATION_LISTENER, NodeConfig
 from broker.controller_channel import ControllerChannel
@@ -193,7 +193,7 @@ class Server:
                 key, body, timeout_s=config.request_timeout_ms * 5 / 1000
             ),
             config=TxnConfig(
-                transaction_state_partitions=txn_driver.TRANSACTION_STATE_NUM_PARTITIONS,
+                transaction_state_partitions=config.transaction_state_num_partitions,
                 offsets_topic_partitions=config.offsets_topic_num_partitions,
                 transactional_id_expiration_ms=config.transactional_id_expiration_ms,
             ),

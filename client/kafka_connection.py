@@ -66,7 +66,7 @@ CLIENT_VERSIONS: dict[int, tuple[int, int]] = {
     22: (0, 4),  # InitProducerId: naming the current id and epoch bumps it from v3 (KIP-360)
     24: (0, 3),  # AddPartitionsToTxn: one transaction per request up to v3
     25: (0, 3),  # AddOffsetsToTxn
-    26: (0, 3),  # EndTxn
+    26: (0, 5),  # EndTxn: v5 bumps the epoch at every end (KIP-890 part 2, decision 0023)
     28: (0, 3),  # TxnOffsetCommit: generation and member from v3 (KIP-447)
     32: (1, 4),  # DescribeConfigs
     37: (0, 3),  # CreatePartitions

@@ -146,6 +146,7 @@ class Producer:
         try:
             if exc[0] is None:
                 await self.flush()
+            await self._abort_open_transaction()
         finally:
             self._closed = True
             assert self._nursery is not None
@@ -157,6 +158,24 @@ class Producer:
 
     async def close(self) -> None:
         await self.__aexit__(None, None, None)
+
+    async def _abort_open_transaction(self) -> None:
+        """Closing inside a transaction aborts it, as Kafka's producer does, rather than
+        leave it open (and the partitions' last stable offsets held) until the
+        coordinator's transaction timeout. Best effort, within two request timeouts."""
+        transactions = self.transactions
+        if transactions is None or transactions.state is not TxnState.IN_TRANSACTION:
+            return
+        if transactions.fatal is not None:
+            return
+        with trio.move_on_after(2 * self.request_timeout_ms / 1000):
+            try:
+                await self.abort_transaction()
+                log.info(
+                    "%s: the open transaction was aborted at close", transactions.transactional_id
+                )
+            except KafkaError as error:
+                log.info("%s: abort at close failed: %s", transactions.transactional_id, error)
 
     # ------------------------------------------------------------------ sending
 
@@ -281,7 +300,9 @@ class Producer:
                 transactions.abortable.code,
                 f"the transaction cannot commit ({transactions.abortable}): abort it",
             )
-        await transactions.end(commit=True)
+        bumped = await transactions.end(commit=True)
+        if bumped is not None:  # KIP-890 part 2: the next transaction is a new epoch
+            self._take_identity(*bumped)
 
     async def abort_transaction(self) -> None:
         """Unsent records dropped (their deliveries fail), EndTxn abort."""
@@ -291,9 +312,11 @@ class Producer:
             TransactionAbortable(ErrorCode.TRANSACTION_ABORTABLE, "the transaction was aborted")
         )
         await self.flush()  # what is in flight is answered first
-        await transactions.end(commit=False)
+        bumped = await transactions.end(commit=False)
         assert self.sequences is not None
-        if self.sequences.bump_due:  # a gap: the next transaction starts a new epoch
+        if bumped is not None:  # KIP-890 part 2: the end bumped it; sequences start anew
+            self._take_identity(*bumped)
+        elif self.sequences.bump_due:  # a gap: the next transaction starts a new epoch
             self._take_identity(*await transactions.init(bump=True))
 
     # ------------------------------------------------------------------ the sender task

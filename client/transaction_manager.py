@@ -307,13 +307,15 @@ class TransactionManager:
         finally:
             await offsets_coordinator.forget()
 
-    async def end(self, commit: bool) -> None:
-        """EndTxn; the transaction is over once the coordinator has it."""
+    async def end(self, commit: bool) -> tuple[int, int] | None:
+        """EndTxn; the transaction is over once the coordinator has it. At v5 (KIP-890
+        part 2) the answer names the producer id and epoch the next transaction uses:
+        returned when they differ from this one's (None otherwise)."""
         self.require(TxnState.IN_TRANSACTION)
         if not self.started:  # nothing reached the coordinator: nothing to end there
             self.state = TxnState.READY
-            return
-        await self._ask(
+            return None
+        response = await self._ask(
             lambda version: kafka.EndTxnRequest(
                 transactional_id=self.transactional_id,
                 producer_id=self.producer_id,
@@ -328,6 +330,11 @@ class TransactionManager:
         self.opened.clear()
         self.started = False
         self.abortable = None
+        identity = (response.producer_id, response.producer_epoch)
+        if identity[0] < 0 or identity == (self.producer_id, self.epoch):
+            return None  # before v5, or a coordinator that did not bump
+        self.producer_id, self.epoch = identity
+        return identity
 
     async def aclose(self) -> None:
         await self.coordinator.forget()

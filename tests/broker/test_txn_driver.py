@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import trio
 
-from broker import txn_driver
 from broker.cluster_plan import plan_cluster
 from broker.groups import GroupCoordinator, GroupRecord
 from broker.groups.records import OffsetCommitKey, OffsetCommitValue
@@ -33,8 +32,14 @@ from storage.records import (
 from tests.broker.test_controller_cluster import FAST, InProcessCluster, create_topics_body
 from tests.broker.test_data_plane import topic_ready
 
-SETTINGS = {**FAST, "replica_lag_time_max_ms": 60_000}
-STATE_PARTITIONS = 3
+STATE_PARTITIONS = (
+    3  # 50 partitions of __transaction_state at RF 3 make three in-process brokers slow
+)
+SETTINGS = {
+    **FAST,
+    "replica_lag_time_max_ms": 60_000,
+    "transaction_state_num_partitions": STATE_PARTITIONS,
+}
 RETRIABLE = frozenset(
     {
         ErrorCode.COORDINATOR_LOAD_IN_PROGRESS,
@@ -45,12 +50,6 @@ RETRIABLE = frozenset(
         ErrorCode.REQUEST_TIMED_OUT,
     }
 )
-
-
-@pytest.fixture(autouse=True)
-def few_state_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 50 partitions of __transaction_state at RF 3 make three in-process brokers slow.
-    monkeypatch.setattr(txn_driver, "TRANSACTION_STATE_NUM_PARTITIONS", STATE_PARTITIONS)
 
 
 async def started(nursery: trio.Nursery, tmp_path: Any, nodes: int = 3) -> InProcessCluster:

@@ -82,6 +82,8 @@ async def test_abort_then_commit_only_the_committed_records_are_read(
     with trio.fail_after(WAIT_S):
         async with Producer(bootstrap, transactional_id="pykraft-tx-1") as producer:
             await producer.init_transactions()
+            assert producer.transactions is not None
+            first_epoch, epochs = producer.transactions.epoch, []
             for end, prefix in (("abort", b"aborted"), ("commit", b"committed")):
                 producer.begin_transaction()
                 deliveries = [
@@ -94,8 +96,12 @@ async def test_abort_then_commit_only_the_committed_records_are_read(
                     await producer.abort_transaction()
                 else:
                     await producer.commit_transaction()
+                epochs.append(producer.transactions.epoch)
         committed = await read_all(bootstrap, OUT, 2, "read_committed")
         everything = await read_all(bootstrap, OUT, 2, "read_uncommitted")
+    # KIP-890 part 2 (EndTxn v5): every end bumps the epoch, so a late request of one
+    # transaction is fenced in the next.
+    assert epochs == [first_epoch + 1, first_epoch + 2]
     expected = [b"committed-%d" % i for i in range(0, 10, 2)]
     expected += [b"committed-%d" % i for i in range(1, 10, 2)]
     assert committed == expected
@@ -124,6 +130,32 @@ async def test_a_second_producer_with_the_same_id_fences_the_first(cluster: Loca
             zombie.accumulator.take_queued()  # nothing left for the closing flush
         committed = await read_all(bootstrap, OUT, 1, "read_committed")
     assert b"successor" in committed and b"zombie" not in committed
+
+
+async def test_closing_a_producer_inside_a_transaction_aborts_it(cluster: LocalCluster) -> None:
+    """Closed with a transaction open: aborted at once (as Kafka's producer does), not
+    left to the coordinator's transaction timeout while it holds the partition's LSO."""
+    bootstrap = cluster.bootstrap_servers()
+    tp = (OUT, 1)
+    async with Producer(
+        bootstrap, transactional_id="pykraft-tx-close", transaction_timeout_ms=900_000
+    ) as producer:
+        await producer.init_transactions()
+        producer.begin_transaction()
+        await (await producer.send(OUT, b"left-open", partition=1))
+    with trio.fail_after(WAIT_S):
+        async with (
+            Consumer(bootstrap, isolation_level="read_committed") as committed,
+            Consumer(bootstrap) as uncommitted,
+        ):
+            for consumer in (committed, uncommitted):
+                consumer.assign([tp])
+            while True:  # the abort marker puts the LSO at the high-water mark
+                stable = (await committed.list_offsets({tp: -1}))[tp]
+                if stable == (await uncommitted.list_offsets({tp: -1}))[tp]:
+                    break
+                await trio.sleep(0.1)
+        assert b"left-open" not in await read_all(bootstrap, OUT, 2, "read_committed")
 
 
 async def test_offsets_in_a_transaction_commit_with_it_and_the_pipe_is_exactly_once(
