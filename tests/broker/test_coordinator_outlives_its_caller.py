@@ -34,7 +34,6 @@ from tests.broker.test_txn_driver import (
     connect,
     control_batches,
     end,
-    few_state_partitions,  # noqa: F401  (the autouse fixture: 3 state partitions)
     find_coordinator,
     init,
     retrying,
