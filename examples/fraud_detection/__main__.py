@@ -11,6 +11,7 @@ import time
 
 import attrs
 
+from examples.fraud_detection import detector as detector_defaults
 from examples.fraud_detection import generator, pipeline
 
 
@@ -33,6 +34,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fraud-share", type=float, default=0.002, help="of all payments")
     parser.add_argument("--workdir", help="logs, ground truth, summary (default: a temp dir)")
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=detector_defaults.FETCH_WAIT_MS,
+        help="fetch.wait.max.ms of the detectors and the alert watcher",
+    )
     parser.add_argument(
         "--generator-linger-ms", type=float, default=generator.LINGER_MS, help="its linger.ms"
     )
@@ -68,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("--instance", default=str(os.getpid()), help="part of transactional.id")
     detect.add_argument("--rebuild-window-s", type=float, default=30.0)
+    detect.add_argument("--fetch-wait-ms", type=int, default=detector_defaults.FETCH_WAIT_MS)
 
     generate = commands.add_parser("generate", help="payments at a rate, with planted fraud")
     generate.add_argument("--bootstrap", required=True)
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             semantics=args.semantics,
             instance=args.instance,
             rebuild_window_s=args.rebuild_window_s,
+            fetch_wait_ms=args.fetch_wait_ms,
         )
     elif args.command == "generate":
         generator.run(
@@ -153,6 +162,7 @@ def run_pipeline(args: argparse.Namespace, *, quiet: bool, on_second=None, say=N
             kill_detector_at=getattr(args, "kill_detector_at", None),
             restart_killed=not getattr(args, "no_restart", False),
             generator_linger_ms=args.generator_linger_ms,
+            fetch_wait_ms=args.fetch_wait_ms,
             # On a cluster given, every run has topics of its own.
             topic_suffix=f"-{int(time.time())}" if args.bootstrap else "",
             say=speak,

@@ -34,6 +34,9 @@ COMMIT_EVERY_S = 0.05
 # exactly-once: a batch with no alert adds its offsets to the next transaction rather than
 # running one of its own; offsets wait at most this long (or until the stream pauses).
 OFFSETS_EVERY_S = 1.0
+# The broker answers a long-polling Fetch as soon as data is readable, so this bounds
+# only how often an idle consumer asks again (each ask costs every broker CPU).
+FETCH_WAIT_MS = 20
 STATS_EVERY_S = 5.0
 TRANSACTIONS_UNSERVED = (
     "exactly-once unavailable: this broker does not serve transactions "
@@ -41,7 +44,12 @@ TRANSACTIONS_UNSERVED = (
 )
 
 
-def consumer_config(bootstrap: str, group: str, instance: str | None = None) -> dict[str, Any]:
+def consumer_config(
+    bootstrap: str,
+    group: str,
+    instance: str | None = None,
+    fetch_wait_ms: int = FETCH_WAIT_MS,
+) -> dict[str, Any]:
     """`instance`: a static member (KIP-345), so a detector restarted under the same
     instance takes its partitions back without a rebalance."""
     config: dict[str, Any] = {
@@ -52,7 +60,7 @@ def consumer_config(bootstrap: str, group: str, instance: str | None = None) -> 
         "isolation.level": "read_committed",
         "session.timeout.ms": 6_000,
         "heartbeat.interval.ms": 1_000,
-        "fetch.wait.max.ms": 20,
+        "fetch.wait.max.ms": fetch_wait_ms,
         "enable.partition.eof": False,
     }
     if instance is not None:
@@ -101,6 +109,7 @@ class Detector:
         semantics: str,
         instance: str,
         rebuild_window_s: float,
+        fetch_wait_ms: int = FETCH_WAIT_MS,
         consumer: Any = None,
         producer: Any = None,
     ) -> None:
@@ -114,7 +123,9 @@ class Detector:
         self.states = CardStates()
         self.replay_until: dict[int, int] = {}  # below it, a payment rebuilds state only
         self.stopped_at: dict[int, int] = {}  # the next offset this process would read
-        self.consumer = consumer or Consumer(consumer_config(bootstrap, group, instance))
+        self.consumer = consumer or Consumer(
+            consumer_config(bootstrap, group, instance, fetch_wait_ms)
+        )
         producer_config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "acks": "all",

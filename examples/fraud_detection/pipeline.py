@@ -134,7 +134,13 @@ class Child:
 
 
 def detector_args(
-    bootstrap: str, semantics: str, instance: int, payments: str, alerts: str, group: str
+    bootstrap: str,
+    semantics: str,
+    instance: int,
+    payments: str,
+    alerts: str,
+    group: str,
+    fetch_wait_ms: int = 20,
 ) -> list[str]:
     return [
         "detect",
@@ -144,6 +150,7 @@ def detector_args(
         "--payments-topic", payments,
         "--alerts-topic", alerts,
         "--group", group,
+        "--fetch-wait-ms", str(fetch_wait_ms),
     ]  # fmt: skip
 
 
@@ -172,7 +179,9 @@ class AlertWatcher:
     arrived while the loop waited on the lag meter's requests (13 round trips each
     second, hundreds of milliseconds on a busy machine) was timed late by that wait."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int, fetch_wait_ms: int = 10
+    ) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         self.consumer = Consumer(
@@ -181,7 +190,7 @@ class AlertWatcher:
                 "group.id": f"fraud-alert-watcher-{os.getpid()}",  # assign(): never joins
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 10,
+                "fetch.wait.max.ms": fetch_wait_ms,
             }
         )
         self.consumer.assign(

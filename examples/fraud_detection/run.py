@@ -59,6 +59,7 @@ class PipelineRun:
     fraud_share: float = 0.002
     kill_detector_at: float | None = None
     generator_linger_ms: float = 5.0
+    fetch_wait_ms: int = 20
     restart_killed: bool = True  # start the killed detector again at once, as a supervisor
     topic_suffix: str = ""
     say: Callable[[str], None] = print
@@ -100,7 +101,9 @@ class PipelineRun:
         watcher = meter = generator = None
         try:
             pipeline.wait_assigned(detectors, self.partitions)
-            watcher = pipeline.AlertWatcher(self.bootstrap, self.alerts_topic, self.partitions)
+            watcher = pipeline.AlertWatcher(
+                self.bootstrap, self.alerts_topic, self.partitions, self.fetch_wait_ms
+            )
             meter = pipeline.LagMeter(
                 self.bootstrap, self.payments_topic, self.partitions, self.group
             )
@@ -165,6 +168,7 @@ class PipelineRun:
             self.payments_topic,
             self.alerts_topic,
             self.group,
+            self.fetch_wait_ms,
         )
         return pipeline.Child(name, args, self.workdir)
 
