@@ -23,7 +23,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--nodes", type=int, default=3, help="nodes of the cluster started here")
     parser.add_argument("--detectors", type=int, default=3, help="detector processes (one group)")
-    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=3,
+        help="of each topic (3: each pykraft broker leads one; 12 tripled detection latency)",
+    )
+    parser.add_argument(
+        "--rebuild-window-s",
+        type=float,
+        default=detector_defaults.BENCH_REBUILD_WINDOW_S,
+        help="history a detector replays into state after an assignment",
+    )
     parser.add_argument("--replication", type=int, help="default: min(3, nodes)")
     parser.add_argument(
         "--semantics",
@@ -163,6 +174,7 @@ def run_pipeline(args: argparse.Namespace, *, quiet: bool, on_second=None, say=N
             restart_killed=not getattr(args, "no_restart", False),
             generator_linger_ms=args.generator_linger_ms,
             fetch_wait_ms=args.fetch_wait_ms,
+            rebuild_window_s=args.rebuild_window_s,
             # On a cluster given, every run has topics of its own.
             topic_suffix=f"-{int(time.time())}" if args.bootstrap else "",
             say=speak,

@@ -36,7 +36,11 @@ COMMIT_EVERY_S = 0.05
 OFFSETS_EVERY_S = 1.0
 # The broker answers a long-polling Fetch as soon as data is readable, so this bounds
 # only how often an idle consumer asks again (each ask costs every broker CPU).
-FETCH_WAIT_MS = 20
+FETCH_WAIT_MS = 500
+# What a bench's detectors replay after an assignment: the longest planted incident
+# spans 6 s, and the committed offset may trail the clock by a restart and a second
+# of deferred offsets; more only lengthens a restarted detector's stall.
+BENCH_REBUILD_WINDOW_S = 12.0
 STATS_EVERY_S = 5.0
 TRANSACTIONS_UNSERVED = (
     "exactly-once unavailable: this broker does not serve transactions "

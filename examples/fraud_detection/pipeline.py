@@ -141,6 +141,7 @@ def detector_args(
     alerts: str,
     group: str,
     fetch_wait_ms: int = 20,
+    rebuild_window_s: float = 30.0,
 ) -> list[str]:
     return [
         "detect",
@@ -151,6 +152,7 @@ def detector_args(
         "--alerts-topic", alerts,
         "--group", group,
         "--fetch-wait-ms", str(fetch_wait_ms),
+        "--rebuild-window-s", str(rebuild_window_s),
     ]  # fmt: skip
 
 

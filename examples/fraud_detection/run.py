@@ -52,14 +52,15 @@ class PipelineRun:
     rate: int
     seconds: float
     detectors: int = 3
-    partitions: int = 12
+    partitions: int = 3
     replication: int = 3
     semantics: str = "auto"
     seed: int = 1
     fraud_share: float = 0.002
     kill_detector_at: float | None = None
-    generator_linger_ms: float = 5.0
-    fetch_wait_ms: int = 20
+    generator_linger_ms: float = 50.0
+    fetch_wait_ms: int = 500
+    rebuild_window_s: float = 12.0
     restart_killed: bool = True  # start the killed detector again at once, as a supervisor
     topic_suffix: str = ""
     say: Callable[[str], None] = print
@@ -169,6 +170,7 @@ class PipelineRun:
             self.alerts_topic,
             self.group,
             self.fetch_wait_ms,
+            self.rebuild_window_s,
         )
         return pipeline.Child(name, args, self.workdir)
 
