@@ -12,6 +12,11 @@ then on this module owns the connection:
   request order, as Kafka's channel muting guarantees (clients close on a
   correlation-id mismatch);
 - an acks=0 Produce takes its place in line and sends nothing;
+- a request read before its peer closed the connection is still carried out, as
+  Kafka's are (its answer goes nowhere): the connection waits for the answers in
+  flight, up to `ANSWERS_AFTER_CLOSE_S`, before it cancels what is left. A client
+  that timed out and hung up does not decide, by the timing of its FIN, whether the
+  request it sent takes effect (decision 0026);
 - a connection with no request in flight that has neither received a byte nor had an
   answer taken by its peer for `connections_max_idle_ms` (Kafka's
   connections.max.idle.ms, 10 min) is closed: a peer that sends nothing, or stops
@@ -65,6 +70,9 @@ log = logging.getLogger(__name__)
 PRODUCE_KEY = 0
 FETCH_KEY = 1
 CONNECTIONS_MAX_IDLE_MS_DEFAULT = 600_000  # Kafka's connections.max.idle.ms
+# After the peer's end: how long the requests it sent before it may still run (a
+# Produce's replication wait is bounded by its own timeout, 30 s by default).
+ANSWERS_AFTER_CLOSE_S = 35.0
 
 
 def decode_request_lenient(frame: bytes | memoryview) -> tuple[Any, Any, int]:
@@ -152,9 +160,21 @@ class _Activity:
     def __init__(self) -> None:
         self.in_flight = 0
         self.last = trio.current_time()
+        self._none_in_flight: trio.Event | None = None
 
     def touch(self) -> None:
         self.last = trio.current_time()
+
+    def answered(self) -> None:
+        self.in_flight -= 1
+        self.touch()
+        if self.in_flight == 0 and self._none_in_flight is not None:
+            self._none_in_flight.set()
+
+    async def wait_none_in_flight(self) -> None:
+        if self.in_flight:
+            self._none_in_flight = trio.Event()
+            await self._none_in_flight.wait()
 
 
 class _TakenBacklog(_Backlog):
@@ -211,7 +231,7 @@ class KafkaConnections:
         turns = _Turns()
         try:
             async with stream, trio.open_nursery() as nursery:
-                nursery.start_soon(RpcServer._write_in_order, stream, receive_slot, backlog)
+                nursery.start_soon(_write_or_discard, stream, receive_slot, backlog)
                 data: bytes | bytearray | None = first
                 while data:
                     try:
@@ -231,6 +251,9 @@ class KafkaConnections:
                     if data is None:
                         self.idle_closed += 1
                         log.info("%s: closing idle connection from %s", self.name, peer)
+                if data == b"":  # the peer's end: what it asked for is still done
+                    with trio.move_on_after(ANSWERS_AFTER_CLOSE_S):
+                        await activity.wait_none_in_flight()
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away; nothing to answer
@@ -347,6 +370,17 @@ class KafkaConnections:
                 )
                 slot.frame = _frame(reply, key, version, failed)
             backlog.add(_size(slot.frame))
-        activity.in_flight -= 1
-        activity.touch()
+        activity.answered()
         slot.done.set()  # an empty frame: nothing is sent (acks=0), the line moves on
+
+
+async def _write_or_discard(
+    stream: trio.abc.Stream, slots: trio.MemoryReceiveChannel[_Slot], backlog: _Backlog
+) -> None:
+    """The answers, in order; once the peer is gone, the rest are dropped as they come
+    (the requests still run to their end)."""
+    try:
+        await RpcServer._write_in_order(stream, slots, backlog)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        async for _ in slots:
+            pass

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         default="queue",
         choices=["queue", "metadata", "subscribe", "txn"],
         help="subscribe: the queue's producers, read by a consumer group of --members processes; "
-        "txn: transactional producers and read_committed readers (librdkafka)",
+        "txn: transactional producers and read_committed readers (through --client)",
     )
     runner.add_argument("--members", type=int, default=3, help="subscribe: group members")
     runner.add_argument(
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "--client",
         default="pykraft",
         choices=["pykraft", "confluent-kafka"],
-        help="the queue workload's client: pykraft's own, or librdkafka over Kafka's protocol",
+        help="the queue and txn workloads' client: pykraft's own, or librdkafka",
     )
     runner.add_argument(
         "--idempotent",

@@ -58,8 +58,18 @@ KILLS = (
 PARTITIONS = ("isolate", "halves", "ring", "bridge", "isolate-controller", "isolate-leader")
 # Only the simulator can lose unsynced writes: one node's machine ("crash") or
 # every node's at once ("power-loss"). Two sequences of them are targeted at KIP-966
-# and KIP-903 (see `_crash_lone_leader` and `_crash_follower_cut_off`).
-SIMULATED = ("crash", "power-loss", "crash-lone-leader", "crash-follower-cut-off")
+# and KIP-903 (see `_crash_lone_leader` and `_crash_follower_cut_off`). With
+# transactional producers, "stall-coordinator" holds the clients' open connections to
+# a transaction coordinator: the requests on them arrive late, after the client asked
+# again on new connections (KIP-890's late EndTxn); "stall-clients" every node's.
+SIMULATED = (
+    "crash",
+    "power-loss",
+    "crash-lone-leader",
+    "crash-follower-cut-off",
+    "stall-coordinator",
+    "stall-clients",
+)
 # The subscribe workload's: its group's members (OS processes of their own), and the
 # broker that coordinates the group (the leader of its `__consumer_offsets` partition).
 MEMBER_FAULTS = ("kill-member", "pause-member")
@@ -100,6 +110,8 @@ class Nemesis:
             raise ValueError("group faults need a consumer group (--workload subscribe)")
         self.members = members
         self.transactional_ids = list(transactional_ids)
+        if "stall-coordinator" in faults and not transactional_ids:
+            raise ValueError("stall-coordinator needs transactional producers (--workload txn)")
         if "ring" in faults and len(cluster.configs) < 4:
             raise ValueError("the ring partition needs at least 4 nodes (use --nodes 5)")
         self.windows: list[tuple[int, str]] = []  # (start time ns, fault) for the checkers
@@ -143,6 +155,19 @@ class Nemesis:
             await self._crash_lone_leader(node, duration_s)
         elif fault == "crash-follower-cut-off":
             await self._crash_follower_cut_off(node, duration_s)
+        elif fault == "stall-coordinator":
+            stalled = self.cluster.stall_clients(node)  # type: ignore[attr-defined]
+            self.history.add("nemesis", INFO, "stall", {"node": node, "connections": stalled})
+            await trio.sleep(duration_s)
+            self.cluster.release_stalls()  # type: ignore[attr-defined]
+        elif fault == "stall-clients":
+            stalled = sum(
+                self.cluster.stall_clients(each)  # type: ignore[attr-defined]
+                for each in sorted(self.cluster.configs)
+            )
+            self.history.add("nemesis", INFO, "stall", {"node": "all", "connections": stalled})
+            await trio.sleep(duration_s)
+            self.cluster.release_stalls()  # type: ignore[attr-defined]
         elif fault == "power-loss":
             self.cluster.power_loss()  # type: ignore[attr-defined]
             await trio.sleep(duration_s)
@@ -266,7 +291,7 @@ class Nemesis:
         if fault in MEMBER_FAULTS:
             assert self.members is not None
             return self.rng.choice(self.members.member_ids())
-        if fault == "kill-coordinator":
+        if fault in ("kill-coordinator", "stall-coordinator"):
             return await self._coordinator()
         running = [n for n in sorted(self.cluster.configs) if self.cluster.is_running(n)]
         if fault in ("kill-controller", "pause-controller", "isolate-controller"):

@@ -41,6 +41,7 @@ from jepsen_like.metadata_workload import MetadataWorkload
 from jepsen_like.nemesis import Nemesis
 from jepsen_like.processes import ProcessCluster
 from jepsen_like.proxy import LinkFaults, Network, route_through_proxies
+from jepsen_like.pykraft_txn_workload import PykraftTxnWorkload
 from jepsen_like.report import REBALANCE_LABEL, write_report
 from jepsen_like.subscribe_workload import SubscribeWorkload
 from jepsen_like.txn_checkers import TXN_EXTRA_ANOMALIES, check_txn
@@ -70,7 +71,7 @@ class RunConfig:
     controllers: int = 0  # or, with brokers, separate roles
     brokers: int = 0
     # or "metadata", or "subscribe" (a consumer group reads), or "txn" (transactions
-    # through librdkafka, read_committed readers; real runs only)
+    # and read_committed readers, through `client`'s client)
     workload: str = "queue"
     faults: tuple[str, ...] = ("kill",)
     time_s: float = 20.0
@@ -85,8 +86,8 @@ class RunConfig:
     unclean_leader_election: bool = False
     # More settings of the workload's topic, e.g. (("flush.messages", "1"),).
     topic_configs: tuple[tuple[str, str], ...] = ()
-    # Whose client the queue workload sends and polls with: "pykraft" (its own, native
-    # protocol) or "confluent-kafka" (librdkafka, Kafka's protocol; real runs only).
+    # Whose client the queue and txn workloads use: "pykraft" (its own) or
+    # "confluent-kafka" (librdkafka; real runs only).
     client: str = "pykraft"
     # The confluent-kafka queue's producers idempotent (5 in flight, retries): then a
     # duplicate is an anomaly.
@@ -179,11 +180,12 @@ async def drive(
         await admin.create_topics(
             [NewTopic(TOPIC, config.partitions, replication_factor, settings)]
         )
-    workload: QueueWorkload | MetadataWorkload | TxnWorkload
+    workload: QueueWorkload | MetadataWorkload | TxnWorkload | PykraftTxnWorkload
     members: SubscribeWorkload | None = None
-    transactions: TxnWorkload | None = None
+    transactions: TxnWorkload | PykraftTxnWorkload | None = None
     if config.workload == "txn":
-        workload = transactions = TxnWorkload(
+        txn_workload = TxnWorkload if config.client == "confluent-kafka" else PykraftTxnWorkload
+        workload = transactions = txn_workload(
             bootstrap,
             history,
             topic=TOPIC,

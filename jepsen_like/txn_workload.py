@@ -1,4 +1,5 @@
-"""The transactional workload, modelled on Jepsen's Kafka test, through librdkafka.
+"""The transactional workload, modelled on Jepsen's Kafka test, through librdkafka
+(`--client confluent-kafka`; `pykraft_txn_workload.py` is pykraft's own client's).
 
 `producers` transactional producers (confluent-kafka, `transactional.id`
 `jepsen-txn-<n>`, each in a thread of its own: librdkafka blocks) run transaction
@@ -156,6 +157,11 @@ class TxnWorkload:
                     "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
                     "linger.ms": 5,
                     "message.timeout.ms": int(CALL_TIMEOUT_S * 1000),
+                    # librdkafka (#5511, #5456, up to 2.16 at least) keeps a fenced,
+                    # decommissioned broker as the group coordinator and blocks in
+                    # send_offsets_to_transaction; closing idle connections makes it
+                    # look the coordinator up again.
+                    "connections.max.idle.ms": 3000,
                 }
             )
             try:

@@ -4,6 +4,7 @@
     jepsen-like sim --planted list                   # the planted bugs, what each re-creates
     jepsen-like sim --seeds 20 --planted no-check-quorum    # with its targeted schedule
     jepsen-like sim --seeds 20 --scenario controller-cut-off  # the same, real code
+    jepsen-like sim --seeds 200 --scenario transactions       # exactly-once, under faults
     jepsen-like sim --replay 17 --out /tmp/seed-17   # the same run again, with a report
 
 A scenario (`jepsen_like/sim/scenarios.py`) fixes the faults, their timing and cluster
@@ -29,6 +30,7 @@ from jepsen_like.sim.runner import (
     LOSSY_FAULTS,
     SIM_FAULTS,
     TARGETED_FAULTS,
+    TXN_FAULTS,
     SimConfig,
     SimResult,
     simulate,
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--faults",
-        help=f"comma-separated, from {', '.join(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS)}",
+        help=f"comma-separated, from {', '.join(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS + TXN_FAULTS)}",
     )
     parser.add_argument("--time", type=float, help="simulated seconds of workload")
     parser.add_argument("--nodes", type=int, help="nodes (default: the scenario's, 3)")
@@ -121,7 +123,9 @@ def main(args: argparse.Namespace) -> int:
         if not bug.simulated:
             print(f"planted bug {bug.name!r} is found by real processes: {bug.scenario}")
             return 2
-    unknown = set(_faults(args) or ()) - set(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS)
+    unknown = set(_faults(args) or ()) - set(
+        SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS + TXN_FAULTS
+    )
     if unknown:
         print(f"unknown faults: {', '.join(sorted(unknown))}")
         return 2

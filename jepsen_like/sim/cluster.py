@@ -184,6 +184,13 @@ class SimCluster:
     def resume(self, node: int) -> None:
         self.network.resume(node)
 
+    def stall_clients(self, node: int) -> int:
+        """The clients' connections to `node` open now stall (see SimNetwork.stall)."""
+        return self.network.stall(HARNESS, node)
+
+    def release_stalls(self) -> None:
+        self.network.release_stalls()
+
     def damage_segment(self, node: int, rng: random.Random, topic: str) -> dict[str, Any] | None:
         """Flip a byte near the end of the newest segment of one of the node's partitions."""
         fs = self.fs[node]

@@ -11,7 +11,11 @@ directed link or per node:
   streams are no longer whole (what the real fault proxy does too);
 - pause: nothing is delivered to or from the node until it resumes; then all of it
   arrives at once, late (a zombie's stale messages);
-- crash: every connection of the node is reset and its listeners vanish.
+- crash: every connection of the node is reset and its listeners vanish;
+- stall: the connections open now between two nodes stop moving, both ways, until
+  released; then what was written arrives, late (a middlebox that held a TCP
+  connection's packets). Connections made meanwhile are not touched, so a client that
+  timed out asks again on a new one while its first request is still on its way.
 
 Only trio's clock is read, so under `MockClock` the network is as deterministic as
 the scheduler.
@@ -43,6 +47,7 @@ class _Pipe:
         self.last_at = 0.0
         self.broken = False
         self.lost_data = False
+        self.stalled = False
         self.lot = trio.lowlevel.ParkingLot()
         self.reverse: _Pipe | None = None
         # The receiver's wait, while it waits: a write moves its deadline up to the
@@ -167,7 +172,7 @@ class SimNetwork(LinkFaults):
     # --------------------------------------------------------------- delivery
 
     def holds(self, pipe: _Pipe) -> bool:
-        return pipe.source in self.paused or pipe.destination in self.paused
+        return pipe.stalled or pipe.source in self.paused or pipe.destination in self.paused
 
     def delay(self, source: int, destination: int) -> float:
         low, high = self.latency_s
@@ -235,6 +240,18 @@ class SimNetwork(LinkFaults):
 
     def resume(self, node: int) -> None:
         self.paused.discard(node)
+        self._wake_all()
+
+    def stall(self, one: int, other: int) -> int:
+        """Stall the connections open now between `one` and `other`; how many."""
+        stalled = [p for p in self.pipes if {p.source, p.destination} == {one, other}]
+        for pipe in stalled:
+            pipe.stalled = True
+        return len(stalled) // 2
+
+    def release_stalls(self) -> None:
+        for pipe in self.pipes:
+            pipe.stalled = False
         self._wake_all()
 
     def crash(self, node: int) -> None:

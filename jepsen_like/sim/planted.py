@@ -115,6 +115,20 @@ def _commit_ignores_generation() -> list[Patch]:
     return [(GroupCoordinator, "_commit_error", staticmethod(trusts_the_member))]
 
 
+def _no_epoch_bump() -> list[Patch]:
+    import attrs
+
+    from broker.transactions.coordinator import TransactionCoordinator
+
+    real = TransactionCoordinator.end_txn
+
+    def end_as_version_1(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        # EndTxn v5 decided as v4 was: the epoch stays, the markers carry it.
+        return real(self, attrs.evolve(request, transaction_version_2=False), *args, **kwargs)
+
+    return [(TransactionCoordinator, "end_txn", end_as_version_1)]
+
+
 REGISTRY: dict[str, PlantedBug] = {
     bug.name: bug
     for bug in (
@@ -178,6 +192,16 @@ REGISTRY: dict[str, PlantedBug] = {
             scenario="cut-off-follower-crashes",
             found_as=("lost", "inconsistent-offsets", "hwm-regression", "node-died"),
             patches=_stale_alter_partition,
+        ),
+        PlantedBug(
+            name="no-epoch-bump",
+            recreates="KAFKA-17754, what Jepsen found in Kafka and Bufstream: without "
+            "KIP-890 part 2, a transaction's late EndTxn (or write) carries the same "
+            "producer epoch as the next transaction, and ends or joins it",
+            wrong="the coordinator ends a version-2 transaction without bumping the producer epoch",
+            scenario="late-end-txn",
+            found_as=("aborted-read", "torn-transaction", "lost-committed", "precommitted-read"),
+            patches=_no_epoch_bump,
         ),
         PlantedBug(
             name="commit-ignores-generation",

@@ -59,6 +59,16 @@ SIM_FAULTS = (
 # power-losses-flushed). Not in the default mix. One machine's crash is (`crash`): a
 # replica that lost its tail stays out of ISRs and ELRs until it caught up (KIP-966).
 LOSSY_FAULTS = ("power-loss",)
+# The transactional workload's mix (scenario "transactions"): stall-coordinator needs
+# its transactional ids.
+TXN_FAULTS = (
+    "stall-coordinator",
+    "stall-clients",
+    "kill-coordinator",
+    "kill-leader",
+    "pause",
+    "kill",
+)
 # Sequences for targeted scenarios (jepsen_like/sim/scenarios.py), not the default mix.
 TARGETED_FAULTS = ("kill-all", "crash-lone-leader", "crash-follower-cut-off")
 # Nothing in a simulation waits on a file descriptor, yet trio polls epoll (a system

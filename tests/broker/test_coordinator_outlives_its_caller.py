@@ -42,6 +42,16 @@ from tests.broker.test_txn_driver import (
 )
 
 
+@pytest.fixture(autouse=True)
+def connections_cancel_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The listener lets a request whose peer hung up run to its end (decision 0026);
+    # these tests check the drivers' own guarantee (decision 0025), so the listener
+    # cancels at once, as it did before.
+    import broker.kafka_connection
+
+    monkeypatch.setattr(broker.kafka_connection, "ANSWERS_AFTER_CLOSE_S", 0)
+
+
 class Gate:
     """Holds `partition.wait_committed` until released; counts waits entered and
     those cancelled while held."""

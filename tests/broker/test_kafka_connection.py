@@ -259,3 +259,30 @@ async def test_a_peer_that_stops_reading_is_closed_after_the_idle_time(
         closed_after = trio.current_time() - started
         assert connections.statistics()["idle_closed"] == 1, pipelined
         assert IDLE_MS / 1000 <= closed_after <= 1.1 * IDLE_MS / 1000, (pipelined, closed_after)
+
+
+async def test_a_request_read_before_its_peer_hung_up_runs_to_its_end() -> None:
+    """Kafka handles what it has read; the answer goes nowhere (decision 0026). "slow"
+    waits for "fast", which is handled only after the peer has closed."""
+    apis = FakeApis()
+    finished: list[str] = []
+    handle = apis.handle
+
+    async def recording(header: Any, request: Any) -> Any:
+        response = await handle(header, request)
+        finished.append(request.topics[0].name)
+        return response
+
+    apis.handle = recording  # type: ignore[method-assign]
+    with trio.fail_after(TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            port, _ = await start(nursery, apis)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(metadata("slow", 1))
+            await stream.aclose()
+            await trio.sleep(0.2)  # the listener has read the end of the stream
+            assert finished == []
+            apis.fast_done.set()
+            while finished != ["slow"]:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()

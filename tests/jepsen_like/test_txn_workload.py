@@ -243,10 +243,14 @@ def _real(tmp_path: Any, **settings: Any) -> Any:
 
 
 @pytest.mark.lab
-def test_the_txn_workload_under_leader_and_coordinator_kills_is_valid(tmp_path: Any) -> None:
+@pytest.mark.parametrize("client", ["confluent-kafka", "pykraft"])
+def test_the_txn_workload_under_leader_and_coordinator_kills_is_valid(
+    tmp_path: Any, client: str
+) -> None:
     result = _real(
         tmp_path,
         workload="txn",
+        client=client,
         rate=10.0,
         producers=3,
         faults=("kill-leader", "kill-coordinator"),
