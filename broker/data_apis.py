@@ -14,7 +14,13 @@ from typing import Any
 import trio
 
 from broker.log_cleaner import refuse_delete_records, refuse_keyless_records
-from broker.partition import INFLATION_RATIO_MAX, Partition
+from broker.partition import (
+    INFLATION_RATIO_MAX,
+    WATCH_HIGH_WATERMARK,
+    WATCH_LAST_STABLE,
+    WATCH_LOG_END,
+    Partition,
+)
 from broker.replica_manager import ReplicaManager
 from client.protocol.errors import ErrorCode, KafkaError
 from client.protocol.messages import (
@@ -341,10 +347,14 @@ class DataApis:
                 f"replica {request.replica_id} epoch {request.broker_epoch} is not current",
             )
         deadline = trio.current_time() + max(0, request.max_wait_ms) / 1000
+        if from_follower:
+            watched = WATCH_LOG_END
+        elif request.isolation_level == READ_COMMITTED:
+            watched = WATCH_LAST_STABLE
+        else:
+            watched = WATCH_HIGH_WATERMARK
         first_pass = True
         while True:
-            # Take the wake-up before reading, so nothing that lands in between is missed.
-            changed = self.replicas.change_event()
             response, size = self._read_all(request, from_follower and first_pass)
             first_pass = False
             if (
@@ -353,8 +363,28 @@ class DataApis:
                 or _must_answer_now(response)
             ):
                 return response
+            await self._park(request, watched, deadline)
+
+    async def _park(self, request: FetchRequest, watched: int, deadline: float) -> None:
+        """Until one of the fetch's own partitions moves what this fetcher reads up to
+        (or changes leadership), or the deadline. Registered with no await since the
+        read, so nothing that lands in between is missed."""
+        changed = trio.Event()
+        partitions = []
+        for topic in request.topics:
+            for item in topic.partitions:
+                try:
+                    partition = self.replicas.partition(topic.name, item.partition)
+                except KafkaError:
+                    continue  # gone since the read: nothing to wait for there
+                partition.watch_offset(changed, watched)
+                partitions.append(partition)
+        try:
             with trio.move_on_at(deadline):
                 await changed.wait()
+        finally:
+            for partition in partitions:
+                partition.unwatch(changed)
 
     def _read_all(self, request: FetchRequest, record_fetch: bool) -> tuple[FetchResponse, int]:
         """Read every partition; `record_fetch`: count this as the follower's fetch."""

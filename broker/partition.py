@@ -21,7 +21,7 @@ when the log restarts empty, and expired on the replica manager's timer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import trio
 
@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 # A gzip batch may inflate to this many times max.message.bytes, no more (a 255 KB
 # "gzip bomb" would otherwise cost 250 MB of memory to read).
 INFLATION_RATIO_MAX = 32
+# What a parked fetch waits for at a partition (`Partition.watch_offset`): followers
+# for the log end, consumers for the high-water mark or, read_committed, the LSO.
+WATCH_LOG_END, WATCH_HIGH_WATERMARK, WATCH_LAST_STABLE = 0, 1, 2
 
 
 class Partition(PartitionTransactions):
@@ -97,8 +100,9 @@ class Partition(PartitionTransactions):
         self.elr_enabled = False
         self.unclean_election = False
         self._changed = trio.Event()
-        # The replica manager's wake-up for fetches long-polling many partitions.
-        self.on_change: Callable[[], None] | None = None
+        # Parked fetches (Kafka's DelayedFetch purgatory, keyed by partition): each
+        # waiter's event -> what it watches (WATCH_*) and the value it last read.
+        self._fetch_watchers: dict[trio.Event, tuple[int, int]] = {}
         self.producer_state, replayed = ProducerStateManager.load(
             log.fs,
             log.directory,
@@ -149,7 +153,7 @@ class Partition(PartitionTransactions):
             # A smaller ISR may let the high-water mark move; waiters re-check.
             if self.is_leader:
                 self._maybe_advance_high_watermark()
-            self._notify()
+            self._notify(everyone=True)
             return "isr"
         self.leader_id = registration.leader
         self.leader_epoch = registration.leader_epoch
@@ -157,7 +161,7 @@ class Partition(PartitionTransactions):
             self._become_leader(now_ms)
             return "leader"
         self.followers = {}
-        self._notify()
+        self._notify(everyone=True)
         return "follower"
 
     def _become_leader(self, now_ms: int) -> None:
@@ -173,7 +177,7 @@ class Partition(PartitionTransactions):
         }
         self.high_watermark = min(self.high_watermark, self.log.log_end_offset)
         self._maybe_advance_high_watermark()
-        self._notify()
+        self._notify(everyone=True)
 
     def check_leader_epoch(self, current_leader_epoch: int) -> None:
         """Kafka's rule for a request that names the epoch it thinks is current."""
@@ -453,7 +457,7 @@ class Partition(PartitionTransactions):
     def close(self) -> None:
         """This broker no longer holds the partition (or is stopping)."""
         self.offline = True
-        self._notify()
+        self._notify(everyone=True)
         self.log.close()
         self.txn_indexes.close()
         # A clean stop restarts from here without replaying the active segment.
@@ -477,11 +481,51 @@ class Partition(PartitionTransactions):
 
     # ------------------------------------------------------------------ waiting
 
-    def _notify(self) -> None:
+    def _notify(self, *, everyone: bool = False) -> None:
+        """Something changed: wake `wait_committed`, and the parked fetches whose
+        watched offset moved (`everyone`: all of them, for a leadership change, an ISR
+        change or the partition going offline)."""
         self._changed.set()
         self._changed = trio.Event()
-        if self.on_change is not None:
-            self.on_change()
+        if self._fetch_watchers:
+            self._wake_fetches(everyone)
+
+    def _wake_fetches(self, everyone: bool) -> None:
+        watchers = self._fetch_watchers
+        if everyone:
+            woken = list(watchers)
+        else:
+            log_end, hwm, lso = self.log.log_end_offset, self.high_watermark, -1
+            woken = []
+            for event, (what, seen) in watchers.items():
+                if what == WATCH_LOG_END:
+                    now = log_end
+                elif what == WATCH_HIGH_WATERMARK:
+                    now = hwm
+                else:
+                    if lso < 0:
+                        lso = self.last_stable_offset
+                    now = lso
+                if now != seen:
+                    woken.append(event)
+        for event in woken:
+            del watchers[event]
+            event.set()
+
+    def watch_offset(self, event: trio.Event, what: int) -> None:
+        """Set `event` once the offset `what` (WATCH_*) moves from its value now, or at
+        a leadership or ISR change, or when the partition goes offline. A fetch parks
+        with one event on each partition it reads, so only those partitions wake it."""
+        if what == WATCH_LOG_END:
+            seen = self.log.log_end_offset
+        elif what == WATCH_HIGH_WATERMARK:
+            seen = self.high_watermark
+        else:
+            seen = self.last_stable_offset
+        self._fetch_watchers[event] = (what, seen)
+
+    def unwatch(self, event: trio.Event) -> None:
+        self._fetch_watchers.pop(event, None)
 
     async def wait_change(self) -> None:
         await self._changed.wait()

@@ -115,7 +115,6 @@ class ReplicaManager:
         self._unopened: set[str] = set()  # topic ids with a log we failed to open
         self._open_failed = trio.Event()
         self.fetchers = FetcherManager(broker_id=broker_id, replica_manager=self)
-        self._changed = trio.Event()
         self._isr_wake = trio.Event()
         self._flush_config_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -275,7 +274,6 @@ class ReplicaManager:
             with contextlib.suppress(OSError, LogError):
                 partition_log.close()
             return None
-        partition.on_change = self._wake
         self.partitions[(topic, index)] = partition
         return partition
 
@@ -302,14 +300,6 @@ class ReplicaManager:
             if self.fs.exists(directory):
                 self.fs.rmtree(directory)
                 self.fs.sync_dir(os.path.dirname(directory) or ".")
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def change_event(self) -> trio.Event:
-        """Set at the next append, high-water mark move or leadership change anywhere."""
-        return self._changed
 
     def partition(self, topic: str, index: int) -> Partition:
         partition = self.partitions.get((topic, index))
