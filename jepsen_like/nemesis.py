@@ -33,6 +33,8 @@ from jepsen_like.proxy import LinkFaults
 
 log = logging.getLogger(__name__)
 
+END_TXN_KEY = 26  # Kafka's api key of EndTxn
+
 
 class GroupMembers(Protocol):
     """What the nemesis needs of a workload's consumer group (SubscribeWorkload)."""
@@ -61,7 +63,8 @@ PARTITIONS = ("isolate", "halves", "ring", "bridge", "isolate-controller", "isol
 # and KIP-903 (see `_crash_lone_leader` and `_crash_follower_cut_off`). With
 # transactional producers, "stall-coordinator" holds the clients' open connections to
 # a transaction coordinator: the requests on them arrive late, after the client asked
-# again on new connections (KIP-890's late EndTxn); "stall-clients" every node's.
+# again on new connections (KIP-890's late EndTxn); "stall-clients" every node's;
+# "stall-end-txn" the connection that carries a client's next EndTxn to one.
 SIMULATED = (
     "crash",
     "power-loss",
@@ -69,6 +72,7 @@ SIMULATED = (
     "crash-follower-cut-off",
     "stall-coordinator",
     "stall-clients",
+    "stall-end-txn",
 )
 # The subscribe workload's: its group's members (OS processes of their own), and the
 # broker that coordinates the group (the leader of its `__consumer_offsets` partition).
@@ -110,8 +114,8 @@ class Nemesis:
             raise ValueError("group faults need a consumer group (--workload subscribe)")
         self.members = members
         self.transactional_ids = list(transactional_ids)
-        if "stall-coordinator" in faults and not transactional_ids:
-            raise ValueError("stall-coordinator needs transactional producers (--workload txn)")
+        if {"stall-coordinator", "stall-end-txn"} & set(faults) and not transactional_ids:
+            raise ValueError("stall faults of a coordinator need transactional producers")
         if "ring" in faults and len(cluster.configs) < 4:
             raise ValueError("the ring partition needs at least 4 nodes (use --nodes 5)")
         self.windows: list[tuple[int, str]] = []  # (start time ns, fault) for the checkers
@@ -158,6 +162,10 @@ class Nemesis:
         elif fault == "stall-coordinator":
             stalled = self.cluster.stall_clients(node)  # type: ignore[attr-defined]
             self.history.add("nemesis", INFO, "stall", {"node": node, "connections": stalled})
+            await trio.sleep(duration_s)
+            self.cluster.release_stalls()  # type: ignore[attr-defined]
+        elif fault == "stall-end-txn":
+            self.cluster.stall_clients_at(node, END_TXN_KEY)  # type: ignore[attr-defined]
             await trio.sleep(duration_s)
             self.cluster.release_stalls()  # type: ignore[attr-defined]
         elif fault == "stall-clients":
@@ -291,7 +299,7 @@ class Nemesis:
         if fault in MEMBER_FAULTS:
             assert self.members is not None
             return self.rng.choice(self.members.member_ids())
-        if fault in ("kill-coordinator", "stall-coordinator"):
+        if fault in ("kill-coordinator", "stall-coordinator", "stall-end-txn"):
             return await self._coordinator()
         running = [n for n in sorted(self.cluster.configs) if self.cluster.is_running(n)]
         if fault in ("kill-controller", "pause-controller", "isolate-controller"):

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--faults",
-        help=f"comma-separated, from {', '.join(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS + TXN_FAULTS)}",
+        help=f"comma-separated, from {', '.join(SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS + TXN_FAULTS + ('stall-end-txn',))}",
     )
     parser.add_argument("--time", type=float, help="simulated seconds of workload")
     parser.add_argument("--nodes", type=int, help="nodes (default: the scenario's, 3)")
@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"planted bug {bug.name!r} is found by real processes: {bug.scenario}")
             return 2
     unknown = set(_faults(args) or ()) - set(
-        SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS + TXN_FAULTS
+        SIM_FAULTS + LOSSY_FAULTS + TARGETED_FAULTS + TXN_FAULTS + ("stall-end-txn",)
     )
     if unknown:
         print(f"unknown faults: {', '.join(sorted(unknown))}")

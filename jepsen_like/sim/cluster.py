@@ -188,6 +188,10 @@ class SimCluster:
         """The clients' connections to `node` open now stall (see SimNetwork.stall)."""
         return self.network.stall(HARNESS, node)
 
+    def stall_clients_at(self, node: int, api_key: int) -> None:
+        """A client's next request of `api_key` to `node` stalls its connection."""
+        self.network.stall_at_request(HARNESS, node, api_key)
+
     def release_stalls(self) -> None:
         self.network.release_stalls()
 

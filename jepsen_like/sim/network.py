@@ -15,7 +15,8 @@ directed link or per node:
 - stall: the connections open now between two nodes stop moving, both ways, until
   released; then what was written arrives, late (a middlebox that held a TCP
   connection's packets). Connections made meanwhile are not touched, so a client that
-  timed out asks again on a new one while its first request is still on its way.
+  timed out asks again on a new one while its first request is still on its way;
+  a trap stalls a connection at its next request of one Kafka api (an EndTxn).
 
 Only trio's clock is read, so under `MockClock` the network is as deterministic as
 the scheduler.
@@ -162,6 +163,9 @@ class SimNetwork(LinkFaults):
         self.paused: set[int] = set()
         self.extra_delay_s: dict[tuple[int, int], float] = {}
         self.pipes: list[_Pipe] = []  # live ones, in creation order (determinism)
+        # (source, destination) -> a Kafka api key: the next request of that api on the
+        # link stalls its connection (`stall_at_request`).
+        self.traps: dict[tuple[int, int], int] = {}
         self.connections = 0
         self.bytes_delivered = 0
         self.bytes_dropped = 0
@@ -185,6 +189,8 @@ class SimNetwork(LinkFaults):
             pipe.lost_data = True
             self.bytes_dropped += len(data or b"")
             return
+        if self.traps and data is not None:
+            self._spring_trap(pipe, data)
         at = max(pipe.last_at, trio.current_time() + self.delay(pipe.source, pipe.destination))
         pipe.last_at = at
         pipe.queue.append((at, data))
@@ -249,7 +255,23 @@ class SimNetwork(LinkFaults):
             pipe.stalled = True
         return len(stalled) // 2
 
+    def stall_at_request(self, source: int, destination: int, api_key: int) -> None:
+        """The next Kafka request with `api_key` from `source` to `destination` stalls
+        its connection, from that request on (until `release_stalls`): a request held
+        in the network exactly when it matters, e.g. an EndTxn."""
+        self.traps[(source, destination)] = api_key
+
+    def _spring_trap(self, pipe: _Pipe, data: bytes) -> None:
+        wanted = self.traps.get((pipe.source, pipe.destination))
+        # A client writes each request frame whole: 4 bytes of size, then the api key.
+        if wanted is not None and len(data) >= 6 and int.from_bytes(data[4:6], "big") == wanted:
+            pipe.stalled = True
+            if pipe.reverse is not None:
+                pipe.reverse.stalled = True
+            del self.traps[(pipe.source, pipe.destination)]
+
     def release_stalls(self) -> None:
+        self.traps.clear()
         for pipe in self.pipes:
             pipe.stalled = False
         self._wake_all()

@@ -60,7 +60,7 @@ SIM_FAULTS = (
 # replica that lost its tail stays out of ISRs and ELRs until it caught up (KIP-966).
 LOSSY_FAULTS = ("power-loss",)
 # The transactional workload's mix (scenario "transactions"): stall-coordinator needs
-# its transactional ids.
+# its transactional ids. stall-end-txn is the targeted scenario late-end-txn's.
 TXN_FAULTS = (
     "stall-coordinator",
     "stall-clients",

@@ -141,18 +141,17 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             name="late-end-txn",
-            about="KIP-890 part 2's case, on purpose: transactions back to back while the "
-            "clients' open connections to one coordinator stall for five request "
-            "timeouts, again and again. The client replaces them one timeout at a time, "
-            "asks again and moves on; the request held on a stalled connection (an "
-            "EndTxn, about one time in five) arrives after the next transaction began. "
-            "Rarely lined up: the planted bug is found at seed 1, once in the first 40",
-            faults=("stall-coordinator",),
+            about="KIP-890 part 2's case, on purpose: transactions back to back while "
+            "the connection that carries a client's next EndTxn to a coordinator stalls "
+            "for 1.5 request timeouts, again and again. The client asks again on a new "
+            "connection, succeeds, and begins its next transaction; the held EndTxn "
+            "arrives in the middle of it",
+            faults=("stall-end-txn",),
             workload="txn",
             partitions=3,
-            time_s=16.0,
-            interval_s=0.5,
-            fault_duration_s=5.0,
+            time_s=12.0,
+            interval_s=0.3,
+            fault_duration_s=1.5,
             rate=90.0,
             settings=FEW_INTERNAL_PARTITIONS,
         ),
