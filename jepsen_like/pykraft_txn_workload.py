@@ -23,7 +23,6 @@ next. `jepsen-like sim --planted no-epoch-bump` turns the bump off.
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import trio
@@ -32,12 +31,12 @@ from client.consumer import Consumer
 from client.producer import Producer
 from client.protocol.errors import KafkaError
 from client.transaction_manager import TransactionAbortable, TransactionFatal, TxnState
-from jepsen_like.history import FAIL, INFO, INVOKE, OK, History
+from jepsen_like.history import FAIL, INFO, INVOKE, OK
 from jepsen_like.txn_workload import (
-    ABORT_PROBABILITY,
     FINAL_READ_TIMEOUT_S,
     POLL_INTERVAL_S,
     TRANSACTION_TIMEOUT_MS,
+    TransactionalWorkload,
     group_of,
     transactional_id,
 )
@@ -53,41 +52,8 @@ TRANSACTION_BOUND_S = 30.0
 INIT_BOUND_S = 20.0
 
 
-class PykraftTxnWorkload:
-    def __init__(
-        self,
-        bootstrap: str,
-        history: History,
-        *,
-        topic: str,
-        partitions: int,
-        producers: int,
-        rate: float,
-        rng: random.Random,
-        readers: int = 1,
-        abort_probability: float = ABORT_PROBABILITY,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.history = history
-        self.topic = topic
-        self.partitions = partitions
-        self.producers = producers
-        self.rate = rate  # transactions per second, all producers
-        self.readers = readers
-        self.abort_probability = abort_probability
-        self._rngs = [random.Random(rng.random()) for _ in range(producers)]
-
-    def transactional_ids(self) -> list[str]:
-        return [transactional_id(p) for p in range(self.producers)]
-
-    # ------------------------------------------------------------------ producers
-
-    async def run(self, duration_s: float) -> None:
-        async with trio.open_nursery() as nursery:
-            for process in range(self.producers):
-                nursery.start_soon(self._producer, process, duration_s)
-            for reader in range(self.readers):
-                nursery.start_soon(self._reader, self.producers + reader, duration_s)
+class PykraftTxnWorkload(TransactionalWorkload):
+    """The transactions, producers and readers, through pykraft's client."""
 
     def _new_producer(self, process: int) -> Producer:
         return Producer(

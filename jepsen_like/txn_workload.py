@@ -76,7 +76,10 @@ def group_of(process: int) -> str:
     return f"jepsen-txn-group-{process}"
 
 
-class TxnWorkload:
+class TransactionalWorkload:
+    """What both clients' transactional workloads share: the producers and readers
+    that `run` starts (`_producer`, `_reader`: each client's), seeded per producer."""
+
     def __init__(
         self,
         bootstrap: str,
@@ -112,6 +115,16 @@ class TxnWorkload:
                 nursery.start_soon(self._producer, process, duration_s)
             for reader in range(self.readers):
                 nursery.start_soon(self._reader, self.producers + reader, duration_s)
+
+    async def _producer(self, process: int, duration_s: float) -> None:
+        raise NotImplementedError
+
+    async def _reader(self, process: int, duration_s: float) -> None:
+        raise NotImplementedError
+
+
+class TxnWorkload(TransactionalWorkload):
+    """Through librdkafka (confluent-kafka), each producer in a thread of its own."""
 
     async def _producer(self, process: int, duration_s: float) -> None:
         """The producer's thread, abandoned if a librdkafka call outlives every timeout
